@@ -1,0 +1,35 @@
+# make install train   -> set up a fresh machine and run the main job (offline)
+# make test            -> the fast test suite (installs first if needed)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
+
+.PHONY: install train test test-full lint clean
+
+install: $(STAMP)
+
+# torch first and exactly 2.13.0 (the CPU wheel), then the project with its extras.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev,eval]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(BIN)/mllmft-train $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(ARGS)
+
+test-full: $(STAMP)
+	$(BIN)/pytest -q -m "" $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check mllmft tests bench
+
+clean:
+	rm -rf logs outputs multirun .pytest_cache .ruff_cache build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,3 @@
+from mllmft.train import main
+
+main()

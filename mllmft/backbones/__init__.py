@@ -1,0 +1,49 @@
+"""Loading MLLM backbones by family: real checkpoints with from_pretrained, tiny ones from config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from mllmft.backbones import llava
+from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap
+
+FAMILIES = {llava.FAMILY: llava}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+__all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "build_tiny", "load_pretrained"]
+
+
+def _family(name: str):
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def build_tiny(family: str, spec: dict) -> Backbone:
+    """A random tiny model whose tokenizer covers the built-in data sets' text."""
+    from mllmft.data.builtin import DigitsSource, ShapesSource
+
+    corpus = ShapesSource().corpus() + DigitsSource().corpus()
+    return _family(family).build_tiny(dict(spec), corpus)
+
+
+def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
+                    attn_implementation: str | None = None, trust_remote_code: bool = False) -> Backbone:
+    """Load a checkpoint directory (or an already-cached hub id) saved in the HF format."""
+    fam = _family(family)
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    model = AutoModelForImageTextToText.from_pretrained(
+        checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+        trust_remote_code=trust_remote_code)
+    if model.config.model_type not in fam.MODEL_TYPES:
+        raise ValueError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
+                         "set model.family to match it")
+    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    if getattr(processor, "chat_template", None) is None:
+        processor.chat_template = fam.CHAT_TEMPLATE
+    return Backbone(model=model, processor=processor, family=family,
+                    components=fam.component_map(model), source=str(checkpoint))

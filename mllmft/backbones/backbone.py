@@ -1,0 +1,69 @@
+"""A loaded MLLM: the HF model, its processor, and where its components live."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+COMPONENTS = ("vision", "connector", "llm")
+
+
+@dataclass(frozen=True)
+class ComponentMap:
+    """Parameter-name prefixes of each component, plus the module lists that hold their layers.
+
+    Every parameter belongs to exactly one of ``vision``, ``connector`` and ``llm`` (tested per
+    family). ``inert`` names parameters the forward pass never uses (e.g. LLaVA's vision
+    ``post_layernorm``): they are always frozen, since DDP fails on parameters without gradients.
+    """
+
+    vision: tuple[str, ...]
+    connector: tuple[str, ...]
+    llm: tuple[str, ...]
+    layers: dict[str, str]  # component -> dotted path of its nn.ModuleList of blocks
+    embeddings: str
+    head: str
+    inert: tuple[str, ...] = ()
+
+    def component_of(self, param_name: str) -> str:
+        for component in COMPONENTS:
+            if any(_under(param_name, p) for p in getattr(self, component)):
+                return component
+        raise KeyError(f"parameter {param_name!r} belongs to no component of this backbone")
+
+    def layer_of(self, param_name: str, component: str) -> int | None:
+        """Index of the block (in ``layers[component]``) that holds this parameter, if any."""
+        prefix = self.layers.get(component)
+        if prefix is None or not _under(param_name, prefix):
+            return None
+        return int(param_name[len(prefix) + 1:].split(".", 1)[0])
+
+    def is_inert(self, param_name: str) -> bool:
+        return any(_under(param_name, p) for p in self.inert)
+
+
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    processor: object
+    family: str
+    components: ComponentMap
+    source: str  # checkpoint path / hub id, or "tiny (random)"
+    info: dict = field(default_factory=dict)
+
+    def num_layers(self, component: str) -> int:
+        return len(self.model.get_submodule(self.components.layers[component]))
+
+    def parameter_counts(self) -> dict[str, dict[str, int]]:
+        """{component: {"total": n, "trainable": n}} — logged and written to results.json."""
+        counts = {c: {"total": 0, "trainable": 0} for c in COMPONENTS}
+        for name, p in self.model.named_parameters():
+            c = counts[self.components.component_of(name)]
+            c["total"] += p.numel()
+            c["trainable"] += p.numel() if p.requires_grad else 0
+        return counts

@@ -1,0 +1,111 @@
+"""Turn records into model inputs through the backbone's own processor and chat template.
+
+Labels are -100 everywhere except the assistant's answer tokens (and the end-of-turn tokens the
+template appends to them). The answer spans are found by rendering the conversation prefix that
+ends where each answer starts (with the generation prompt) and where it ends, and tokenizing those
+prefixes with the same processor; this works for any chat template whose rendering of a prefix is a
+prefix of the whole rendering, and it is checked token by token rather than assumed.
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from mllmft.data.record import DataError, Record, Turn
+
+IGNORE_INDEX = -100
+
+
+def to_messages(turns: tuple[Turn, ...]) -> list[dict]:
+    """HF chat messages; the image goes first in the first user turn."""
+    messages = []
+    for i, turn in enumerate(turns):
+        content = [{"type": "text", "text": turn.text}]
+        if i == 0:
+            content.insert(0, {"type": "image"})
+        messages.append({"role": turn.role, "content": content})
+    return messages
+
+
+class ConversationCollator:
+    """Collate ``(index, record, image)`` items for training (``generate=False``) or generation."""
+
+    def __init__(self, processor, max_length: int, generate: bool = False):
+        if getattr(processor, "chat_template", None) is None:
+            raise ValueError("the backbone's processor has no chat template; set one in the model config")
+        self.processor = processor
+        self.max_length = max_length
+        self.generate = generate
+
+    def render(self, turns: tuple[Turn, ...], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            to_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def encode(self, texts: list[str], images: list[Image.Image], padding_side: str) -> dict:
+        return self.processor(text=texts, images=images, padding=True, padding_side=padding_side,
+                              return_tensors="pt")
+
+    def __call__(self, items: list[tuple[int, Record, Image.Image]]) -> dict:
+        indices, records, images = zip(*items)
+        if self.generate:
+            texts = [self.render(r.prompt_turns, add_generation_prompt=True) for r in records]
+            inputs = dict(self.encode(texts, list(images), padding_side="left"))
+            self._check_lengths(records, inputs["attention_mask"].sum(1), "prompt")
+            labels = None
+        else:
+            inputs, labels = self._encode_for_training(records, list(images))
+        return {"model_inputs": inputs, "labels": labels, "index": torch.tensor(indices),
+                "references": [r.answers for r in records], "ids": [r.id for r in records]}
+
+    def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:
+        full = [self.render(r.turns, add_generation_prompt=False) for r in records]
+        inputs = dict(self.encode(full, images, padding_side="right"))
+        lengths = inputs["attention_mask"].sum(1)
+        self._check_lengths(records, lengths, "conversation")
+
+        # (sample, start-or-end prefix) for every assistant turn: its start is the prefix before it
+        # plus the generation prompt, its end is the prefix through it (the whole text for the last).
+        prefix_texts, owners = [], []
+        spans: list[list[list[int]]] = [[] for _ in records]
+        for s, record in enumerate(records):
+            for j, turn in enumerate(record.turns):
+                if turn.role != "assistant":
+                    continue
+                spans[s].append([len(prefix_texts), -1])
+                prefix_texts.append(self.render(record.turns[:j], add_generation_prompt=True))
+                owners.append(s)
+                if j < len(record.turns) - 1:
+                    spans[s][-1][1] = len(prefix_texts)
+                    prefix_texts.append(self.render(record.turns[: j + 1], add_generation_prompt=False))
+                    owners.append(s)
+        prefixes = self.encode(prefix_texts, [images[s] for s in owners], padding_side="right")
+        prefix_lengths = prefixes["attention_mask"].sum(1).tolist()
+
+        ids = inputs["input_ids"]
+        labels = torch.full_like(ids, IGNORE_INDEX)
+        for s, record in enumerate(records):
+            for start_ref, end_ref in spans[s]:
+                start = prefix_lengths[start_ref]
+                end = int(lengths[s]) if end_ref < 0 else prefix_lengths[end_ref]
+                for ref, n in ((start_ref, start), (end_ref, end)):
+                    if ref >= 0 and not torch.equal(prefixes["input_ids"][ref, :n], ids[s, :n]):
+                        raise DataError(
+                            f"{record.where()}: the chat template's tokens for a conversation prefix "
+                            "are not a prefix of the whole conversation's tokens, so the answer span "
+                            "cannot be located")
+                if end <= start:
+                    raise DataError(f"{record.where()}: an assistant answer encodes to no tokens")
+                labels[s, start:end] = ids[s, start:end]
+        image_token_id = getattr(self.processor, "image_token_id", None)
+        if image_token_id is not None:
+            labels[ids == image_token_id] = IGNORE_INDEX
+        return inputs, labels
+
+    def _check_lengths(self, records, lengths: torch.Tensor, what: str) -> None:
+        for record, n in zip(records, lengths.tolist()):
+            if n > self.max_length:
+                raise DataError(
+                    f"{record.where()}: the {what} is {n} tokens (image tokens included), more than "
+                    f"data.max_length={self.max_length}; truncating would cut the image or the answer. "
+                    "Raise data.max_length or shorten the record.")

@@ -1,0 +1,113 @@
+"""Target train/val/test plus upstream test sets, collated with the backbone's processor."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import lightning as L
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from mllmft.data.collate import ConversationCollator
+from mllmft.data.record import DataError, Record
+
+
+class Source(Protocol):
+    """A data set: a name and its records per split ("train", "val", "test")."""
+
+    name: str
+
+    def records(self, split: str) -> list[Record]: ...
+
+
+class RecordDataset(Dataset):
+    def __init__(self, records: list[Record]):
+        self.records = records
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int):
+        record = self.records[i]
+        return i, record, record.load_image()
+
+
+IMAGE_CHECKS = ("header", "exists", "none")
+
+
+class MLLMDataModule(L.LightningDataModule):
+    """``test_dataloader`` returns the target's test set first, then each upstream set."""
+
+    def __init__(self, processor, target: Source, upstream: dict[str, Source] | None = None,
+                 batch_size: int = 16, eval_batch_size: int = 32, num_workers: int = 0,
+                 max_length: int = 256, seed: int = 0, image_check: str = "header"):
+        super().__init__()
+        if image_check not in IMAGE_CHECKS:
+            raise ValueError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+        self.processor = processor
+        self.target = target
+        self.upstream = dict(upstream or {})
+        if target.name in self.upstream:
+            raise ValueError(f"data set {target.name!r} is both the target and an upstream set")
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.max_length = max_length
+        self.seed = seed
+        self.image_check = image_check
+        self._splits: dict[tuple[str, str], RecordDataset] = {}
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return [self.target.name, *self.upstream]
+
+    def split(self, source: Source, split: str) -> RecordDataset:
+        """Read, validate and cache one split (validation happens here, before any step runs)."""
+        key = (source.name, split)
+        if key not in self._splits:
+            records = source.records(split)
+            if not records:
+                raise DataError(f"data set {source.name!r} has no {split!r} records")
+            for record in records:
+                record.validate()
+                if self.image_check != "none":
+                    record.check_image(thorough=self.image_check == "header")
+            self._splits[key] = RecordDataset(records)
+        return self._splits[key]
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.split(self.target, "train")
+            self.split(self.target, "val")
+        if stage in (None, "test"):
+            for source in self.test_sources():
+                self.split(source, "test")
+
+    def test_sources(self) -> list[Source]:
+        return [self.target, *self.upstream.values()]
+
+    def _world(self) -> tuple[int, int]:
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def _loader(self, dataset: RecordDataset, shuffle: bool, generate: bool) -> DataLoader:
+        world, rank = self._world()
+        # Samplers are built here rather than injected by Lightning: the training order is a
+        # function of (seed, epoch) only, so a resumed run sees the same batches, and evaluation
+        # shards are padded to equal length (every rank runs the same number of steps) while the
+        # metrics drop the padding by sample index.
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
+                          sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=ConversationCollator(self.processor, self.max_length, generate),
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.split(self.target, "train"), shuffle=True, generate=False)
+
+    def val_dataloader(self) -> DataLoader:
+        # Validation measures the loss, so it collates like training (labels, right padding).
+        return self._loader(self.split(self.target, "val"), shuffle=False, generate=False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(self.split(s, "test"), shuffle=False, generate=True)
+                for s in self.test_sources()]

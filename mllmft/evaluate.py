@@ -1,0 +1,23 @@
+"""``mllmft-eval``: evaluate a backbone (zero-shot, or a checkpoint) on the target and upstream sets.
+
+    mllmft-eval                                   # the configured backbone, as loaded
+    mllmft-eval model.checkpoint=/path/to/hf_dir  # any HF checkpoint directory
+    mllmft-eval ckpt_path=logs/.../last.ckpt      # a training checkpoint of mllmft-train
+"""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mllmft.config import CONF_DIR
+from mllmft.run import run
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Teach a tiny random model the upstream distribution once, and cache it as an HF checkpoint.
+
+The built-in forgetting benchmark needs a model that already *knows* something (shapes) before it is
+fine-tuned on something else (digits). A real MLLM comes pre-trained; a tiny one is pre-trained here,
+in a minute or two on a CPU, and saved under ``<cache_dir>/pretrained/<family>-<hash of its config>``
+with ``save_pretrained``, so every later run loads it through the same code path as a real checkpoint.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import RichProgressBar
+from omegaconf import OmegaConf
+
+from mllmft.backbones import build_tiny
+from mllmft.data import MLLMDataModule
+from mllmft.module import MLLMFineTuner
+from mllmft.scope import apply_scope
+from mllmft.strategies import FullFineTuning
+
+log = logging.getLogger(__name__)
+FORMAT = 1  # bump when the pre-training procedure changes: old caches are then not reused
+ALL_TRAINABLE = {c: {"train": True} for c in ("vision", "connector", "llm")}
+
+
+def _plain(x) -> dict:
+    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else dict(x)
+
+
+def cache_key(family: str, tiny: Mapping, pretrain: Mapping) -> str:
+    blob = json.dumps({"family": family, "tiny": _plain(tiny), "pretrain": _plain(pretrain),
+                       "format": FORMAT}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def pretrained_tiny(family: str, tiny: Mapping, pretrain: Mapping, cache_dir: str | Path,
+                    accelerator: str = "auto") -> Path:
+    """Path of the pre-trained checkpoint, training it first if this config has none cached."""
+    root = Path(cache_dir) / "pretrained"
+    out = root / f"{family}-{cache_key(family, tiny, pretrain)}"
+    if (out / "pretrain.json").is_file():
+        return out
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{out.name}.lock", "w") as lock:  # parallel sweep jobs train it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "pretrain.json").is_file():
+            _train_and_save(family, tiny, pretrain, out, accelerator)
+    return out
+
+
+def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, accelerator: str) -> None:
+    started = time.time()
+    log.info("pre-training the tiny %s model on its upstream data (once; cached in %s)", family, out)
+    L.seed_everything(pretrain.get("seed", 0), workers=True, verbose=False)
+    backbone = build_tiny(family, tiny)
+    apply_scope(backbone, ALL_TRAINABLE)
+    source = instantiate(pretrain["source"])
+    data = MLLMDataModule(backbone.processor, source, batch_size=pretrain["batch_size"],
+                          eval_batch_size=64, max_length=pretrain.get("max_length", 128))
+    module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, [source.name], lr=pretrain["lr"],
+                           warmup_ratio=pretrain.get("warmup_ratio", 0.05), max_new_tokens=8)
+    trainer = L.Trainer(max_steps=pretrain["max_steps"], accelerator=accelerator, devices=1,
+                        logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        limit_val_batches=0, gradient_clip_val=1.0, callbacks=[RichProgressBar()],
+                        use_distributed_sampler=False)
+    trainer.fit(module, datamodule=data)
+    trainer.test(module, datamodule=data, verbose=False)
+    score = module.last_test_scores[source.name]
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    backbone.model.save_pretrained(tmp)
+    backbone.processor.save_pretrained(tmp)
+    report = {"family": family, "upstream_set": source.name, "upstream_test_exact_match": score,
+              "steps": pretrain["max_steps"], "seconds": round(time.time() - started, 1),
+              "tiny": _plain(tiny), "pretrain": _plain(pretrain), "format": FORMAT}
+    (tmp / "pretrain.json").write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out)
+    log.info("pre-trained tiny %s: %s test exact match %.1f (%.0f s)", family, source.name, score,
+             report["seconds"])

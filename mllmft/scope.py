@@ -1,0 +1,61 @@
+"""Which parameters may train, and at which learning rate: one rule per component.
+
+A scope is a mapping ``{component: {train, lr_scale, last_n_layers}}`` for the components
+``vision``, ``connector`` and ``llm`` (a missing component stays frozen). ``last_n_layers`` trains
+only the component's last N blocks (nothing else of it: no embeddings, final norm or head).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from mllmft.backbones import COMPONENTS, Backbone
+
+RULE_KEYS = {"train", "lr_scale", "last_n_layers"}
+
+
+def apply_scope(backbone: Backbone, scope: Mapping) -> None:
+    """Set ``requires_grad`` on every parameter of the backbone from the scope's rules."""
+    unknown = set(scope) - set(COMPONENTS)
+    if unknown:
+        raise ValueError(f"scope names unknown components {sorted(unknown)}; expected {COMPONENTS}")
+    cmap = backbone.components
+    last_n = {}
+    for component, rule in scope.items():
+        bad = set(rule or {}) - RULE_KEYS
+        if bad:
+            raise ValueError(f"scope.{component} has unknown keys {sorted(bad)}; expected {sorted(RULE_KEYS)}")
+        n = (rule or {}).get("last_n_layers")
+        if n:
+            total = backbone.num_layers(component)
+            if not 0 < n <= total:
+                raise ValueError(f"scope.{component}.last_n_layers={n}, but the {component} has {total} layers")
+            last_n[component] = total - n
+    for name, param in backbone.model.named_parameters():
+        component = cmap.component_of(name)
+        rule = scope.get(component) or {}
+        trainable = bool(rule.get("train", False)) and not cmap.is_inert(name)
+        if trainable and component in last_n:
+            layer = cmap.layer_of(name, component)
+            trainable = layer is not None and layer >= last_n[component]
+        param.requires_grad_(trainable)
+
+
+def param_groups(backbone: Backbone, scope: Mapping, lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups over trainable parameters only: one per component (its lr_scale), and within it
+    one without weight decay for biases and norm gains (1-D tensors)."""
+    groups: dict[tuple[str, bool], dict] = {}
+    for name, param in backbone.model.named_parameters():
+        if not param.requires_grad:
+            continue
+        component = backbone.components.component_of(name)
+        decay = param.ndim >= 2
+        key = (component, decay)
+        if key not in groups:
+            scale = float((scope.get(component) or {}).get("lr_scale", 1.0))
+            groups[key] = {"name": component if decay else f"{component}.no_decay", "params": [],
+                           "param_names": [], "lr": lr * scale,
+                           "weight_decay": weight_decay if decay else 0.0}
+        groups[key]["params"].append(param)
+        groups[key]["param_names"].append(name)
+    return list(groups.values())
