@@ -15,6 +15,13 @@ from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
 
 
+def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float], dict[str, int]]:
+    """({set: exact match x 100}, {set: samples scored}) of the trainer's last test run."""
+    metrics = trainer.callback_metrics
+    return ({n: float(metrics[f"test/{n}"]) for n in names},
+            {n: int(metrics[f"test/{n}/samples"]) for n in names})
+
+
 def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -28,7 +35,7 @@ class MLLMFineTuner(L.LightningModule):
     """Fine-tunes ``backbone.model`` with a tuning strategy; tests by greedy generation.
 
     ``test_set_names`` lists the test dataloaders in order (the target first); after each
-    ``trainer.test`` the scores are in ``last_test_scores`` ({set name: exact match x 100}).
+    ``trainer.test`` read the scores with ``test_scores(trainer, test_set_names)``.
     """
 
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
@@ -45,8 +52,6 @@ class MLLMFineTuner(L.LightningModule):
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens = max_new_tokens
         self.test_metrics = torch.nn.ModuleList(ExactMatch() for _ in self.test_set_names)
-        self.last_test_scores: dict[str, float] = {}
-        self.last_test_counts: dict[str, int] = {}
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
         # a 7B LLaVA with two trainable layers checkpoints in hundreds of MB, not 14 GB.
         self.strict_loading = False
@@ -56,6 +61,8 @@ class MLLMFineTuner(L.LightningModule):
         outputs = self.model(**batch["model_inputs"], labels=batch["labels"])
         loss = outputs.loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        # steps done, logged so that it reaches the launching process under ddp_fork/spawn too
+        self.log("trainer/steps", float(self.global_step + 1), batch_size=len(batch["ids"]))
         extra = self.strategy.extra_loss(self, batch, outputs)
         if extra is not None:
             self.log("train/extra_loss", extra, batch_size=len(batch["ids"]))
@@ -91,12 +98,12 @@ class MLLMFineTuner(L.LightningModule):
         self.test_metrics[dataloader_idx].update(batch["index"], predictions, batch["references"])
 
     def on_test_epoch_end(self) -> None:
-        self.last_test_scores, self.last_test_counts = {}, {}
+        # Logged (not only stored) so the numbers reach the launching process under ddp_fork/spawn,
+        # where this module lives in child processes: read them with `test_scores(trainer, ...)`.
         for name, metric in zip(self.test_set_names, self.test_metrics):
-            score = float(metric.compute())
-            self.last_test_counts[name] = metric.count()
-            self.last_test_scores[name] = score
-            self.log(f"test/{name}", score, add_dataloader_idx=False)
+            result = metric.compute()
+            self.log(f"test/{name}", result["score"], add_dataloader_idx=False)
+            self.log(f"test/{name}/samples", result["samples"].float(), add_dataloader_idx=False)
             metric.reset()
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -109,6 +116,10 @@ class MLLMFineTuner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        unexpected = sorted(set(checkpoint["state_dict"]) - set(self.state_dict()))
+        if unexpected:
+            raise ValueError(f"the checkpoint holds {len(unexpected)} tensors this model does not have "
+                             f"(e.g. {unexpected[:3]}): was it made with another model?")
         missing = sorted(trainable - set(checkpoint["state_dict"]))
         if missing:
             raise ValueError(f"the checkpoint lacks {len(missing)} trainable parameters of this run "

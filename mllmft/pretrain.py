@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from mllmft.backbones import build_tiny
 from mllmft.data import MLLMDataModule
-from mllmft.module import MLLMFineTuner
+from mllmft.module import MLLMFineTuner, test_scores
 from mllmft.scope import apply_scope
 from mllmft.strategies import FullFineTuning
 
@@ -76,7 +76,7 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
                         use_distributed_sampler=False)
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
-    score = module.last_test_scores[source.name]
+    score = test_scores(trainer, [source.name])[0][source.name]
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     backbone.model.save_pretrained(tmp)

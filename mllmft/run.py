@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from mllmft.backbones import Backbone, build_tiny, load_pretrained
 from mllmft.console import print_config, print_results
 from mllmft.metrics import tradeoff_scores
+from mllmft.module import test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
 
@@ -71,15 +72,19 @@ def run(cfg: DictConfig) -> dict:
         L.pytorch.utilities.rank_zero_only(print_config)(cfg)
     parts = prepare(cfg)
     module, trainer, datamodule = parts["module"], parts["trainer"], parts["datamodule"]
+    names = datamodule.test_set_names
     scores = {}
-    if parts["strategy"].trains and cfg.zeroshot_test:
+    trains = parts["strategy"].trains
+    if trains and cfg.zeroshot_test:
         trainer.test(module, datamodule=datamodule, verbose=False)
-        scores["zeroshot"] = dict(module.last_test_scores)
-    if parts["strategy"].trains:
+        scores["zeroshot"], _ = test_scores(trainer, names)
+    if trains:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    trainer.test(module, datamodule=datamodule, verbose=False)
-    scores["final"] = dict(module.last_test_scores)
-    results = make_results(cfg, parts, scores, time.time() - started)
+    # an evaluation-only run may still start from a training checkpoint
+    trainer.test(module, datamodule=datamodule, verbose=False,
+                 ckpt_path=None if trains else cfg.get("ckpt_path"))
+    scores["final"], samples = test_scores(trainer, names)
+    results = make_results(cfg, parts, scores, samples, time.time() - started)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -90,7 +95,7 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def make_results(cfg: DictConfig, parts: dict, scores: dict, seconds: float) -> dict:
+def make_results(cfg: DictConfig, parts: dict, scores: dict, samples: dict, seconds: float) -> dict:
     names = parts["datamodule"].test_set_names
     target, upstream = names[0], names[1:]
     tradeoff = {}
@@ -108,11 +113,11 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, seconds: float) -> 
         "metric": "exact_match",
         "target": target, "upstream": upstream,
         "scores": scores,
-        "samples": dict(parts["module"].last_test_counts),
+        "samples": samples,
         "tradeoff": tradeoff,
         "trainable_parameters": backbone.parameter_counts(),
         "pretrain": backbone.info.get("pretrain"),
-        "global_steps": parts["trainer"].global_step,
+        "global_steps": int(parts["trainer"].callback_metrics.get("trainer/steps", 0)),
         "wall_time_s": round(seconds, 2),
     }
 

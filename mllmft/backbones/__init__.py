@@ -36,13 +36,25 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     fam = _family(family)
     if dtype not in DTYPES:
         raise ValueError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
-    model = AutoModelForImageTextToText.from_pretrained(
-        checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-        trust_remote_code=trust_remote_code)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code)
+        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    except OSError as err:
+        if Path(checkpoint).is_dir():
+            raise
+        raise FileNotFoundError(
+            f"model.checkpoint={checkpoint!r} is neither a local directory nor in the Hugging Face cache "
+            f"({err.__class__.__name__}). Download it once where there is network "
+            f"(`hf download {checkpoint} --local-dir DIR`) and set model.checkpoint=DIR, or unset "
+            "HF_HUB_OFFLINE to let transformers fetch it.") from err
+    # from_pretrained returns eval mode; a fine-tuning run starts in train mode (dropout on), and
+    # Lightning's evaluation loops put it back after each test/validation.
+    model.train()
     if model.config.model_type not in fam.MODEL_TYPES:
         raise ValueError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
                          "set model.family to match it")
-    processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     if getattr(processor, "chat_template", None) is None:
         processor.chat_template = fam.CHAT_TEMPLATE
     return Backbone(model=model, processor=processor, family=family,

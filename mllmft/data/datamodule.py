@@ -34,6 +34,29 @@ class RecordDataset(Dataset):
 IMAGE_CHECKS = ("header", "exists", "none")
 
 
+class ResumableSampler(DistributedSampler):
+    """A seeded DistributedSampler that can begin one epoch part-way, for a mid-epoch resume.
+
+    Its order is a function of (seed, epoch) only; after ``resume_at(epoch, n)`` the next pass over
+    that epoch skips its first n indices (the batches trained before the interruption). Its length
+    stays the full epoch's, as Lightning's restored batch counter expects.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._resume: tuple[int, int] | None = None
+
+    def resume_at(self, epoch: int, start: int) -> None:
+        self._resume = (epoch, start)
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == self.epoch:
+            indices = indices[resume[1]:]
+        return iter(indices)
+
+
 class MLLMDataModule(L.LightningDataModule):
     """``test_dataloader`` returns the target's test set first, then each upstream set."""
 
@@ -46,6 +69,10 @@ class MLLMDataModule(L.LightningDataModule):
         self.processor = processor
         self.target = target
         self.upstream = dict(upstream or {})
+        for key, source in self.upstream.items():
+            if source.name != key:
+                raise ValueError(f"data.upstream.{key} holds a data set named {source.name!r}; "
+                                 "give it the key's name")
         if target.name in self.upstream:
             raise ValueError(f"data set {target.name!r} is both the target and an upstream set")
         self.batch_size = batch_size
@@ -55,6 +82,7 @@ class MLLMDataModule(L.LightningDataModule):
         self.seed = seed
         self.image_check = image_check
         self._splits: dict[tuple[str, str], RecordDataset] = {}
+        self._resume: dict = {}
 
     @property
     def test_set_names(self) -> list[str]:
@@ -95,14 +123,30 @@ class MLLMDataModule(L.LightningDataModule):
         # function of (seed, epoch) only, so a resumed run sees the same batches, and evaluation
         # shards are padded to equal length (every rank runs the same number of steps) while the
         # metrics drop the padding by sample index.
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
+        sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
                           sampler=sampler, num_workers=self.num_workers,
                           collate_fn=ConversationCollator(self.processor, self.max_length, generate),
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.split(self.target, "train"), shuffle=True, generate=False)
+        loader = self._loader(self.split(self.target, "train"), shuffle=True, generate=False)
+        if self._resume:
+            loader.sampler.resume_at(self._resume["epoch"], self._resume["batches_done"] * self.batch_size)
+            self._resume = {}
+        return loader
+
+    # Saved in Lightning checkpoints: where in its epoch training stopped, so a resumed run trains
+    # on the batches an uninterrupted one would have (Lightning alone would restart the epoch's data).
+    def state_dict(self) -> dict:
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or not trainer.training:
+            return {}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "batches_done": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume = dict(state)
 
     def val_dataloader(self) -> DataLoader:
         # Validation measures the loss, so it collates like training (labels, right padding).

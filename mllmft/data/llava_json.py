@@ -60,14 +60,17 @@ class LlavaJsonSource:
     """A data set of LLaVA conversation files, one file per split (a split may be left out)."""
 
     def __init__(self, name: str, image_root: str, train: str | None = None, val: str | None = None,
-                 test: str | None = None, task: str = "vqa"):
+                 test: str | None = None, task: str = "vqa", sizes: dict | None = None):
         self.name = name
         self.image_root = image_root
         self.files = {"train": train, "val": val, "test": test}
         self.task = task
+        self.sizes = sizes or {}  # at most this many records per split (quick runs on big sets)
 
     def records(self, split: str) -> list[Record]:
         file = self.files[split]
         if file is None:
             raise DataError(f"data set {self.name!r} has no {split!r} file; set it in its data config")
-        return read_llava_json(file, self.image_root, self.task)
+        records = read_llava_json(file, self.image_root, self.task)
+        limit = self.sizes.get(split)
+        return records[:limit] if limit else records

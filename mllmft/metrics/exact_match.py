@@ -34,13 +34,11 @@ class ExactMatch(Metric):
         self.index.append(index.to(self.device, torch.long))
         self.score.append(torch.tensor(scores, device=self.device))
 
-    def compute(self) -> torch.Tensor:
+    def compute(self) -> dict[str, torch.Tensor]:
+        """{"score": mean exact match x 100, "samples": distinct samples scored}, over all ranks."""
         index, score = dim_zero_cat(self.index), dim_zero_cat(self.score)
         order = torch.argsort(index, stable=True)
         index, score = index[order], score[order]
         first = torch.ones_like(index, dtype=torch.bool)
         first[1:] = index[1:] != index[:-1]
-        return score[first].mean() * 100.0
-
-    def count(self) -> int:
-        return int(torch.unique(dim_zero_cat(self.index)).numel())
+        return {"score": score[first].mean() * 100.0, "samples": first.sum()}

@@ -1,0 +1,135 @@
+"""Runs end to end, in process: training steps, zero-shot, results, resume, data-parallel."""
+
+import json
+
+import lightning as L
+import pytest
+import torch
+
+from mllmft import api
+from mllmft.run import run
+
+SCOPES = ["all", "llm", "connector", "connector_llm_last2", "llm_last_n"]
+TRAINING_STRATEGIES = ["full"]
+
+
+def _snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("strategy", TRAINING_STRATEGIES)
+@pytest.mark.parametrize("scope", SCOPES)
+def test_one_training_step_moves_exactly_the_trainable_parameters(compose, strategy, scope):
+    parts = api.build(compose(f"strategy={strategy}", f"scope={scope}", "trainer.max_steps=1"))
+    model = parts["backbone"].model
+    before = _snapshot(model)
+    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    assert parts["trainer"].global_step == 1
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable
+    for name, param in model.named_parameters():
+        moved = not torch.equal(param, before[name])
+        assert moved == (name in trainable), f"{name}: moved={moved}, trainable={name in trainable}"
+
+
+def test_zeroshot_only_evaluates(compose):
+    cfg = compose("strategy=zeroshot")
+    results = run(cfg)
+    assert results["global_steps"] == 0 and "zeroshot" not in results["scores"]
+    assert set(results["scores"]["final"]) == {"digits", "shapes"}
+    assert all(c["trainable"] == 0 for c in results["trainable_parameters"].values())
+
+
+def test_results_json_and_tradeoff_scores(compose, tmp_path):
+    cfg = compose("zeroshot_test=true")
+    results = run(cfg)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved == json.loads(json.dumps(results))
+    assert saved["schema"] == "mllmft.results/1"
+    assert saved["target"] == "digits" and saved["upstream"] == ["shapes"]
+    final, zs = saved["tradeoff"]["final"], saved["tradeoff"]["zeroshot"]
+    assert final["S_t"] == saved["scores"]["final"]["digits"]
+    assert final["E"] == pytest.approx(final["S_t"] - zs["S_t"])
+    assert final["O"] == pytest.approx(final["E"] + final["F"])
+    assert saved["samples"] == {"digits": 8, "shapes": 8}  # limit_test_batches=1 x eval_batch_size=8
+    assert saved["trainable_parameters"]["vision"]["trainable"] > 0
+
+
+class _TrainModeProbe(L.Callback):
+    def __init__(self):
+        self.modes = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.modes.append(pl_module.model.training)
+
+
+PRETRAIN = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
+            "max_steps: 2, batch_size: 4, lr: 1.0e-3}")
+
+
+def test_pretrained_tiny_model_is_cached_and_fine_tuned_in_train_mode(compose, tmp_path):
+    cfg = compose(PRETRAIN, "zeroshot_test=true")
+    parts = api.build(cfg)
+    assert parts["backbone"].info["pretrain"]["steps"] == 2
+    cached = list((tmp_path / "cache" / "pretrained").glob("llava-*/pretrain.json"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    probe = _TrainModeProbe()
+    parts["trainer"].callbacks.append(probe)
+    parts["trainer"].test(parts["module"], datamodule=parts["datamodule"], verbose=False)
+    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    assert probe.modes == [True, True]  # from_pretrained and the zero-shot test leave eval mode
+    api.build(compose(PRETRAIN))  # the same config again: loaded from the cache, not re-trained
+    assert cached[0].stat().st_mtime_ns == stamp
+
+
+class _StopAt(L.Callback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+CKPT = ("+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+        "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}")
+
+
+@pytest.mark.parametrize("stop_at", [2, 3], ids=["epoch-boundary", "mid-epoch"])
+def test_resume_ends_equal_to_an_uninterrupted_run(compose, tmp_path, stop_at):
+    # 8 records, batch 4: 2 steps per epoch; 5 steps in all, interrupted at `stop_at`.
+    common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0"]
+    whole = api.build(compose(*common))
+    whole["trainer"].fit(whole["module"], datamodule=whole["datamodule"])
+
+    first = api.build(compose(*common, CKPT))
+    first["trainer"].callbacks.append(_StopAt(stop_at))
+    first["trainer"].fit(first["module"], datamodule=first["datamodule"])
+    assert first["trainer"].global_step == stop_at
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False, map_location="cpu")["state_dict"]
+    assert "model.model.vision_tower.post_layernorm.weight" not in state  # frozen: not checkpointed
+
+    resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
+    resumed["trainer"].fit(resumed["module"], datamodule=resumed["datamodule"], ckpt_path=str(ckpt))
+    assert resumed["trainer"].global_step == 5
+    a, b = whole["backbone"].model.state_dict(), resumed["backbone"].model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_checkpoint_from_another_model_is_refused(compose, tmp_path):
+    first = api.build(compose(CKPT, "trainer.max_steps=1"))
+    first["trainer"].fit(first["module"], datamodule=first["datamodule"])
+    other = api.build(compose("++model.tiny.text_layers=2", "trainer.max_steps=2"))
+    with pytest.raises(ValueError, match="holds .* tensors this model does not have"):
+        other["trainer"].fit(other["module"], datamodule=other["datamodule"],
+                             ckpt_path=str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+
+
+def test_ddp_fork_two_processes_score_every_sample_once(compose):
+    cfg = compose("hardware=ddp_cpu", "hardware.lightning_strategy=ddp_fork", "trainer.limit_test_batches=1.0",
+                  "data.eval_batch_size=2", "data.target.sizes.test=9", "+data.upstream.shapes.sizes.test=5")
+    results = run(cfg)
+    assert results["global_steps"] == 2
+    assert results["samples"] == {"digits": 9, "shapes": 5}  # odd sizes: padded shards, each counted once
