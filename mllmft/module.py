@@ -10,6 +10,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from mllmft.backbones import Backbone
+from mllmft.errors import ConfigError
 from mllmft.metrics import ExactMatch
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
@@ -76,7 +77,7 @@ class MLLMFineTuner(L.LightningModule):
     def configure_optimizers(self):
         groups = param_groups(self.backbone, self.scope, self.lr, self.weight_decay)
         if not groups:
-            raise ValueError("nothing to train: the scope leaves no parameter trainable "
+            raise ConfigError("nothing to train: the scope leaves no parameter trainable "
                              "(use strategy=zeroshot to evaluate only)")
         optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
         total = max(1, int(self.trainer.estimated_stepping_batches))
@@ -118,10 +119,10 @@ class MLLMFineTuner(L.LightningModule):
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         unexpected = sorted(set(checkpoint["state_dict"]) - set(self.state_dict()))
         if unexpected:
-            raise ValueError(f"the checkpoint holds {len(unexpected)} tensors this model does not have "
+            raise ConfigError(f"the checkpoint holds {len(unexpected)} tensors this model does not have "
                              f"(e.g. {unexpected[:3]}): was it made with another model?")
         missing = sorted(trainable - set(checkpoint["state_dict"]))
         if missing:
-            raise ValueError(f"the checkpoint lacks {len(missing)} trainable parameters of this run "
+            raise ConfigError(f"the checkpoint lacks {len(missing)} trainable parameters of this run "
                              f"(e.g. {missing[:3]}): was it made with another scope or strategy?")
         self.strategy.load_state_dict(checkpoint.get("mllmft", {}).get("strategy_state", {}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mllmft.backbones import COMPONENTS, Backbone
+from mllmft.errors import ConfigError
 
 RULE_KEYS = {"train", "lr_scale", "last_n_layers"}
 
@@ -18,18 +19,18 @@ def apply_scope(backbone: Backbone, scope: Mapping) -> None:
     """Set ``requires_grad`` on every parameter of the backbone from the scope's rules."""
     unknown = set(scope) - set(COMPONENTS)
     if unknown:
-        raise ValueError(f"scope names unknown components {sorted(unknown)}; expected {COMPONENTS}")
+        raise ConfigError(f"scope names unknown components {sorted(unknown)}; expected {COMPONENTS}")
     cmap = backbone.components
     last_n = {}
     for component, rule in scope.items():
         bad = set(rule or {}) - RULE_KEYS
         if bad:
-            raise ValueError(f"scope.{component} has unknown keys {sorted(bad)}; expected {sorted(RULE_KEYS)}")
+            raise ConfigError(f"scope.{component} has unknown keys {sorted(bad)}; expected {sorted(RULE_KEYS)}")
         n = (rule or {}).get("last_n_layers")
         if n:
             total = backbone.num_layers(component)
             if not 0 < n <= total:
-                raise ValueError(f"scope.{component}.last_n_layers={n}, but the {component} has {total} layers")
+                raise ConfigError(f"scope.{component}.last_n_layers={n}, but the {component} has {total} layers")
             last_n[component] = total - n
     for name, param in backbone.model.named_parameters():
         component = cmap.component_of(name)

@@ -9,27 +9,17 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
+from mllmft.cli import user_errors_exit
 from mllmft.config import CONF_DIR
 from mllmft.run import metric_value, run
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train")
+@user_errors_exit
 def main(cfg: DictConfig) -> float | None:
-    try:
-        results = run(cfg)
-    finally:
-        _finish_wandb()  # one W&B run per multirun job, not one for the whole sweep
+    results = run(cfg)
     name = cfg.get("optimized_metric")
-    return metric_value(results, name) if name else None
-
-
-def _finish_wandb() -> None:
-    import sys
-
-    if "wandb" in sys.modules:
-        import wandb
-
-        wandb.finish()
+    return metric_value(results, name) if name else None  # what sweepers optimise
 
 
 if __name__ == "__main__":

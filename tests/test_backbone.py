@@ -3,6 +3,7 @@ import torch
 
 from mllmft.backbones import COMPONENTS, load_pretrained
 from mllmft.data import ConversationCollator, ShapesSource
+from mllmft.errors import CheckpointNotFoundError
 from mllmft.scope import apply_scope, param_groups
 
 
@@ -86,7 +87,7 @@ def test_save_pretrained_round_trip(tiny_backbone, tmp_path):
 
 
 def test_missing_checkpoint_fails_at_once_with_instructions(tmp_path):
-    with pytest.raises(FileNotFoundError, match="neither a local directory nor in the Hugging Face cache"):
+    with pytest.raises(CheckpointNotFoundError, match="neither a local directory nor in the Hugging Face cache"):
         load_pretrained("llava", "nobody/no-such-model")
     with pytest.raises(ValueError, match="unknown model family 'gpt'"):
         load_pretrained("gpt", tmp_path)

@@ -9,6 +9,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mllmft.backbones import llava
 from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap
+from mllmft.errors import CheckpointNotFoundError, ConfigError
 
 FAMILIES = {llava.FAMILY: llava}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -18,7 +19,7 @@ __all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "build_tiny", "
 
 def _family(name: str):
     if name not in FAMILIES:
-        raise ValueError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}")
+        raise ConfigError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}")
     return FAMILIES[name]
 
 
@@ -35,7 +36,7 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     """Load a checkpoint directory (or an already-cached hub id) saved in the HF format."""
     fam = _family(family)
     if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+        raise ConfigError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
@@ -44,7 +45,7 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     except OSError as err:
         if Path(checkpoint).is_dir():
             raise
-        raise FileNotFoundError(
+        raise CheckpointNotFoundError(
             f"model.checkpoint={checkpoint!r} is neither a local directory nor in the Hugging Face cache "
             f"({err.__class__.__name__}). Download it once where there is network "
             f"(`hf download {checkpoint} --local-dir DIR`) and set model.checkpoint=DIR, or unset "
@@ -53,7 +54,7 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     # Lightning's evaluation loops put it back after each test/validation.
     model.train()
     if model.config.model_type not in fam.MODEL_TYPES:
-        raise ValueError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
+        raise ConfigError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
                          "set model.family to match it")
     if getattr(processor, "chat_template", None) is None:
         processor.chat_template = fam.CHAT_TEMPLATE

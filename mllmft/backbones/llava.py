@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                          LlavaForConditionalGeneration, LlavaProcessor)
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+)
 
 from mllmft.backbones.backbone import Backbone, ComponentMap
 from mllmft.backbones.tokenizer import train_tokenizer

@@ -124,7 +124,7 @@ class DigitsSource:
     def records(self, split: str) -> list[Record]:
         _check_split(split)
         out = []
-        for j, idx in enumerate(self._split_indices[split]):
+        for idx in self._split_indices[split]:
             pixels = (self._digits.images[idx] * (255.0 / 16.0)).astype(np.uint8)
             image = (Image.fromarray(pixels, mode="L")
                      .resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)

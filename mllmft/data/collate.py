@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from mllmft.data.record import DataError, Record, Turn
+from mllmft.data.record import Record, Turn
+from mllmft.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
 
@@ -33,7 +34,7 @@ class ConversationCollator:
 
     def __init__(self, processor, max_length: int, generate: bool = False):
         if getattr(processor, "chat_template", None) is None:
-            raise ValueError("the backbone's processor has no chat template; set one in the model config")
+            raise ConfigError("the backbone's processor has no chat template; set one in the model config")
         self.processor = processor
         self.max_length = max_length
         self.generate = generate

@@ -8,7 +8,8 @@ import lightning as L
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from mllmft.data.collate import ConversationCollator
-from mllmft.data.record import DataError, Record
+from mllmft.data.record import Record
+from mllmft.errors import ConfigError, DataError
 
 
 class Source(Protocol):
@@ -65,16 +66,16 @@ class MLLMDataModule(L.LightningDataModule):
                  max_length: int = 256, seed: int = 0, image_check: str = "header"):
         super().__init__()
         if image_check not in IMAGE_CHECKS:
-            raise ValueError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+            raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
         self.processor = processor
         self.target = target
         self.upstream = dict(upstream or {})
         for key, source in self.upstream.items():
             if source.name != key:
-                raise ValueError(f"data.upstream.{key} holds a data set named {source.name!r}; "
+                raise ConfigError(f"data.upstream.{key} holds a data set named {source.name!r}; "
                                  "give it the key's name")
         if target.name in self.upstream:
-            raise ValueError(f"data set {target.name!r} is both the target and an upstream set")
+            raise ConfigError(f"data set {target.name!r} is both the target and an upstream set")
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers

@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mllmft.data.record import DataError, Record, Turn
+from mllmft.data.record import Record, Turn
+from mllmft.errors import DataError
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 

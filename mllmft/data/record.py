@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 from PIL import Image, UnidentifiedImageError
 
+from mllmft.errors import DataError
+
 TASKS = ("caption", "vqa", "multiple_choice")
-ImageSource = Union[Image.Image, str, Path]
+ImageSource = Image.Image | str | Path
 
-
-class DataError(ValueError):
-    """Bad input data. The message always names the record and where it came from."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,21 @@
+"""Errors caused by what the user gave us (data, config, checkpoint paths).
+
+Entry points print these as one clear message, without a traceback: the message names what is
+wrong and where, which is all the user needs.
+"""
+
+
+class UserInputError(Exception):
+    pass
+
+
+class DataError(UserInputError, ValueError):
+    """Bad input data. The message always names the record and where it came from."""
+
+
+class ConfigError(UserInputError, ValueError):
+    """A configuration value that cannot work (unknown name, impossible combination)."""
+
+
+class CheckpointNotFoundError(UserInputError, FileNotFoundError):
+    """A model checkpoint that is neither a local directory nor in the HF cache."""

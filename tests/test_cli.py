@@ -1,0 +1,85 @@
+"""The console entry points as a user runs them (subprocesses: each pays ~8 s of imports)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import FAST
+
+BIN = Path(sys.executable).parent
+PRETRAIN = ["+model.pretrain.source.sizes={train: 16, test: 8}", "model.pretrain.max_steps=3",
+            "model.pretrain.batch_size=4"]
+
+
+def _run(args, tmp_path, timeout=300):
+    env = {**os.environ, "MLLMFT_CACHE": str(tmp_path / "cache"), "MLLMFT_ROOT": str(tmp_path)}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+
+
+def test_main_job_pretrains_fine_tunes_and_prints_the_table(tmp_path):
+    overrides = [o for o in FAST if not o.startswith(("model.pretrain", "zeroshot_test", "print_config"))]
+    proc = _run([BIN / "mllmft-train", *overrides, *PRETRAIN, "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "zero-shot" in out and "fine-tuned" in out and "digits (target)" in out and "shapes" in out
+    assert "model" in out and "strategy" in out  # the resolved config, printed at start
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["pretrain"]["steps"] == 3 and "E" in results["tradeoff"]["final"]
+    assert list((tmp_path / "cache" / "pretrained").glob("llava-*/model.safetensors"))
+
+
+def test_real_ddp_launcher_two_cpu_processes(tmp_path):
+    proc = _run([sys.executable, "-m", "mllmft.train", *FAST, "hardware=ddp_cpu", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "results.json").is_file()
+    assert (tmp_path / "run" / "train_ddp_process_1.log").is_file()  # the second rank ran
+
+
+def test_multirun_sweep(tmp_path):
+    proc = _run([BIN / "mllmft-train", "-m", *FAST, "strategy=full,zeroshot", "seed=1,2",
+                 "hydra.sweep.dir=sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(runs) == 4
+    strategies = sorted(json.loads(r.read_text())["run"]["strategy"] for r in runs)
+    assert strategies == ["full", "full", "zeroshot", "zeroshot"]
+
+
+def test_eval_entry_point_on_an_exported_checkpoint(tmp_path, tiny_backbone):
+    tiny_backbone.model.save_pretrained(tmp_path / "export")
+    tiny_backbone.processor.save_pretrained(tmp_path / "export")
+    proc = _run([BIN / "mllmft-eval", *FAST, f"model.checkpoint={tmp_path / 'export'}", "hydra.run.dir=run"],
+                tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["run"]["strategy"] == "zeroshot" and results["run"]["backbone_source"].endswith("export")
+
+
+@pytest.mark.parametrize("case", ["unknown_strategy", "missing_image", "empty_answer"])
+def test_bad_input_is_one_clear_message(tmp_path, case):
+    Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.png")
+    rows = [{"id": "a1", "image": "ok.png", "conversations": [
+        {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}]
+    if case == "missing_image":
+        rows.append({**rows[0], "id": "b2", "image": "missing.png"})
+        expected = "record 'b2'"
+    elif case == "empty_answer":
+        rows.append({"id": "c3", "image": "ok.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": ""}]})
+        expected = "record 'c3'"
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    data = ["data=llava_json", f"data.target.image_root={tmp_path}",
+            *(f"data.target.{s}={tmp_path / 'd.json'}" for s in ("train", "val", "test"))]
+    args = [*FAST, "strategy=nope"] if case == "unknown_strategy" else [*FAST, *data]
+    proc = _run([BIN / "mllmft-train", *args], tmp_path)
+    assert proc.returncode != 0
+    if case == "unknown_strategy":
+        assert "Could not find 'strategy/nope'" in proc.stderr and "zeroshot" in proc.stderr
+    else:
+        assert f"mllmft: error: {expected}" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
