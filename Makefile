@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: install train test test-full lint clean
+.PHONY: install train test test-full test-gpu lint clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: $(STAMP)
 
 test-full: $(STAMP)
 	$(BIN)/pytest -q -m "" $(ARGS)
+
+# on a machine with CUDA (after installing the CUDA build of torch 2.13.0)
+test-gpu: $(STAMP)
+	$(BIN)/pytest -q -m "" tests/test_gpu.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mllmft tests bench

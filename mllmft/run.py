@@ -54,7 +54,8 @@ def prepare(cfg: DictConfig) -> dict:
     strategy.attach(backbone)
     # Live objects go in through partials: Hydra would turn a dataclass kwarg into a config node.
     datamodule = instantiate(cfg.data, _partial_=True)(processor=backbone.processor)
-    datamodule.setup("fit" if strategy.trains else "test")  # bad data fails here, before any step
+    if strategy.trains:  # bad data fails here, before any step
+        datamodule.setup("fit")
     datamodule.setup("test")
     module = instantiate(cfg.module, _partial_=True)(backbone=backbone, strategy=strategy, scope=cfg.scope,
                                                      test_set_names=datamodule.test_set_names)
@@ -78,13 +79,16 @@ def run(cfg: DictConfig) -> dict:
     if trains and cfg.zeroshot_test:
         trainer.test(module, datamodule=datamodule, verbose=False)
         scores["zeroshot"], _ = test_scores(trainer, names)
+    steps = 0
     if trains:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        # from the logged metrics: under ddp_fork/spawn the fit ran in child processes
+        steps = int(trainer.callback_metrics.get("trainer/steps", 0))
     # an evaluation-only run may still start from a training checkpoint
     trainer.test(module, datamodule=datamodule, verbose=False,
                  ckpt_path=None if trains else cfg.get("ckpt_path"))
     scores["final"], samples = test_scores(trainer, names)
-    results = make_results(cfg, parts, scores, samples, time.time() - started)
+    results = make_results(cfg, parts, scores, samples, steps, time.time() - started)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +99,7 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def make_results(cfg: DictConfig, parts: dict, scores: dict, samples: dict, seconds: float) -> dict:
+def make_results(cfg: DictConfig, parts: dict, scores: dict, samples: dict, steps: int, seconds: float) -> dict:
     names = parts["datamodule"].test_set_names
     target, upstream = names[0], names[1:]
     tradeoff = {}
@@ -117,7 +121,7 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, samples: dict, seco
         "tradeoff": tradeoff,
         "trainable_parameters": backbone.parameter_counts(),
         "pretrain": backbone.info.get("pretrain"),
-        "global_steps": int(parts["trainer"].callback_metrics.get("trainer/steps", 0)),
+        "global_steps": steps,
         "wall_time_s": round(seconds, 2),
     }
 

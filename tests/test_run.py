@@ -51,6 +51,7 @@ def test_results_json_and_tradeoff_scores(compose, tmp_path):
     assert final["S_t"] == saved["scores"]["final"]["digits"]
     assert final["E"] == pytest.approx(final["S_t"] - zs["S_t"])
     assert final["O"] == pytest.approx(final["E"] + final["F"])
+    assert saved["global_steps"] == 2
     assert saved["samples"] == {"digits": 8, "shapes": 8}  # limit_test_batches=1 x eval_batch_size=8
     assert saved["trainable_parameters"]["vision"]["trainable"] > 0
 
@@ -133,3 +134,9 @@ def test_ddp_fork_two_processes_score_every_sample_once(compose):
     results = run(cfg)
     assert results["global_steps"] == 2
     assert results["samples"] == {"digits": 9, "shapes": 5}  # odd sizes: padded shards, each counted once
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_precisions_train_and_test_on_cpu(compose, precision):
+    results = run(compose(f"hardware.precision={precision}", "trainer.max_steps=1"))
+    assert results["global_steps"] == 1 and set(results["scores"]["final"]) == {"digits", "shapes"}
