@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Protocol
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
 from mllmft.data.collate import ConversationCollator
 from mllmft.data.record import Record
@@ -136,6 +136,18 @@ class MLLMDataModule(L.LightningDataModule):
             loader.sampler.resume_at(self._resume["epoch"], self._resume["batches_done"] * self.batch_size)
             self._resume = {}
         return loader
+
+    def upstream_train_dataloader(self, split: str = "train", batch_size: int | None = None) -> DataLoader:
+        """Training-style batches of every upstream set's ``split`` (EWC's Fisher, replay...)."""
+        if not self.upstream:
+            raise ConfigError("this strategy needs upstream data, and data.upstream is empty")
+        datasets = [self.split(source, split) for source in self.upstream.values()]
+        dataset = ConcatDataset(datasets)
+        world, rank = self._world()
+        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
+        return DataLoader(dataset, batch_size=batch_size or self.batch_size, sampler=sampler,
+                          collate_fn=ConversationCollator(self.processor, self.max_length),
+                          num_workers=self.num_workers)
 
     # Saved in Lightning checkpoints: where in its epoch training stopped, so a resumed run trains
     # on the batches an uninterrupted one would have (Lightning alone would restart the epoch's data).
