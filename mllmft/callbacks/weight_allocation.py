@@ -29,12 +29,12 @@ class WeightAllocation(Callback):
     heatmap ``<run dir>/<name>_mask_density.png`` at the end of training."""
 
     def __init__(self, anchor: Anchor, mask_fn: MaskFn, components: ComponentMap, name: str,
-                 state_bytes: Callable[[], int] | None = None):
+                 state_bytes: Callable[[], int]):
         self.anchor = anchor
         self.mask_fn = mask_fn
         self.name = name
         self.stats = MaskStats(components)
-        self.state_bytes = state_bytes or anchor.nbytes
+        self.state_bytes = state_bytes
         self._handles: list = []
         self._params: list = []
         self._trainer = None

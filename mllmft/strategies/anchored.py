@@ -29,6 +29,9 @@ class _AnchoredStrategy(TuningStrategy):
         self.anchor = Anchor(backbone.model)
         self._placed = False
 
+    def state_nbytes(self) -> int:
+        return self.anchor.nbytes()
+
     def _anchored(self, module):
         if not self._placed:  # once the trainer has placed (and possibly cast) the model
             self.anchor.follow(module.model)
@@ -99,6 +102,9 @@ class EWC(_AnchoredStrategy):
     def attach(self, backbone: Backbone) -> None:
         super().attach(backbone)
         self.fisher = ImportanceAccumulator(stats=("sq",), window_steps=0)  # filled once, not per step
+
+    def state_nbytes(self) -> int:
+        return self.anchor.nbytes() + self.fisher.nbytes()
 
     def extra_loss(self, module, batch, outputs) -> torch.Tensor:
         terms = [(self.fisher.state["sq"][name] * (p - theta0).float().square()).sum()

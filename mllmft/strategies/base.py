@@ -29,6 +29,10 @@ class TuningStrategy:
         """A regulariser added to the task loss in the same backward, or None."""
         return None
 
+    def state_nbytes(self) -> int:
+        """Bytes of persistent state the strategy keeps beside the model (θ0, statistics, masks)."""
+        return 0
+
     def state_dict(self) -> dict:
         return {}
 

@@ -44,9 +44,11 @@ class FixedWeightMask(TuningStrategy):
             movable = torch.ones(theta0.numel(), dtype=torch.bool, device=theta0.device)
             movable[held_entries(theta0, self.freeze_ratio, self.how, generator)] = False
             self.movable[name] = movable.view_as(theta0)
-        self.allocation = WeightAllocation(
-            self.anchor, self._mask, backbone.components, self.name,
-            state_bytes=lambda: self.anchor.nbytes() + sum(m.numel() for m in self.movable.values()))
+        self.allocation = WeightAllocation(self.anchor, self._mask, backbone.components, self.name,
+                                           state_bytes=self.state_nbytes)
+
+    def state_nbytes(self) -> int:
+        return self.anchor.nbytes() + sum(m.numel() for m in self.movable.values())
 
     def _mask(self, name: str, param: torch.Tensor, theta0: torch.Tensor) -> torch.Tensor:
         movable = self.movable[name]

@@ -98,5 +98,9 @@ class SPU(TuningStrategy):
             mask = self.masks[name] = mask.to(grad.device)
         return mask
 
+    def state_nbytes(self) -> int:
+        masks = sum(m.numel() for m in (self.masks or {}).values())
+        return self.accumulator.nbytes() + masks
+
     def callbacks(self):
         return [self.accumulator, self.builder, self.gradient_mask]

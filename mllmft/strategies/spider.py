@@ -21,27 +21,29 @@ MASKS = ("soft", "binary")
 
 def normalized_importance(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """N(x) = sigmoid((|x| − mean|x|) / (std|x| + eps)) within the tensor (unbiased std); 0 for an
-    all-zero tensor. Computed in fp32, without host synchronisation."""
+    all-zero tensor. Computed in fp32, in place on one temporary, without host synchronisation."""
     a = x.detach().abs().float()
     if a.numel() > 1:
         std, mean = torch.std_mean(a)
     else:
-        std, mean = torch.zeros((), device=a.device), a.reshape(())
-    out = torch.sigmoid((a - mean) / (std + eps))
-    return out * (mean > 0)  # |x| >= 0, so mean == 0 means the tensor is all zeros
+        std, mean = torch.zeros((), device=a.device), a.reshape(()).clone()
+    a.sub_(mean).div_(std + eps).sigmoid_()
+    return a.mul_(mean > 0)  # |x| >= 0, so mean == 0 means the tensor is all zeros
 
 
 def spider_mask(theta0: torch.Tensor, accumulated: torch.Tensor, mask: str = "soft",
                 eps: float = 1e-12) -> torch.Tensor:
-    """M for one tensor: R = G / (I + G) where G > I (else 0), M = min(R / mean(R | R > 0), 1)."""
-    importance_pre = normalized_importance(theta0, eps)
-    importance_task = normalized_importance(accumulated, eps)
-    wins = importance_task > importance_pre
+    """M for one tensor: R = G / (I + G) where G > I (else 0), M = min(R / mean(R | R > 0), 1).
+
+    Two temporaries of the tensor's size; everything else happens in place in them."""
+    importance_pre = normalized_importance(theta0, eps)  # I
+    ratio = normalized_importance(accumulated, eps)  # G, becomes R then M
+    wins = ratio > importance_pre
     if mask == "binary":
         return wins.float()
-    ratio = torch.where(wins, importance_task / (importance_pre + importance_task), 0.0)
+    ratio.div_(importance_pre.add_(ratio)).mul_(wins)  # R = G / (I + G) where G > I
     mean_winning = ratio.sum() / wins.sum().clamp(min=1)
-    return (ratio / mean_winning.clamp(min=eps)).clamp_(max=1.0)
+    return ratio.div_(mean_winning.clamp(min=eps)).clamp_(max=1.0)
 
 
 class SPIDER(TuningStrategy):
@@ -61,7 +63,10 @@ class SPIDER(TuningStrategy):
         self.anchor = Anchor(backbone.model)
         self.accumulator = ImportanceAccumulator(stats=("signed",))
         self.allocation = WeightAllocation(self.anchor, self._mask, backbone.components, self.name,
-                                           state_bytes=lambda: self.anchor.nbytes() + self.accumulator.nbytes())
+                                           state_bytes=self.state_nbytes)
+
+    def state_nbytes(self) -> int:
+        return self.anchor.nbytes() + self.accumulator.nbytes()
 
     def _mask(self, name: str, param: torch.Tensor, theta0: torch.Tensor) -> torch.Tensor:
         accumulated = self.accumulator.get("signed", name)

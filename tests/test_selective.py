@@ -1,0 +1,237 @@
+"""SPIDER and the selective / regularisation strategies: tests that catch a wrong implementation."""
+
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mllmft import api
+from mllmft.callbacks.importance import ImportanceAccumulator
+from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask
+from mllmft.strategies.gradient_masks import top_fraction_mask
+from mllmft.strategies.spider import normalized_importance, spider_mask
+
+
+# --- the formulas, against an independent numpy transcription of the spec -----------------------
+def _n(x):
+    a = np.abs(x)
+    if not a.any():
+        return np.zeros_like(a)
+    return 1 / (1 + np.exp(-(a - a.mean()) / (a.std(ddof=1) + 1e-12)))
+
+
+def _m(theta0, acc):
+    i, g = _n(theta0), _n(acc)
+    r = np.where(g > i, g / (i + g), 0.0)
+    return np.minimum(r / r[r > 0].mean(), 1.0) if (r > 0).any() else np.zeros_like(r)
+
+
+def test_hand_computed_two_steps_match_the_spec():
+    theta0 = np.array([0.5, -1.0, 2.0, 0.1, -0.05, 0.3])
+    grads = [np.array([0.9, -0.1, 0.2, -0.8, 0.05, 0.0]), np.array([0.7, 0.1, -0.3, -0.9, 0.02, 0.4])]
+    lr = 0.1
+    w, acc = theta0.copy(), np.zeros_like(theta0)
+    p = torch.tensor(theta0, dtype=torch.float64)
+    t0 = p.clone()
+    acc_t = torch.zeros_like(p)
+    for g in grads:
+        acc += g                                  # 1. A += g
+        w_tilde = w - lr * g                      # 2. the optimizer step (plain SGD here)
+        w = theta0 + _m(theta0, acc) * (w_tilde - theta0)  # 3-5. mask and weight allocation
+        acc_t += torch.tensor(g)
+        p = torch.lerp(t0, p - lr * torch.tensor(g), spider_mask(t0, acc_t).to(p.dtype))
+    np.testing.assert_allclose(p.numpy(), w, rtol=0, atol=1e-6)  # importances are computed in fp32
+    assert (p.numpy() == theta0).any() and (p.numpy() != theta0).any()  # some held, some moved
+
+
+def test_normalized_importance_edge_cases():
+    assert torch.equal(normalized_importance(torch.zeros(5)), torch.zeros(5))
+    assert torch.allclose(normalized_importance(torch.full((4,), 3.0)), torch.full((4,), 0.5))
+    assert normalized_importance(torch.tensor([2.0])).item() == 0.5
+    assert spider_mask(torch.randn(10), torch.zeros(10)).sum() == 0  # no gradient yet: all held
+
+
+def test_gaussian_weights_and_gradients_give_about_half_movable():
+    torch.manual_seed(0)
+    m = spider_mask(torch.randn(20_000), torch.randn(20_000))
+    moving = m > 0
+    assert 0.45 < moving.float().mean() < 0.55
+    assert (m[moving] >= 0.8).float().mean() > 0.9 and m.max() == 1.0
+    assert torch.equal(spider_mask(torch.randn(100), torch.randn(100), "binary").unique(), torch.tensor([0.0, 1.0]))
+
+
+# --- masks hold exactly what they say ------------------------------------------------------------
+@pytest.mark.parametrize("cls", [MagnitudeMask, RandomMask])
+def test_fixed_masks_hold_exactly_the_configured_share(tiny_backbone, cls):
+    strategy = cls(freeze_ratio=0.3)
+    strategy.attach(tiny_backbone)
+    for name, movable in strategy.movable.items():
+        assert (~movable).sum().item() == round(0.3 * movable.numel()), name
+        if cls is MagnitudeMask and movable.any() and (~movable).any():
+            magnitude = strategy.anchor.theta0[name].abs()
+            assert magnitude[~movable].min() >= magnitude[movable].max()
+
+
+def test_gmt_keeps_exactly_k_entries_even_with_ties():
+    g = torch.zeros(50)
+    g[:3] = torch.tensor([5.0, -4.0, 3.0])
+    mask = top_fraction_mask(g.abs(), 0.2)  # 10 kept: 3 real + 7 of the tied zeros
+    assert mask.sum() == 10 and mask[:3].all()
+
+
+# --- regularisers ---------------------------------------------------------------------------------
+def test_l2_sp_gradient_is_the_analytic_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    strategy = AnchorPenalty("l2", lam=0.1, reduction="tensor_mean")
+    strategy.attach(SimpleNamespace(model=model))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p))
+    strategy.extra_loss(SimpleNamespace(model=model), None, None).backward()
+    tensors = len(strategy.anchor.theta0)
+    for name, p, theta0 in strategy.anchor.named(model):
+        expected = 0.1 * 2 * (p - theta0) / (p.numel() * tensors)
+        assert torch.allclose(p.grad, expected, atol=1e-7), name
+    survey = AnchorPenalty("l2", lam=0.1, reduction="sum")
+    survey.attach(SimpleNamespace(model=model))
+    assert survey.extra_loss(SimpleNamespace(model=model), None, None).item() == 0.0  # at θ0
+
+
+# --- full runs on the tiny LLaVA ------------------------------------------------------------------
+class AlwaysOneSPIDER(SPIDER):
+    """SPIDER with M ≡ 1: must be plain fine-tuning, bit for bit."""
+
+    def _mask(self, name, param, theta0):
+        return torch.ones_like(param)
+
+
+def _fit(compose, *overrides):
+    parts = api.build(compose(*overrides))
+    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    return parts
+
+
+def test_spider_with_mask_one_is_plain_fine_tuning(compose):
+    full = _fit(compose, "strategy=full", "trainer.max_steps=3")
+    ones = _fit(compose, "strategy=spider", f"strategy._target_={__name__}.AlwaysOneSPIDER", "trainer.max_steps=3")
+    a, b = full["backbone"].model.state_dict(), ones["backbone"].model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("strategy", ["spider", "magnitude_mask", "random_mask"])
+def test_held_entries_stay_exactly_at_theta0(compose, strategy):
+    parts = _fit(compose, f"strategy={strategy}", "trainer.max_steps=4")
+    s, model = parts["strategy"], parts["backbone"].model
+    moved = 0
+    for name, p, theta0 in s.anchor.named(model):
+        if strategy == "spider":
+            held = spider_mask(theta0, s.accumulator.get("signed", name)) == 0
+        else:
+            held = ~s.movable[name]
+        assert torch.equal(p[held], theta0[held]), name
+        moved += int((p[~held] != theta0[~held]).sum())
+    assert moved > 0
+
+
+def test_gmt_and_spu_log_mask_density(compose):
+    gmt = _fit(compose, "strategy=gmt", "trainer.max_steps=1", "trainer.log_every_n_steps=1")
+    assert gmt["trainer"].callback_metrics["mask/density/llm"] == pytest.approx(0.2, abs=0.01)
+    spu = _fit(compose, "strategy=spu", "trainer.max_steps=4", "strategy.score_fraction=0.5")
+    assert spu["strategy"].accumulator.window_steps == 2
+    for name, mask in spu["strategy"].masks.items():
+        assert mask.sum() == max(1, round(0.1 * mask.numel())), name
+
+
+def test_spider_logs_diagnostics_and_draws_the_heatmap(compose, tmp_path):
+    parts = _fit(compose, "strategy=spider", "trainer.max_steps=3", "trainer.log_every_n_steps=1")
+    metrics = parts["trainer"].callback_metrics
+    for key in ("mask/density/llm", "mask/mean/llm", "mask/density/llm.layer3", "mask/density/connector"):
+        assert 0.0 <= float(metrics[key]) <= 1.0, key
+    assert float(metrics["strategy/state_bytes_per_param"]) == 8.0  # fp32: θ0 + signed sum
+    assert (tmp_path / "run" / "spider_mask_density.png").is_file()
+
+
+def test_spider_state_is_six_bytes_per_parameter_in_bf16(compose):
+    parts = _fit(compose, "strategy=spider", "hardware.precision=bf16-true", "trainer.max_steps=1",
+                 "trainer.log_every_n_steps=1")
+    assert float(parts["trainer"].callback_metrics["strategy/state_bytes_per_param"]) == 6.0
+
+
+def test_hft_freezes_the_documented_share(tiny_backbone):
+    from mllmft.scope import apply_scope
+    from mllmft.strategies import HFT
+
+    apply_scope(tiny_backbone, {"llm": {"train": True}})
+    hft = HFT(seed=1)
+    hft.attach(tiny_backbone)
+    per_layer = {}
+    for path in hft.frozen:
+        layer = int(path.split("layers.")[1].split(".")[0])
+        per_layer.setdefault(layer, []).append(path.rsplit(".", 1)[-1])
+    mlp_counts = []
+    for modules in per_layer.values():
+        assert sum(m.endswith(("q_proj", "k_proj", "v_proj", "o_proj")) for m in modules) == 2
+        assert sum(m.endswith("layernorm") for m in modules) == 1
+        mlp_counts.append(sum(m.endswith(("gate_proj", "up_proj", "down_proj")) for m in modules))
+    assert sorted(mlp_counts) == [1, 1, 2, 2]
+    frozen_param = f"{hft.frozen[0]}.weight"
+    assert not dict(tiny_backbone.model.named_parameters())[frozen_param].requires_grad
+    assert tiny_backbone.model.model.language_model.embed_tokens.weight.requires_grad
+
+
+def test_ewc_fisher_is_the_mean_squared_upstream_gradient(compose):
+    overrides = ("strategy=ewc", "strategy.fisher_batches=2", "strategy.fisher_batch_size=3",
+                 "+data.upstream.shapes.sizes.train=12", "trainer.max_steps=1")
+    parts = _fit(compose, *overrides)
+    fisher = parts["strategy"].fisher.state["sq"]
+    fresh = api.build(compose(*overrides))  # same seed: the same θ0 and the same upstream batches
+    model, dm = fresh["backbone"].model, fresh["datamodule"]
+    model.eval()
+    expected = {}
+    for i, batch in enumerate(dm.upstream_train_dataloader("train", 3)):
+        if i == 2:
+            break
+        model.zero_grad()
+        model(**batch["model_inputs"], labels=batch["labels"]).loss.backward()
+        for n, p in model.named_parameters():
+            if p.grad is not None:
+                expected[n] = expected.get(n, 0) + p.grad.square() / 2
+    assert set(expected) == set(fisher)
+    for n, value in expected.items():
+        assert torch.allclose(fisher[n], value, rtol=1e-4, atol=1e-10), n
+
+
+def test_importance_accumulator_statistics():
+    acc = ImportanceAccumulator(stats=("signed", "abs", "sq"), window_steps=2)
+    for g in (torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0]), torch.tensor([100.0, 100.0])):
+        if acc.active:
+            acc.accumulate([("w", g)])
+    assert torch.equal(acc.get("signed", "w"), torch.tensor([4.0, -1.0]))
+    assert torch.equal(acc.get("abs", "w"), torch.tensor([4.0, 3.0]))
+    assert torch.equal(acc.get("sq", "w"), torch.tensor([10.0, 5.0]))
+    assert acc.steps == 2 and not acc.active and math.isclose(acc.nbytes(), 3 * 2 * 4)
+
+
+class _SaveWeights(L.Callback):
+    def __init__(self, directory):
+        self.directory = directory
+
+    def on_train_end(self, trainer, pl_module):
+        torch.save(pl_module.model.state_dict(), self.directory / f"rank{trainer.global_rank}.pt")
+
+
+def test_ddp_ranks_hold_identical_spider_weights(compose, tmp_path):
+    cfg = compose("strategy=spider", "hardware=ddp_cpu", "hardware.lightning_strategy=ddp_fork",
+                  "trainer.max_steps=3")
+    parts = api.build(cfg)
+    parts["trainer"].callbacks.append(_SaveWeights(tmp_path))
+    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    theta0 = parts["strategy"].anchor.theta0
+    assert any(not torch.equal(a[k], theta0[k]) for k in theta0)  # they trained
