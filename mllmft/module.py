@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -11,16 +14,17 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from mllmft.backbones import Backbone
 from mllmft.errors import ConfigError
-from mllmft.metrics import ExactMatch
+from mllmft.metrics import build_metric
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
 
 
-def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float], dict[str, int]]:
-    """({set: exact match x 100}, {set: samples scored}) of the trainer's last test run."""
-    metrics = trainer.callback_metrics
-    return ({n: float(metrics[f"test/{n}"]) for n in names},
-            {n: int(metrics[f"test/{n}/samples"]) for n in names})
+def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float], dict[str, int], dict[str, dict]]:
+    """({set: headline score}, {set: samples scored}, {set: every other figure}) of the last test run."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    details = {n: {k[len(f"test/{n}/"):]: v for k, v in metrics.items()
+                   if k.startswith(f"test/{n}/") and not k.endswith("/samples")} for n in names}
+    return ({n: metrics[f"test/{n}"] for n in names}, {n: int(metrics[f"test/{n}/samples"]) for n in names}, details)
 
 
 def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
@@ -35,12 +39,13 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0
 class MLLMFineTuner(L.LightningModule):
     """Fine-tunes ``backbone.model`` with a tuning strategy; tests by greedy generation.
 
-    ``test_set_names`` lists the test dataloaders in order (the target first); after each
-    ``trainer.test`` read the scores with ``test_scores(trainer, test_set_names)``.
+    ``test_sets`` maps the test dataloaders, in order (the target first), to their metric names; after
+    each ``trainer.test`` read the scores with ``test_scores(trainer, names)``. Predictions go to
+    ``<run dir>/predictions/<test_phase>-<set>.jsonl`` (id, prompt, prediction, references, score).
     """
 
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
-                 test_set_names: list[str], lr: float = 1e-4, weight_decay: float = 0.0,
+                 test_sets: Mapping[str, str], lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_ratio: float = 0.03,
                  min_lr_ratio: float = 0.0, max_new_tokens: int = 16):
         super().__init__()
@@ -48,11 +53,13 @@ class MLLMFineTuner(L.LightningModule):
         self.model = backbone.model
         self.strategy = strategy
         self.scope = scope
-        self.test_set_names = list(test_set_names)
+        self.test_set_names = list(test_sets)
+        self.test_phase = "test"  # names the predictions files: "zeroshot", "final"
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens = max_new_tokens
-        self.test_metrics = torch.nn.ModuleList(ExactMatch() for _ in self.test_set_names)
+        self.test_metrics = torch.nn.ModuleList(build_metric(m) for m in test_sets.values())
+        self._test_started = 0.0
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
         # a 7B LLaVA with two trainable layers checkpoints in hundreds of MB, not 14 GB.
         self.strict_loading = False
@@ -96,16 +103,34 @@ class MLLMFineTuner(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         predictions = self.generate(batch["model_inputs"])
-        self.test_metrics[dataloader_idx].update(batch["index"], predictions, batch["references"])
+        self.test_metrics[dataloader_idx].update(batch["index"], batch["ids"], batch["prompts"], predictions,
+                                                 batch["references"])
+
+    def on_test_epoch_start(self) -> None:
+        self._test_started = time.perf_counter()
 
     def on_test_epoch_end(self) -> None:
-        # Logged (not only stored) so the numbers reach the launching process under ddp_fork/spawn,
+        # Logged (not only returned) so the numbers reach the launching process under ddp_fork/spawn,
         # where this module lives in child processes: read them with `test_scores(trainer, ...)`.
+        seconds = time.perf_counter() - self._test_started
+        total = 0
         for name, metric in zip(self.test_set_names, self.test_metrics):
             result = metric.compute()
-            self.log(f"test/{name}", result["score"], add_dataloader_idx=False)
-            self.log(f"test/{name}/samples", result["samples"].float(), add_dataloader_idx=False)
+            total += result["samples"]
+            self.log(f"test/{name}", result.pop("score"), add_dataloader_idx=False)
+            self.log_dict({f"test/{name}/{k}": float(v) for k, v in result.items()}, add_dataloader_idx=False)
+            if self.trainer.is_global_zero:
+                self._write_predictions(name, metric)
             metric.reset()
+        self.log("test/samples_per_s", total / max(seconds, 1e-9), add_dataloader_idx=False)
+
+    def _write_predictions(self, name: str, metric) -> None:
+        path = Path(self.trainer.default_root_dir) / "predictions" / f"{self.test_phase}-{name}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for answer, score in metric.last_per_sample:
+                f.write(json.dumps({"id": answer.id, "prompt": answer.prompt, "prediction": answer.prediction,
+                                    "references": list(answer.references), "score": score}) + "\n")
 
     # --- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

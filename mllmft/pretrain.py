@@ -68,7 +68,7 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
     source = instantiate(pretrain["source"])
     data = MLLMDataModule(backbone.processor, source, batch_size=pretrain["batch_size"],
                           eval_batch_size=64, max_length=pretrain.get("max_length", 128))
-    module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, [source.name], lr=pretrain["lr"],
+    module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, data.test_sets, lr=pretrain["lr"],
                            warmup_ratio=pretrain.get("warmup_ratio", 0.05), max_new_tokens=8)
     trainer = L.Trainer(max_steps=pretrain["max_steps"], accelerator=accelerator, devices=1,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,

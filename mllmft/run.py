@@ -23,7 +23,7 @@ from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
 
 log = logging.getLogger(__name__)
-RESULTS_SCHEMA = "mllmft.results/1"
+RESULTS_SCHEMA = "mllmft.results/2"
 
 
 def build_backbone(model: DictConfig, cache_dir: str, accelerator: str = "auto") -> Backbone:
@@ -58,7 +58,7 @@ def prepare(cfg: DictConfig) -> dict:
         datamodule.setup("fit")
     datamodule.setup("test")
     module = instantiate(cfg.module, _partial_=True)(backbone=backbone, strategy=strategy, scope=cfg.scope,
-                                                     test_set_names=datamodule.test_set_names)
+                                                     test_sets=datamodule.test_sets)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + strategy.callbacks(),
                           logger=loggers or False)
@@ -74,21 +74,25 @@ def run(cfg: DictConfig) -> dict:
     parts = prepare(cfg)
     module, trainer, datamodule = parts["module"], parts["trainer"], parts["datamodule"]
     names = datamodule.test_set_names
-    scores = {}
+    scores, details = {}, {}
     trains = parts["strategy"].trains
     if trains and cfg.zeroshot_test:
+        module.test_phase = "zeroshot"
         trainer.test(module, datamodule=datamodule, verbose=False)
-        scores["zeroshot"], _ = test_scores(trainer, names)
+        scores["zeroshot"], _, details["zeroshot"] = test_scores(trainer, names)
     steps = 0
     if trains:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # from the logged metrics: under ddp_fork/spawn the fit ran in child processes
         steps = int(trainer.callback_metrics.get("trainer/steps", 0))
     # an evaluation-only run may still start from a training checkpoint
+    module.test_phase = "final"
     trainer.test(module, datamodule=datamodule, verbose=False,
                  ckpt_path=None if trains else cfg.get("ckpt_path"))
-    scores["final"], samples = test_scores(trainer, names)
-    results = make_results(cfg, parts, scores, samples, steps, time.time() - started)
+    scores["final"], samples, details["final"] = test_scores(trainer, names)
+    throughput = float(trainer.callback_metrics["test/samples_per_s"])
+    results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started)
+    results["eval_samples_per_s"] = round(throughput, 2)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +103,8 @@ def run(cfg: DictConfig) -> dict:
     return results
 
 
-def make_results(cfg: DictConfig, parts: dict, scores: dict, samples: dict, steps: int, seconds: float) -> dict:
+def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samples: dict, steps: int,
+                 seconds: float) -> dict:
     names = parts["datamodule"].test_set_names
     target, upstream = names[0], names[1:]
     tradeoff = {}
@@ -114,9 +119,10 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, samples: dict, step
         "run": {"model": cfg.model.name, "family": backbone.family, "backbone_source": backbone.source,
                 "strategy": parts["strategy"].name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
                 "seed": cfg.seed, "output_dir": str(cfg.paths.output_dir)},
-        "metric": "exact_match",
+        "metrics": parts["datamodule"].test_sets,
         "target": target, "upstream": upstream,
         "scores": scores,
+        "details": details,
         "samples": samples,
         "tradeoff": tradeoff,
         "trainable_parameters": backbone.parameter_counts(),

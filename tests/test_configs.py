@@ -56,7 +56,7 @@ def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, opt
     elif group == "module":
         strategy = instantiate(cfg.strategy)
         module = instantiate(cfg.module, _partial_=True)(backbone=tiny_backbone, strategy=strategy,
-                                                         scope=cfg.scope, test_set_names=["a"])
+                                                         scope=cfg.scope, test_sets={"a": "exact_match"})
         assert isinstance(module, L.LightningModule)
 
 

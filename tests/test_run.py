@@ -52,7 +52,12 @@ def test_results_json_and_tradeoff_scores(compose, tmp_path):
     results = run(cfg)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
-    assert saved["schema"] == "mllmft.results/1"
+    assert saved["schema"] == "mllmft.results/2"
+    assert saved["metrics"] == {"digits": "exact_match", "shapes": "exact_match"} and saved["eval_samples_per_s"] > 0
+    lines = (tmp_path / "run" / "predictions" / "final-digits.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    assert len(lines) == 8 and set(first) == {"id", "prompt", "prediction", "references", "score"}
+    assert (tmp_path / "run" / "predictions" / "zeroshot-shapes.jsonl").is_file()
     assert saved["target"] == "digits" and saved["upstream"] == ["shapes"]
     final, zs = saved["tradeoff"]["final"], saved["tradeoff"]["zeroshot"]
     assert final["S_t"] == saved["scores"]["final"]["digits"]

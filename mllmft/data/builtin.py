@@ -41,8 +41,9 @@ class ShapesSource:
                  "count": "How many shapes are there?"}
 
     def __init__(self, name: str = "shapes", sizes: dict | None = None, seed: int = 0,
-                 image_size: int = 64):
+                 image_size: int = 64, metric: str = "exact_match"):
         self.name = name
+        self.metric = metric
         self.sizes = {"train": 4000, "val": 120, "test": 240, **(sizes or {})}
         self.seed = seed
         self.image_size = image_size
@@ -102,8 +103,10 @@ class DigitsSource:
     QUESTION = "Which digit is this?"
     FRACTIONS = {"test": 0.2, "val": 0.08}
 
-    def __init__(self, name: str = "digits", sizes: dict | None = None, image_size: int = 64):
+    def __init__(self, name: str = "digits", sizes: dict | None = None, image_size: int = 64,
+                 metric: str = "exact_match"):
         self.name = name
+        self.metric = metric
         self.sizes = sizes or {}
         self.image_size = image_size
 

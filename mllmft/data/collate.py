@@ -57,7 +57,8 @@ class ConversationCollator:
         else:
             inputs, labels = self._encode_for_training(records, list(images))
         return {"model_inputs": inputs, "labels": labels, "index": torch.tensor(indices),
-                "references": [r.answers for r in records], "ids": [r.id for r in records]}
+                "references": [r.answers for r in records], "ids": [r.id for r in records],
+                "prompts": [r.prompt_turns[-1].text for r in records]}
 
     def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:
         full = [self.render(r.turns, add_generation_prompt=False) for r in records]

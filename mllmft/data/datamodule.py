@@ -13,9 +13,10 @@ from mllmft.errors import ConfigError, DataError
 
 
 class Source(Protocol):
-    """A data set: a name and its records per split ("train", "val", "test")."""
+    """A data set: a name, the metric that scores it, and its records per split ("train", "val", "test")."""
 
     name: str
+    metric: str  # a key of mllmft.metrics.METRICS
 
     def records(self, split: str) -> list[Record]: ...
 
@@ -88,6 +89,11 @@ class MLLMDataModule(L.LightningDataModule):
     @property
     def test_set_names(self) -> list[str]:
         return [self.target.name, *self.upstream]
+
+    @property
+    def test_sets(self) -> dict[str, str]:
+        """{set name: metric name}, the target first."""
+        return {source.name: source.metric for source in self.test_sources()}
 
     def split(self, source: Source, split: str) -> RecordDataset:
         """Read, validate and cache one split (validation happens here, before any step runs)."""

@@ -61,8 +61,10 @@ class LlavaJsonSource:
     """A data set of LLaVA conversation files, one file per split (a split may be left out)."""
 
     def __init__(self, name: str, image_root: str, train: str | None = None, val: str | None = None,
-                 test: str | None = None, task: str = "vqa", sizes: dict | None = None):
+                 test: str | None = None, task: str = "vqa", sizes: dict | None = None,
+                 metric: str = "exact_match"):
         self.name = name
+        self.metric = metric  # exact_match | vqa_accuracy | multiple_choice | caption
         self.image_root = image_root
         self.files = {"train": train, "val": val, "test": test}
         self.task = task
