@@ -1,9 +1,13 @@
 from mllmft.data.builtin import DigitsSource, ShapesSource
+from mllmft.data.captions import CocoCaptions, KarpathyCaptions
+from mllmft.data.choice_sets import IconQA, ScienceQA
 from mllmft.data.collate import IGNORE_INDEX, ConversationCollator
 from mllmft.data.datamodule import MLLMDataModule
 from mllmft.data.llava_json import LlavaJsonSource, read_llava_json
 from mllmft.data.record import Record, Turn
+from mllmft.data.vqa_sets import AOKVQA, GQA, OCRVQA, TextVQA, VizWiz, VQAv2Style
 from mllmft.errors import DataError
 
-__all__ = ["DataError", "DigitsSource", "ConversationCollator", "IGNORE_INDEX", "LlavaJsonSource",
-           "MLLMDataModule", "Record", "ShapesSource", "Turn", "read_llava_json"]
+__all__ = ["AOKVQA", "GQA", "IGNORE_INDEX", "OCRVQA", "CocoCaptions", "ConversationCollator", "DataError",
+           "DigitsSource", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule", "Record", "ScienceQA",
+           "ShapesSource", "TextVQA", "Turn", "VQAv2Style", "VizWiz", "read_llava_json"]

@@ -109,10 +109,14 @@ class MLLMDataModule(L.LightningDataModule):
             self._splits[key] = RecordDataset(records)
         return self._splits[key]
 
+    def _has(self, source: Source, split: str) -> bool:
+        return getattr(source, "has_split", lambda _: True)(split)
+
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.split(self.target, "train")
-            self.split(self.target, "val")
+            if self._has(self.target, "val"):
+                self.split(self.target, "val")
         if stage in (None, "test"):
             for source in self.test_sources():
                 self.split(source, "test")
@@ -167,8 +171,10 @@ class MLLMDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         self._resume = dict(state)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | list:
         # Validation measures the loss, so it collates like training (labels, right padding).
+        if not self._has(self.target, "val"):
+            return []  # the target has no validation split: Lightning skips validation
         return self._loader(self.split(self.target, "val"), shuffle=False, generate=False)
 
     def test_dataloader(self) -> list[DataLoader]:

@@ -24,7 +24,12 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 def read_llava_json(path: str | Path, image_root: str | Path, default_task: str = "vqa") -> list[Record]:
-    path, image_root = Path(path), Path(image_root)
+    return [llava_record(origin, row, Path(image_root), default_task) for origin, row in load_llava_rows(path)]
+
+
+def load_llava_rows(path: str | Path) -> list[tuple[str, dict]]:
+    """(origin, row) pairs of a LLaVA JSON list or JSONL file; origin names the file and position."""
+    path = Path(path)
     if not path.is_file():
         raise DataError(f"conversation file not found: {path}")
     text = path.read_text(encoding="utf-8")
@@ -36,10 +41,10 @@ def read_llava_json(path: str | Path, image_root: str | Path, default_task: str 
             rows = [(f"{path}[{n}]", row) for n, row in enumerate(json.loads(text))]
     except json.JSONDecodeError as err:
         raise DataError(f"{path}: not valid JSON: {err}") from err
-    return [_record(origin, row, image_root, default_task) for origin, row in rows]
+    return rows
 
 
-def _record(origin: str, row: dict, image_root: Path, default_task: str) -> Record:
+def llava_record(origin: str, row: dict, image_root: Path, default_task: str) -> Record:
     rid = str(row.get("id", origin))
     if "image" not in row:
         raise DataError(f"record {rid!r} ({origin}): no 'image' field (text-only records are not supported)")
