@@ -47,7 +47,8 @@ class MLLMFineTuner(L.LightningModule):
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
                  test_sets: Mapping[str, str], lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_ratio: float = 0.03,
-                 min_lr_ratio: float = 0.0, max_new_tokens: int = 16):
+                 min_lr_ratio: float = 0.0, max_new_tokens: int = 16,
+                 test_max_new_tokens: Mapping[str, int | None] | None = None):
         super().__init__()
         self.backbone = backbone
         self.model = backbone.model
@@ -58,6 +59,8 @@ class MLLMFineTuner(L.LightningModule):
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens = max_new_tokens
+        per_set = test_max_new_tokens or {}
+        self.test_lengths = [per_set.get(name) or max_new_tokens for name in self.test_set_names]
         self.test_metrics = torch.nn.ModuleList(build_metric(m) for m in test_sets.values())
         self._test_started = 0.0
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
@@ -94,15 +97,16 @@ class MLLMFineTuner(L.LightningModule):
 
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, model_inputs: dict) -> list[str]:
+    def generate(self, model_inputs: dict, max_new_tokens: int | None = None) -> list[str]:
+        """Batched greedy decoding with the KV cache; prompts are left-padded by the collator."""
         tokenizer = self.backbone.processor.tokenizer
-        output = self.model.generate(**model_inputs, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                     pad_token_id=tokenizer.pad_token_id)
+        output = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, model_inputs["input_ids"].shape[1]:]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
-        predictions = self.generate(batch["model_inputs"])
+        predictions = self.generate(batch["model_inputs"], self.test_lengths[dataloader_idx])
         self.test_metrics[dataloader_idx].update(batch["index"], batch["ids"], batch["prompts"], predictions,
                                                  batch["references"])
 

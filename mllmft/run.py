@@ -58,7 +58,8 @@ def prepare(cfg: DictConfig) -> dict:
         datamodule.setup("fit")
     datamodule.setup("test")
     module = instantiate(cfg.module, _partial_=True)(backbone=backbone, strategy=strategy, scope=cfg.scope,
-                                                     test_sets=datamodule.test_sets)
+                                                     test_sets=datamodule.test_sets,
+                                                     test_max_new_tokens=datamodule.test_max_new_tokens)
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + strategy.callbacks(),
                           logger=loggers or False)

@@ -43,9 +43,9 @@ def tiny_backbone():
 def compose(tmp_path):
     """compose(*overrides) -> a fast run's config writing under tmp_path."""
 
-    def _compose(*overrides: str, fast: bool = True):
+    def _compose(*overrides: str, fast: bool = True, config_name: str = "train", run_dir: str = "run"):
         base = FAST if fast else []
         return api.compose([*base, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}",
-                            *overrides], output_dir=tmp_path / "run")
+                            *overrides], config_name=config_name, output_dir=tmp_path / run_dir)
 
     return _compose

@@ -196,3 +196,27 @@ def test_target_without_validation_split_skips_validation(compose, tmp_path, tin
     assert dm.val_dataloader() == []
     collate = ConversationCollator(tiny_backbone.processor, 256)
     assert collate([(0, r, r.load_image()) for r in source.records("train")[:1]])["labels"] is not None
+
+
+def test_hugging_face_dataset_with_a_column_mapping(tmp_path, tiny_backbone):
+    datasets = pytest.importorskip("datasets")
+    from mllmft.data import HFDataset
+
+    rows = {"picture": [Image.new("RGB", (20, 20), c) for c in ("red", "blue", "green")],
+            "q": ["What colour?"] * 3, "a": ["red", "blue", "green"], "all": [["red", "dark red"], ["blue"], ["green"]]}
+    features = datasets.Features({"picture": datasets.Image(), "q": datasets.Value("string"),
+                                  "a": datasets.Value("string"), "all": datasets.Sequence(datasets.Value("string"))})
+    ds = datasets.Dataset.from_dict(rows, features=features)
+    datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "hf"))
+    source = HFDataset("colours", str(tmp_path / "hf"), splits={"train": "train", "test": "test"},
+                       columns={"image": "picture", "question": "q", "answer": "a", "answers": "all"},
+                       metric="vqa_accuracy")
+    test = source.records("test")
+    assert [r.answers for r in test] == [("red", "dark red"), ("blue",), ("green",)]
+    assert test[1].load_image().getpixel((0, 0)) == (0, 0, 255)  # decoded lazily, per sample
+    dm = MLLMDataModule(tiny_backbone.processor, source, batch_size=2, eval_batch_size=3)
+    dm.setup("fit")
+    assert dm.val_dataloader() == [] and len(next(iter(dm.train_dataloader()))["ids"]) == 2
+    bad = HFDataset("colours", str(tmp_path / "hf"), columns={"question": "question"})
+    with pytest.raises(DataError, match=r"columns \['image', 'question', 'answer'\] not in"):
+        bad.records("test")

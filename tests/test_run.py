@@ -161,3 +161,23 @@ def test_every_strategy_runs_the_whole_job(compose, strategy):
     results = run(compose(f"strategy={strategy}", "zeroshot_test=true"))
     assert results["run"]["strategy"] == strategy and results["global_steps"] == 2
     assert {"S_t", "S_u", "H", "E", "F", "O"} <= set(results["tradeoff"]["final"])
+
+
+def test_eval_of_a_training_checkpoint_reproduces_the_trained_scores(compose, tmp_path):
+    trained = run(compose(CKPT, "trainer.max_steps=3", "trainer.limit_test_batches=2"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    evaluated = run(compose(f"ckpt_path={ckpt}", "trainer.limit_test_batches=2", config_name="eval",
+                            run_dir="eval"))
+    assert evaluated["run"]["strategy"] == "zeroshot" and evaluated["global_steps"] == 0
+    assert evaluated["scores"]["final"] == trained["scores"]["final"]
+    a = (tmp_path / "run" / "predictions" / "final-digits.jsonl").read_text()
+    assert a == (tmp_path / "eval" / "predictions" / "final-digits.jsonl").read_text()
+
+
+def test_captions_generate_longer_than_short_answers(compose, tiny_backbone):
+    from mllmft.data import KarpathyCaptions
+
+    cfg = compose()
+    parts = api.build(cfg)
+    assert parts["module"].test_lengths == [16, 16]  # built-in sets: module.max_new_tokens
+    assert KarpathyCaptions("c", "/x", {}).max_new_tokens == 64

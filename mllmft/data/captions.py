@@ -34,6 +34,7 @@ class KarpathyCaptions(FileSource):
     live in one file: set the same file for every split; ``restval`` counts as train."""
 
     metric = "caption"
+    max_new_tokens = 64
 
     def __init__(self, *args, prompt: str = CAPTION_PROMPT, **kwargs):
         super().__init__(*args, prompt=prompt, **kwargs)
@@ -51,6 +52,7 @@ class CocoCaptions(FileSource):
     ``annotations`` (image_id, caption); one file per split."""
 
     metric = "caption"
+    max_new_tokens = 64
 
     def __init__(self, *args, prompt: str = CAPTION_PROMPT, **kwargs):
         super().__init__(*args, prompt=prompt, **kwargs)

@@ -95,6 +95,11 @@ class MLLMDataModule(L.LightningDataModule):
         """{set name: metric name}, the target first."""
         return {source.name: source.metric for source in self.test_sources()}
 
+    @property
+    def test_max_new_tokens(self) -> dict[str, int | None]:
+        """{set name: generation length, or None for the module's default}."""
+        return {source.name: getattr(source, "max_new_tokens", None) for source in self.test_sources()}
+
     def split(self, source: Source, split: str) -> RecordDataset:
         """Read, validate and cache one split (validation happens here, before any step runs)."""
         key = (source.name, split)

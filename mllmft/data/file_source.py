@@ -17,12 +17,15 @@ class FileSource:
     ``files`` maps a split to its file (relative to ``root``); a missing split is an error only when
     a run needs it. ``prompt`` is a template the reader fills; the same text is used for training and
     for evaluation. ``sizes`` caps the records of a split (quick runs on large sets).
+    ``max_new_tokens`` sets this set's generation length (captions want more than short answers).
     """
 
     metric = "exact_match"
+    max_new_tokens: int | None = None  # generation length at test time; None: module.max_new_tokens
 
     def __init__(self, name: str, root: str, files: dict[str, str], image_root: str | None = None,
-                 prompt: str = VQA_PROMPT, metric: str | None = None, sizes: dict | None = None):
+                 prompt: str = VQA_PROMPT, metric: str | None = None, sizes: dict | None = None,
+                 max_new_tokens: int | None = None):
         self.name = name
         self.root = Path(root)
         self.files = dict(files)
@@ -30,6 +33,7 @@ class FileSource:
         self.prompt = prompt
         self.metric = metric or self.metric
         self.sizes = sizes or {}
+        self.max_new_tokens = max_new_tokens or self.max_new_tokens
 
     def has_split(self, split: str) -> bool:
         return bool(self.files.get(split))

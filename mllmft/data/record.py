@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 from mllmft.errors import DataError
 
 TASKS = ("caption", "vqa", "multiple_choice")
-ImageSource = Image.Image | str | Path
+ImageSource = Image.Image | str | Path | Callable[[], Image.Image]  # a callable loads it lazily
 
 
 
@@ -54,7 +55,7 @@ class Record:
 
     def check_image(self, thorough: bool) -> None:
         """At start-up: the image file exists (and, if thorough, its header decodes)."""
-        if isinstance(self.image, Image.Image):
+        if isinstance(self.image, Image.Image) or callable(self.image):
             return
         path = Path(self.image)
         if not path.is_file():
@@ -69,6 +70,11 @@ class Record:
     def load_image(self) -> Image.Image:
         if isinstance(self.image, Image.Image):
             return self.image.convert("RGB")
+        if callable(self.image):
+            try:
+                return self.image().convert("RGB")
+            except (UnidentifiedImageError, OSError, SyntaxError) as err:
+                raise DataError(f"{self.where()}: cannot decode its image: {err}") from err
         path = Path(self.image)
         try:
             with Image.open(path) as im:
