@@ -118,7 +118,7 @@ def _check_equal(result, tokenize):
 def test_caption_scores_equal_pycocoevalcap_with_the_python_tokenizer():
     result, metric = _caption_metric("simple")
     _check_equal(result, simple_tokenize)
-    assert metric.tokenizer_used == "simple"
+    assert metric.tokenizer_used == "simple" and result["ptb_tokenizer"] == 0.0
     # CIDEr-D's IDF depends on the whole reference set: scoring halves separately gives other numbers
     from pycocoevalcap.cider.cider import Cider
 
@@ -134,7 +134,7 @@ def test_caption_scores_equal_pycocoevalcap_with_the_ptb_tokenizer():
     from mllmft.metrics.captioning import ptb_tokenize
 
     result, metric = _caption_metric("auto")
-    assert metric.tokenizer_used == "ptb"
+    assert metric.tokenizer_used == "ptb" and result["ptb_tokenizer"] == 1.0
     _check_equal(result, ptb_tokenize)
 
 

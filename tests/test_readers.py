@@ -220,3 +220,8 @@ def test_hugging_face_dataset_with_a_column_mapping(tmp_path, tiny_backbone):
     bad = HFDataset("colours", str(tmp_path / "hf"), columns={"question": "question"})
     with pytest.raises(DataError, match=r"columns \['image', 'question', 'answer'\] not in"):
         bad.records("test")
+
+
+def test_upstream_list_is_edited_from_the_command_line(compose):
+    cfg = compose("data=flickr30k", "~data.upstream.ocrvqa", "+source@data.upstream.vqav2=vqav2")
+    assert sorted(cfg.data.upstream) == ["gqa", "okvqa", "textvqa", "vqav2"]

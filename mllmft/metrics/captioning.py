@@ -82,4 +82,5 @@ class CaptionMetrics(GeneratedAnswers):
         references = {a.index: list(a.references) for a in answers}
         scores, per_sample, self.tokenizer_used = caption_scores(predictions, references, self.tokenizer,
                                                                  self.meteor)
-        return {"score": scores["CIDEr"], **scores}, per_sample
+        # stated in results.json (details: numbers only): 1 = PTBTokenizer, 0 = the Python stand-in
+        return {"score": scores["CIDEr"], **scores, "ptb_tokenizer": float(self.tokenizer_used == "ptb")}, per_sample
