@@ -225,3 +225,19 @@ def test_hugging_face_dataset_with_a_column_mapping(tmp_path, tiny_backbone):
 def test_upstream_list_is_edited_from_the_command_line(compose):
     cfg = compose("data=flickr30k", "~data.upstream.ocrvqa", "+source@data.upstream.vqav2=vqav2")
     assert sorted(cfg.data.upstream) == ["gqa", "okvqa", "textvqa", "vqav2"]
+
+
+def test_caption_target_with_spider_upstream_runs_end_to_end(compose, tmp_path):
+    from mllmft.run import run
+
+    data_dir = tmp_path / "data"
+    for name in ("flickr30k", "okvqa", "textvqa", "gqa", "ocrvqa"):
+        build(data_dir, name)
+    results = run(compose("data=flickr30k", f"paths.data_dir={data_dir}", "data.num_workers=0",
+                          "data.image_check=header", "zeroshot_test=true"))
+    assert results["metrics"] == {"flickr30k": "caption", "okvqa": "vqa_accuracy", "textvqa": "vqa_accuracy",
+                                  "gqa": "exact_match", "ocrvqa": "exact_match"}
+    details = results["details"]["final"]["flickr30k"]
+    assert {"CIDEr", "BLEU-4", "ROUGE-L", "ptb_tokenizer"} <= set(details)
+    assert results["samples"]["flickr30k"] == 2 and results["samples"]["ocrvqa"] == 2
+    assert set(results["tradeoff"]["final"]) == {"S_t", "S_u", "H", "E", "F", "O"}
