@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 
@@ -34,8 +33,3 @@ class Anchor:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.theta0.values())
 
-
-@torch.no_grad()
-def max_drift(model: nn.Module, anchor: Anchor) -> float:
-    """max |θ − θ0| over the anchored tensors (diagnostics and tests)."""
-    return max(((p - t0).abs().max().item() for _, p, t0 in anchor.named(model)), default=0.0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -29,7 +29,6 @@ class Record:
     task: str
     answers: tuple[str, ...]  # references for scoring the last assistant turn
     origin: str = "built-in"  # where the record came from, for error messages
-    meta: dict = field(default_factory=dict, compare=False)
 
     def where(self) -> str:
         return f"record {self.id!r} ({self.origin})"
