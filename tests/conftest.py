@@ -18,9 +18,10 @@ TINY = {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "vision_layers":
         "text_hidden": 32, "text_layers": 4, "vocab_size": 400, "max_position_embeddings": 128, "seed": 0}
 
 # A run that takes seconds: random tiny model (no pre-training), small sets, no loggers.
+# Smaller than conf/model/tiny_llava.yaml, for speed; only when a test does not pick another model.
+SMALL_LLAVA = ["++model.tiny.patch_size=8", "++model.tiny.text_hidden=32", "++model.tiny.vision_hidden=32"]
 FAST = [
-    "model.pretrain=null", "++model.tiny.patch_size=8", "++model.tiny.text_hidden=32",
-    "++model.tiny.vision_hidden=32",
+    "model.pretrain=null",
     "logger=none", "callbacks=none", "print_config=false", "zeroshot_test=false",
     "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
     "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
@@ -45,6 +46,8 @@ def compose(tmp_path):
 
     def _compose(*overrides: str, fast: bool = True, config_name: str = "train", run_dir: str = "run"):
         base = FAST if fast else []
+        if fast and not any(o.startswith("model=") for o in overrides):
+            base = [*base, *SMALL_LLAVA]
         return api.compose([*base, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}",
                             *overrides], config_name=config_name, output_dir=tmp_path / run_dir)
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import FAST
+from tests.conftest import FAST, SMALL_LLAVA
+
+FAST = [*FAST, *SMALL_LLAVA]
 
 BIN = Path(sys.executable).parent
 PRETRAIN = ["+model.pretrain.source.sizes={train: 16, test: 8}", "model.pretrain.max_steps=3",

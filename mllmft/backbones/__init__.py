@@ -7,17 +7,18 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mllmft.backbones import llava
-from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap
+from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap, Family
+from mllmft.backbones.llava import LLAVA
+from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
-FAMILIES = {llava.FAMILY: llava}
+FAMILIES = {f.name: f for f in (LLAVA, QWEN2_VL, QWEN2_5_VL)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "build_tiny", "load_pretrained"]
+__all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_tiny", "load_pretrained"]
 
 
-def _family(name: str):
+def _family(name: str) -> Family:
     if name not in FAMILIES:
         raise ConfigError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}")
     return FAMILIES[name]
@@ -41,7 +42,10 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
         model = AutoModelForImageTextToText.from_pretrained(
             checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code)
-        processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+        if fam.load_processor is not None:
+            processor = fam.load_processor(checkpoint, trust_remote_code)
+        else:
+            processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     except OSError as err:
         if Path(checkpoint).is_dir():
             raise
@@ -53,10 +57,10 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     # from_pretrained returns eval mode; a fine-tuning run starts in train mode (dropout on), and
     # Lightning's evaluation loops put it back after each test/validation.
     model.train()
-    if model.config.model_type not in fam.MODEL_TYPES:
+    if model.config.model_type not in fam.model_types:
         raise ConfigError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
                          "set model.family to match it")
     if getattr(processor, "chat_template", None) is None:
-        processor.chat_template = fam.CHAT_TEMPLATE
+        processor.chat_template = fam.chat_template
     return Backbone(model=model, processor=processor, family=family,
                     components=fam.component_map(model), source=str(checkpoint))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -27,10 +28,12 @@ class ComponentMap:
     inert: tuple[str, ...] = ()
 
     def component_of(self, param_name: str) -> str:
-        for component in COMPONENTS:
-            if any(_under(param_name, p) for p in getattr(self, component)):
-                return component
-        raise KeyError(f"parameter {param_name!r} belongs to no component of this backbone")
+        """The component with the longest matching prefix: Qwen's projector ``model.visual.merger``
+        lives inside its vision module ``model.visual`` and still counts as the connector."""
+        matches = [(len(p), c) for c in COMPONENTS for p in getattr(self, c) if _under(param_name, p)]
+        if not matches:
+            raise KeyError(f"parameter {param_name!r} belongs to no component of this backbone")
+        return max(matches)[1]
 
     def layer_of(self, param_name: str, component: str) -> int | None:
         """Index of the block (in ``layers[component]``) that holds this parameter, if any."""
@@ -45,6 +48,21 @@ class ComponentMap:
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
+
+
+@dataclass(frozen=True)
+class Family:
+    """One MLLM family: how to recognise, map, build (tiny) and load it.
+
+    ``load_processor(path, trust_remote_code)`` replaces ``AutoProcessor`` where that cannot work
+    offline without torchvision (families whose processors also carry a video processor)."""
+
+    name: str
+    model_types: tuple[str, ...]
+    chat_template: str
+    component_map: Callable[[nn.Module], ComponentMap]
+    build_tiny: Callable[[dict, list[str]], Backbone]
+    load_processor: Callable[[str, bool], object] | None = None
 
 
 @dataclass

@@ -13,11 +13,8 @@ from transformers import (
     LlavaProcessor,
 )
 
-from mllmft.backbones.backbone import Backbone, ComponentMap
+from mllmft.backbones.backbone import Backbone, ComponentMap, Family
 from mllmft.backbones.tokenizer import train_tokenizer
-
-FAMILY = "llava"
-MODEL_TYPES = ("llava",)
 
 # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ...</s>"), as a chat template.
 CHAT_TEMPLATE = (
@@ -83,5 +80,8 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
     model = LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return Backbone(model=model, processor=processor, family=FAMILY, components=component_map(model),
+    return Backbone(model=model, processor=processor, family="llava", components=component_map(model),
                     source="tiny (random)")
+
+
+LLAVA = Family("llava", ("llava",), CHAT_TEMPLATE, component_map, build_tiny)

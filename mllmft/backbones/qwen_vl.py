@@ -1,0 +1,108 @@
+"""Qwen2-VL and Qwen2.5-VL: component map, tiny random builders, an offline-safe processor loader.
+
+The projector (``model.visual.merger``) lives inside the vision module; the component map's
+longest-prefix rule makes it the connector. Without torchvision the stock processor cannot build its
+video processor, so an image-only processor is used, and loaded from a checkpoint directory piece by
+piece (tokenizer, image processor, chat template) instead of through ``AutoProcessor``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoTokenizer,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+)
+
+from mllmft.backbones.backbone import Backbone, ComponentMap, Family
+from mllmft.backbones.tokenizer import train_tokenizer
+
+# Qwen's ChatML format (without the default system prompt of the released template).
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+    "{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+SPECIAL = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "vision_start_token": "<|vision_start|>",
+           "vision_end_token": "<|vision_end|>", "im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>"}
+
+
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2(.5)-VL's processor without its video processor (which needs torchvision)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        kwargs.pop("video_processor", None)
+        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
+                         chat_template=chat_template, **kwargs)
+
+
+def load_processor(path: str, trust_remote_code: bool = False) -> ImageOnlyQwen2VLProcessor:
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
+    template_file = Path(path) / "chat_template.jinja"
+    template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
+    return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+
+
+def component_map(model) -> ComponentMap:
+    return ComponentMap(
+        vision=("model.visual",), connector=("model.visual.merger",), llm=("model.language_model", "lm_head"),
+        layers={"vision": "model.visual.blocks", "llm": "model.language_model.layers"},
+        embeddings="model.language_model.embed_tokens", head="lm_head")
+
+
+def _build_tiny(spec: dict, corpus: list[str], version: str) -> Backbone:
+    tokenizer = train_tokenizer([*corpus, CHAT_TEMPLATE], spec["vocab_size"], extra_special=SPECIAL)
+    pixels = spec["image_size"] ** 2  # fixed resolution: min = max pixels
+    image_processor = Qwen2VLImageProcessorPil(min_pixels=pixels, max_pixels=pixels, patch_size=spec["patch_size"],
+                                               merge_size=2, temporal_patch_size=2)
+    processor = ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                          chat_template=CHAT_TEMPLATE)
+    ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in SPECIAL.items()}
+    head_dim = spec["text_hidden"] // spec["heads"]
+    quarter = head_dim // 8  # mrope sections (temporal, height, width) must sum to head_dim / 2
+    text = dict(hidden_size=spec["text_hidden"], intermediate_size=2 * spec["text_hidden"],
+                num_hidden_layers=spec["text_layers"], num_attention_heads=spec["heads"],
+                num_key_value_heads=spec["heads"], vocab_size=len(tokenizer),
+                max_position_embeddings=spec["max_position_embeddings"],
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                 "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]},
+                pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=ids["im_end_token"])
+    vision = dict(depth=spec["vision_layers"], hidden_size=spec["vision_hidden"],
+                  intermediate_size=2 * spec["vision_hidden"], num_heads=spec["heads"],
+                  out_hidden_size=spec["text_hidden"], patch_size=spec["patch_size"], spatial_merge_size=2,
+                  temporal_patch_size=2, in_channels=3)
+    token_ids = dict(image_token_id=ids["image_token"], video_token_id=ids["video_token"],
+                     vision_start_token_id=ids["vision_start_token"], vision_end_token_id=ids["vision_end_token"])
+    torch.manual_seed(spec.get("seed", 0))
+    if version == "2.5":
+        vision.update(window_size=2 * spec["patch_size"] * 2, fullatt_block_indexes=[spec["vision_layers"] - 1])
+        model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text,
+                                                                    **token_ids))
+    else:
+        vision["embed_dim"] = vision.pop("hidden_size")
+        vision["hidden_size"] = spec["text_hidden"]
+        vision["mlp_ratio"] = 2
+        vision.pop("intermediate_size")
+        vision.pop("out_hidden_size")
+        model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text, **token_ids))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = [ids["im_end_token"], tokenizer.eos_token_id]
+    family = "qwen2_5_vl" if version == "2.5" else "qwen2_vl"
+    return Backbone(model=model, processor=processor, family=family, components=component_map(model),
+                    source="tiny (random)")
+
+
+QWEN2_VL = Family("qwen2_vl", ("qwen2_vl",), CHAT_TEMPLATE, component_map,
+                  lambda spec, corpus: _build_tiny(spec, corpus, "2"), load_processor)
+QWEN2_5_VL = Family("qwen2_5_vl", ("qwen2_5_vl",), CHAT_TEMPLATE, component_map,
+                    lambda spec, corpus: _build_tiny(spec, corpus, "2.5"), load_processor)

@@ -1,0 +1,80 @@
+"""Every tiny model family: component maps, label masking, a training step, generation, save/load."""
+
+import pytest
+import torch
+
+from mllmft import api
+from mllmft.backbones import COMPONENTS, load_pretrained
+from mllmft.data import IGNORE_INDEX, ConversationCollator, ShapesSource
+
+TINY_MODELS = ["tiny_llava", "qwen2_vl_tiny", "qwen2_5_vl_tiny"]
+
+
+def _items(records):
+    return [(i, r, r.load_image()) for i, r in enumerate(records)]
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_components_partition_the_parameters(compose, model):
+    backbone = api.build(compose(f"model={model}"))["backbone"]
+    cmap, params = backbone.components, dict(backbone.model.named_parameters())
+    owners = {n: cmap.component_of(n) for n in params}  # raises for a parameter of no component
+    for component in COMPONENTS:
+        assert any(c == component for c in owners.values()), f"{model}: empty {component}"
+    counts = backbone.parameter_counts()
+    assert sum(c["total"] for c in counts.values()) == sum(p.numel() for p in params.values())
+    for component, path in cmap.layers.items():  # every block of a layer list sits in its component
+        assert all(owners[n] == component for n in params if n.startswith(path + "."))
+    if model.startswith("qwen"):
+        assert owners["model.visual.merger.mlp.0.weight"] == "connector"  # inside the vision module
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_labels_are_exactly_the_answers(compose, model):
+    backbone = api.build(compose(f"model={model}"))["backbone"]
+    records = ShapesSource(sizes={"train": 4}).records("train")
+    batch = ConversationCollator(backbone.processor, 256)(_items(records))
+    ids, labels = batch["model_inputs"]["input_ids"], batch["labels"]
+    tok = backbone.processor.tokenizer
+    for s, record in enumerate(records):
+        supervised = tok.decode(ids[s][labels[s] != IGNORE_INDEX])
+        assert supervised.strip().startswith(record.answers[0]), supervised
+        assert record.turns[0].text not in supervised
+    assert not (labels == backbone.processor.image_token_id).any()
+
+
+def _generate(module, processor, records):
+    batch = ConversationCollator(processor, 256, generate=True)(_items(records))
+    module.model.eval()
+    with torch.no_grad():
+        logits = module.model(**batch["model_inputs"]).logits
+    return logits, module.generate(batch["model_inputs"], 6)
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+@pytest.mark.parametrize("scope", ["connector_llm_last2", "llm"])
+def test_training_step_generation_and_round_trip(compose, tmp_path, model, scope):
+    parts = api.build(compose(f"model={model}", f"scope={scope}", "trainer.max_steps=1"))
+    model_ = parts["backbone"].model
+    before = {n: p.detach().clone() for n, p in model_.named_parameters()}
+    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    moved = {n for n, p in model_.named_parameters() if not torch.equal(p, before[n])}
+    assert moved == {n for n, p in model_.named_parameters() if p.requires_grad}
+    records = ShapesSource(sizes={"test": 3}).records("test")
+    logits, answers = _generate(parts["module"], parts["backbone"].processor, records)
+    assert len(answers) == 3
+    model_.save_pretrained(tmp_path / "export")
+    parts["backbone"].processor.save_pretrained(tmp_path / "export")
+    family = parts["backbone"].family
+    reloaded = load_pretrained(family, tmp_path / "export")
+    parts["module"].model = reloaded.model
+    logits2, answers2 = _generate(parts["module"], reloaded.processor, records)
+    assert torch.equal(logits, logits2) and answers == answers2
+
+
+def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
+    pretrain = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
+                "max_steps: 2, batch_size: 4, lr: 1.0e-3}")
+    backbone = api.build(compose("model=qwen2_5_vl_tiny", pretrain))["backbone"]
+    assert backbone.info["pretrain"]["steps"] == 2 and backbone.family == "qwen2_5_vl"
+    assert type(backbone.processor).__name__ == "ImageOnlyQwen2VLProcessor"
