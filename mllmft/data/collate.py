@@ -38,6 +38,10 @@ class ConversationCollator:
         self.processor = processor
         self.max_length = max_length
         self.generate = generate
+        # never supervised; BLIP-2's processor names its image token but not the token's id
+        self.image_token_id = getattr(processor, "image_token_id", None)
+        if self.image_token_id is None and getattr(processor, "image_token", None) is not None:
+            self.image_token_id = processor.tokenizer.convert_tokens_to_ids(str(processor.image_token))
 
     def render(self, turns: tuple[Turn, ...], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
@@ -99,9 +103,8 @@ class ConversationCollator:
                 if end <= start:
                     raise DataError(f"{record.where()}: an assistant answer encodes to no tokens")
                 labels[s, start:end] = ids[s, start:end]
-        image_token_id = getattr(self.processor, "image_token_id", None)
-        if image_token_id is not None:
-            labels[ids == image_token_id] = IGNORE_INDEX
+        if self.image_token_id is not None:
+            labels[ids == self.image_token_id] = IGNORE_INDEX
         return inputs, labels
 
     def _check_lengths(self, records, lengths: torch.Tensor, what: str) -> None:
