@@ -7,7 +7,7 @@ from mllmft import api
 from mllmft.backbones import COMPONENTS, load_pretrained
 from mllmft.data import IGNORE_INDEX, ConversationCollator, ShapesSource
 
-TINY_MODELS = ["tiny_llava", "qwen2_vl_tiny", "qwen2_5_vl_tiny", "blip2_tiny"]
+TINY_MODELS = ["tiny_llava", "qwen2_vl_tiny", "qwen2_5_vl_tiny", "blip2_tiny", "idefics3_tiny"]
 
 
 def _items(records):

@@ -9,11 +9,12 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap, Family
 from mllmft.backbones.blip2 import BLIP2
+from mllmft.backbones.idefics3 import IDEFICS3
 from mllmft.backbones.llava import LLAVA
 from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
-FAMILIES = {f.name: f for f in (LLAVA, QWEN2_VL, QWEN2_5_VL, BLIP2)}
+FAMILIES = {f.name: f for f in (LLAVA, QWEN2_VL, QWEN2_5_VL, BLIP2, IDEFICS3)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 __all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_tiny", "load_pretrained"]
