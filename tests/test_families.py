@@ -85,3 +85,25 @@ def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
     backbone = api.build(compose("model=qwen2_5_vl_tiny", pretrain))["backbone"]
     assert backbone.info["pretrain"]["steps"] == 2 and backbone.family == "qwen2_5_vl"
     assert type(backbone.processor).__name__ == "ImageOnlyQwen2VLProcessor"
+
+
+REAL_MODELS = ["llava15_7b", "qwen2_vl_2b", "qwen2_5_vl_3b", "blip2_opt_2_7b"]
+
+
+@pytest.mark.parametrize("model", REAL_MODELS)
+def test_real_configs_match_published_sizes_on_the_meta_device(compose, model):
+    from omegaconf import OmegaConf
+
+    from mllmft.backbones import FAMILIES, build_meta
+
+    cfg = compose(f"model={model}").model
+    meta = build_meta(cfg.family, OmegaConf.to_container(cfg.architecture, resolve=True))
+    params = dict(meta.named_parameters())
+    assert all(p.device.type == "meta" for p in params.values())
+    total = sum(p.numel() for p in params.values())
+    assert total == pytest.approx(cfg.published_params, rel=0.01), f"{model}: {total / 1e9:.3f} B"
+    cmap = FAMILIES[cfg.family].component_map(meta)
+    owners = {cmap.component_of(n) for n in params}  # every parameter has exactly one component
+    assert owners == set(COMPONENTS)
+    if cfg.family == "llava":  # feature layer -2: the last vision block is never used
+        assert cmap.inert[0].endswith("layers.23")

@@ -17,7 +17,17 @@ from mllmft.errors import CheckpointNotFoundError, ConfigError
 FAMILIES = {f.name: f for f in (LLAVA, QWEN2_VL, QWEN2_5_VL, BLIP2, IDEFICS3)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_tiny", "load_pretrained"]
+__all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_meta", "build_tiny",
+           "load_pretrained"]
+
+
+def build_meta(family: str, architecture: dict) -> torch.nn.Module:
+    """A real-size model with no memory behind it (``meta`` device), from architecture values stored in
+    the repo: parameter counts and component maps can be checked offline without any download."""
+    fam = _family(family)
+    config = fam.model_class.config_class(**architecture)
+    with torch.device("meta"):
+        return fam.model_class(config)
 
 
 def _family(name: str) -> Family:

@@ -62,6 +62,7 @@ class Family:
     chat_template: str
     component_map: Callable[[nn.Module], ComponentMap]
     build_tiny: Callable[[dict, list[str]], Backbone]
+    model_class: type  # the *ForConditionalGeneration class (meta-device shape checks)
     load_processor: Callable[[str, bool], object] | None = None
 
 

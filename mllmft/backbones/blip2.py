@@ -64,4 +64,4 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
                     source="tiny (random)")
 
 
-BLIP2 = Family("blip2", ("blip-2",), CHAT_TEMPLATE, component_map, build_tiny)
+BLIP2 = Family("blip2", ("blip-2",), CHAT_TEMPLATE, component_map, build_tiny, Blip2ForConditionalGeneration)

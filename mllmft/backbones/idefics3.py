@@ -56,4 +56,5 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
                     source="tiny (random)")
 
 
-IDEFICS3 = Family("idefics3", ("idefics3",), CHAT_TEMPLATE, component_map, build_tiny)
+IDEFICS3 = Family("idefics3", ("idefics3",), CHAT_TEMPLATE, component_map, build_tiny,
+                  Idefics3ForConditionalGeneration)

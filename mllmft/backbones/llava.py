@@ -84,4 +84,4 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
                     source="tiny (random)")
 
 
-LLAVA = Family("llava", ("llava",), CHAT_TEMPLATE, component_map, build_tiny)
+LLAVA = Family("llava", ("llava",), CHAT_TEMPLATE, component_map, build_tiny, LlavaForConditionalGeneration)

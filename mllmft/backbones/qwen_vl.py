@@ -103,6 +103,7 @@ def _build_tiny(spec: dict, corpus: list[str], version: str) -> Backbone:
 
 
 QWEN2_VL = Family("qwen2_vl", ("qwen2_vl",), CHAT_TEMPLATE, component_map,
-                  lambda spec, corpus: _build_tiny(spec, corpus, "2"), load_processor)
+                  lambda spec, corpus: _build_tiny(spec, corpus, "2"), Qwen2VLForConditionalGeneration, load_processor)
 QWEN2_5_VL = Family("qwen2_5_vl", ("qwen2_5_vl",), CHAT_TEMPLATE, component_map,
-                    lambda spec, corpus: _build_tiny(spec, corpus, "2.5"), load_processor)
+                    lambda spec, corpus: _build_tiny(spec, corpus, "2.5"), Qwen2_5_VLForConditionalGeneration,
+                    load_processor)
