@@ -1,22 +1,10 @@
 import pytest
 import torch
 
-from mllmft.backbones import COMPONENTS, load_pretrained
+from mllmft.backbones import load_pretrained
 from mllmft.data import ConversationCollator, ShapesSource
 from mllmft.errors import CheckpointNotFoundError
 from mllmft.scope import apply_scope, param_groups
-
-
-def test_components_partition_the_parameters(tiny_backbone):
-    cmap = tiny_backbone.components
-    names = [n for n, _ in tiny_backbone.model.named_parameters()]
-    owners = {n: [c for c in COMPONENTS if any(n == p or n.startswith(p + ".") for p in getattr(cmap, c))]
-              for n in names}
-    assert all(len(o) == 1 for o in owners.values()), {n: o for n, o in owners.items() if len(o) != 1}
-    counts = tiny_backbone.parameter_counts()
-    assert sum(c["total"] for c in counts.values()) == sum(p.numel() for p in tiny_backbone.model.parameters())
-    assert all(counts[c]["total"] > 0 for c in COMPONENTS)
-    assert tiny_backbone.num_layers("llm") == 4
 
 
 def test_inert_vision_params_follow_the_feature_layer(tiny_backbone):
