@@ -77,23 +77,19 @@ def _build_tiny(spec: dict, corpus: list[str], version: str) -> Backbone:
                                  "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter]},
                 pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
                 eos_token_id=ids["im_end_token"])
-    vision = dict(depth=spec["vision_layers"], hidden_size=spec["vision_hidden"],
-                  intermediate_size=2 * spec["vision_hidden"], num_heads=spec["heads"],
-                  out_hidden_size=spec["text_hidden"], patch_size=spec["patch_size"], spatial_merge_size=2,
-                  temporal_patch_size=2, in_channels=3)
+    vision = dict(depth=spec["vision_layers"], num_heads=spec["heads"], patch_size=spec["patch_size"],
+                  spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
     token_ids = dict(image_token_id=ids["image_token"], video_token_id=ids["video_token"],
                      vision_start_token_id=ids["vision_start_token"], vision_end_token_id=ids["vision_end_token"])
     torch.manual_seed(spec.get("seed", 0))
-    if version == "2.5":
-        vision.update(window_size=2 * spec["patch_size"] * 2, fullatt_block_indexes=[spec["vision_layers"] - 1])
+    if version == "2.5":  # the two versions name the vision widths differently
+        vision.update(hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
+                      out_hidden_size=spec["text_hidden"], window_size=4 * spec["patch_size"],
+                      fullatt_block_indexes=[spec["vision_layers"] - 1])
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text,
                                                                     **token_ids))
     else:
-        vision["embed_dim"] = vision.pop("hidden_size")
-        vision["hidden_size"] = spec["text_hidden"]
-        vision["mlp_ratio"] = 2
-        vision.pop("intermediate_size")
-        vision.pop("out_hidden_size")
+        vision.update(embed_dim=spec["vision_hidden"], mlp_ratio=2, hidden_size=spec["text_hidden"])
         model = Qwen2VLForConditionalGeneration(Qwen2VLConfig(vision_config=vision, text_config=text, **token_ids))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = [ids["im_end_token"], tokenizer.eos_token_id]

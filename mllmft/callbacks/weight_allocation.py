@@ -37,6 +37,7 @@ class WeightAllocation(Callback):
         self.state_bytes = state_bytes
         self._handles: list = []
         self._params: list = []
+        self._numel = 1
         self._trainer = None
         self._pending: dict[str, float] | None = None
 
@@ -44,10 +45,10 @@ class WeightAllocation(Callback):
         self._trainer = trainer
         self.anchor.follow(pl_module.model)
         self._params = list(self.anchor.named(pl_module.model))
+        self._numel = max(1, sum(p.numel() for _, p, _ in self._params))
         self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
-        numel = sum(p.numel() for _, p, _ in self._params)
         log.info("%s: %.2f bytes of strategy state per trainable parameter", self.name,
-                 self.state_bytes() / max(1, numel))
+                 self.state_bytes() / self._numel)
 
     @torch.no_grad()
     def _after_step(self, optimizer, args, kwargs) -> None:
@@ -63,8 +64,7 @@ class WeightAllocation(Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self._pending is not None:
-            numel = sum(p.numel() for _, p, _ in self._params)
-            pl_module.log_dict({**self._pending, "strategy/state_bytes_per_param": self.state_bytes() / numel},
+            pl_module.log_dict({**self._pending, "strategy/state_bytes_per_param": self.state_bytes() / self._numel},
                                batch_size=len(batch["ids"]))
             self._pending = None
 

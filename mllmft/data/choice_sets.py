@@ -36,7 +36,7 @@ class ScienceQA(FileSource):
         out = []
         for r in records:
             if problems is not None:
-                letter = chr(ord("A") + problems[r.id.split("-")[0]]["answer"])
+                letter = chr(ord("A") + problems[r.id]["answer"])
             else:
                 match = _ANSWER_IS.search(r.turns[-1].text)
                 if not match:

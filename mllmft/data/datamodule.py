@@ -133,15 +133,15 @@ class MLLMDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
-    def _loader(self, dataset: RecordDataset, shuffle: bool, generate: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, generate: bool, batch_size: int | None = None) -> DataLoader:
         world, rank = self._world()
         # Samplers are built here rather than injected by Lightning: the training order is a
         # function of (seed, epoch) only, so a resumed run sees the same batches, and evaluation
         # shards are padded to equal length (every rank runs the same number of steps) while the
         # metrics drop the padding by sample index.
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
-        return DataLoader(dataset, batch_size=self.batch_size if shuffle else self.eval_batch_size,
-                          sampler=sampler, num_workers=self.num_workers,
+        batch_size = batch_size or (self.batch_size if shuffle else self.eval_batch_size)
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           collate_fn=ConversationCollator(self.processor, self.max_length, generate),
                           persistent_workers=self.num_workers > 0)
 
@@ -156,13 +156,8 @@ class MLLMDataModule(L.LightningDataModule):
         """Training-style batches of every upstream set's ``split`` (EWC's Fisher, replay...)."""
         if not self.upstream:
             raise ConfigError("this strategy needs upstream data, and data.upstream is empty")
-        datasets = [self.split(source, split) for source in self.upstream.values()]
-        dataset = ConcatDataset(datasets)
-        world, rank = self._world()
-        sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=self.seed)
-        return DataLoader(dataset, batch_size=batch_size or self.batch_size, sampler=sampler,
-                          collate_fn=ConversationCollator(self.processor, self.max_length),
-                          num_workers=self.num_workers)
+        dataset = ConcatDataset([self.split(source, split) for source in self.upstream.values()])
+        return self._loader(dataset, shuffle=True, generate=False, batch_size=batch_size)
 
     # Saved in Lightning checkpoints: where in its epoch training stopped, so a resumed run trains
     # on the batches an uninterrupted one would have (Lightning alone would restart the epoch's data).

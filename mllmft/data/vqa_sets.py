@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
-from mllmft.data.file_source import FileSource
+from mllmft.data.file_source import VQA_PROMPT, FileSource
 from mllmft.data.record import Record, single_turn
 from mllmft.errors import DataError
 
@@ -136,8 +136,7 @@ class AOKVQA(FileSource):
         self.mode = mode
         default_metric = "multiple_choice" if mode == "mc" else "vqa_accuracy"
         kwargs.setdefault("metric", default_metric)
-        super().__init__(*args, prompt=prompt or (self.MC_PROMPT if mode == "mc" else None) or
-                         "{question}\nAnswer the question using a single word or phrase.", **kwargs)
+        super().__init__(*args, prompt=prompt or (self.MC_PROMPT if mode == "mc" else VQA_PROMPT), **kwargs)
 
     def read(self, path: Path, split: str) -> list[Record]:
         out = []
