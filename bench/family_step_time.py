@@ -19,12 +19,14 @@ for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
+from omegaconf import OmegaConf  # noqa: E402
 from strategy_overhead import StepTimer  # noqa: E402
 
 from mllmft import api  # noqa: E402
-from mllmft.data import ConversationCollator  # noqa: E402
+from mllmft.config import CONF_DIR  # noqa: E402
+from mllmft.data import make_collator  # noqa: E402
 
-MODELS = ["tiny_llava", "qwen2_vl_tiny", "qwen2_5_vl_tiny", "blip2_tiny", "idefics3_tiny"]
+MODELS = [p.stem for p in sorted((CONF_DIR / "model").glob("*.yaml")) if OmegaConf.load(p).tiny is not None]
 
 
 def measure(model: str, steps: int, warmup: int) -> dict:
@@ -37,7 +39,7 @@ def measure(model: str, steps: int, warmup: int) -> dict:
     parts["trainer"].callbacks.append(timer)
     parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
     record = parts["datamodule"].split(parts["datamodule"].target, "train").records[0]
-    collator = ConversationCollator(parts["backbone"].processor, 512)
+    collator = make_collator(parts["backbone"].processor, 512)
     ids = collator([(0, record, record.load_image())])["model_inputs"]["input_ids"]
     image_tokens = int((ids == collator.image_token_id).sum())
     return {"step_s": statistics.median(timer.times), "image_tokens": image_tokens,
@@ -51,9 +53,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     args = parser.parse_args()
     results = {m: measure(m, args.steps, args.warmup) for m in args.models}
-    print(f"\n{'model':18s} {'params':>9s} {'image tok':>10s} {'step ms (batch 16)':>19s}")
+    print(f"\n{'model':22s} {'params':>9s} {'image tok':>10s} {'step ms (batch 16)':>19s}")
     for name, r in results.items():
-        print(f"{name:18s} {r['params'] / 1e6:8.2f}M {r['image_tokens']:10d} {1000 * r['step_s']:19.1f}")
+        print(f"{name:22s} {r['params'] / 1e6:8.2f}M {r['image_tokens']:10d} {1000 * r['step_s']:19.1f}")
 
 
 if __name__ == "__main__":

@@ -2,12 +2,16 @@
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from mllmft import api
 from mllmft.backbones import COMPONENTS, load_pretrained
-from mllmft.data import IGNORE_INDEX, ConversationCollator, ShapesSource
+from mllmft.config import CONF_DIR
+from mllmft.data import IGNORE_INDEX, ShapesSource, make_collator
 
-TINY_MODELS = ["tiny_llava", "qwen2_vl_tiny", "qwen2_5_vl_tiny", "blip2_tiny", "idefics3_tiny"]
+MODEL_CONFIGS = {p.stem: OmegaConf.load(p) for p in sorted((CONF_DIR / "model").glob("*.yaml"))}
+TINY_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.tiny is not None]
+REAL_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.get("architecture") is not None]
 
 
 def _items(records):
@@ -33,7 +37,7 @@ def test_components_partition_the_parameters(compose, model):
 def test_labels_are_exactly_the_answers(compose, model):
     backbone = api.build(compose(f"model={model}"))["backbone"]
     records = ShapesSource(sizes={"train": 4}).records("train")
-    collator = ConversationCollator(backbone.processor, 256)
+    collator = make_collator(backbone.processor, 256)
     batch = collator(_items(records))
     ids, labels = batch["model_inputs"]["input_ids"], batch["labels"]
     tok = backbone.processor.tokenizer
@@ -43,10 +47,35 @@ def test_labels_are_exactly_the_answers(compose, model):
         assert record.turns[0].text not in supervised
     assert collator.image_token_id is not None and (ids == collator.image_token_id).any()
     assert not (labels == collator.image_token_id).any()
+    if "qformer_input_ids" in batch["model_inputs"]:  # InstructBLIP's Q-Former reads the prompt, not the answer
+        qformer = batch["model_inputs"]["qformer_input_ids"]
+        for s, record in enumerate(records):
+            instruction = backbone.processor.qformer_tokenizer.decode(qformer[s], skip_special_tokens=True)
+            assert record.turns[0].text in instruction and record.answers[0] not in instruction, instruction
+
+
+def test_paligemma_answers_are_the_causal_suffix(compose):
+    from mllmft.data import DataError, Record, Turn
+
+    backbone = api.build(compose("model=paligemma_tiny"))["backbone"]
+    records = ShapesSource(sizes={"train": 4}).records("train")
+    batch = make_collator(backbone.processor, 256)(_items(records))
+    inputs, labels = batch["model_inputs"], batch["labels"]
+    # the prompt (image, BOS, text) is the full-attention prefix; the answer + EOS the causal suffix,
+    # which is exactly what is supervised (padding aside)
+    suffix = (inputs["token_type_ids"] == 1) & (inputs["attention_mask"] == 1)
+    assert torch.equal(labels != IGNORE_INDEX, suffix)
+    generation = make_collator(backbone.processor, 256, generate=True)(_items(records))["model_inputs"]
+    assert not generation["token_type_ids"].any()
+    two_turns = Record(id="q7", turns=(Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"),
+                                       Turn("assistant", "d")), image=records[0].image, task="vqa", answers=("d",),
+                       origin="set.json")
+    with pytest.raises(DataError, match="q7.*one prompt and one answer"):
+        make_collator(backbone.processor, 256)(_items([two_turns]))
 
 
 def _generate(module, processor, records):
-    batch = ConversationCollator(processor, 256, generate=True)(_items(records))
+    batch = make_collator(processor, 256, generate=True)(_items(records))
     module.model.eval()
     with torch.no_grad():
         logits = module.model(**batch["model_inputs"]).logits
@@ -79,6 +108,13 @@ def test_training_step_generation_and_round_trip(compose, tmp_path, model, scope
     assert torch.equal(logits, logits2) and answers == answers2
 
 
+def test_every_family_has_a_tiny_and_a_real_config():
+    from mllmft.backbones import FAMILIES
+
+    assert {MODEL_CONFIGS[m].family for m in TINY_MODELS} == set(FAMILIES)
+    assert {MODEL_CONFIGS[m].family for m in REAL_MODELS} == set(FAMILIES)
+
+
 def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
     pretrain = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
                 "max_steps: 2, batch_size: 4, lr: 1.0e-3}")
@@ -87,13 +123,10 @@ def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
     assert type(backbone.processor).__name__ == "ImageOnlyQwen2VLProcessor"
 
 
-REAL_MODELS = ["llava15_7b", "qwen2_vl_2b", "qwen2_5_vl_3b", "blip2_opt_2_7b"]
 
 
 @pytest.mark.parametrize("model", REAL_MODELS)
 def test_real_configs_match_published_sizes_on_the_meta_device(compose, model):
-    from omegaconf import OmegaConf
-
     from mllmft.backbones import FAMILIES, build_meta
 
     cfg = compose(f"model={model}").model

@@ -8,13 +8,16 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap, Family
-from mllmft.backbones.blip2 import BLIP2
-from mllmft.backbones.idefics3 import IDEFICS3
+from mllmft.backbones.blip2 import BLIP2, INSTRUCTBLIP
+from mllmft.backbones.idefics3 import IDEFICS3, SMOLVLM
 from mllmft.backbones.llava import LLAVA
+from mllmft.backbones.llava_next import LLAVA_NEXT, LLAVA_ONEVISION
+from mllmft.backbones.paligemma import PALIGEMMA
 from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
-FAMILIES = {f.name: f for f in (LLAVA, QWEN2_VL, QWEN2_5_VL, BLIP2, IDEFICS3)}
+FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, BLIP2, INSTRUCTBLIP, IDEFICS3,
+                                           SMOLVLM, PALIGEMMA)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 __all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_meta", "build_tiny",
@@ -72,7 +75,7 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     if model.config.model_type not in fam.model_types:
         raise ConfigError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
                          "set model.family to match it")
-    if getattr(processor, "chat_template", None) is None:
+    if getattr(processor, "chat_template", None) is None and fam.chat_template is not None:
         processor.chat_template = fam.chat_template
     return Backbone(model=model, processor=processor, family=family,
                     components=fam.component_map(model), source=str(checkpoint))

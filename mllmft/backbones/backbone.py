@@ -50,6 +50,13 @@ def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")
 
 
+def find_module(model: nn.Module, under: str, suffix: str, kind: type) -> str | None:
+    for name, module in model.named_modules():
+        if name.startswith(under + ".") and name.endswith(suffix) and isinstance(module, kind):
+            return name
+    return None
+
+
 @dataclass(frozen=True)
 class Family:
     """One MLLM family: how to recognise, map, build (tiny) and load it.
@@ -59,7 +66,7 @@ class Family:
 
     name: str
     model_types: tuple[str, ...]
-    chat_template: str
+    chat_template: str | None  # None: the family's prompts are not chat (PaliGemma's prefix/suffix)
     component_map: Callable[[nn.Module], ComponentMap]
     build_tiny: Callable[[dict, list[str]], Backbone]
     model_class: type  # the *ForConditionalGeneration class (meta-device shape checks)
@@ -86,3 +93,12 @@ class Backbone:
             c["total"] += p.numel()
             c["trainable"] += p.numel() if p.requires_grad else 0
         return counts
+
+
+def tiny_backbone(model: nn.Module, processor, family: str, component_map: Callable[[nn.Module], ComponentMap],
+                  eos_token_ids: list[int]) -> Backbone:
+    """Wrap a freshly built random model: generation stops at the family's end-of-turn tokens."""
+    model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
+    model.generation_config.eos_token_id = eos_token_ids if len(eos_token_ids) > 1 else eos_token_ids[0]
+    return Backbone(model=model, processor=processor, family=family, components=component_map(model),
+                    source="tiny (random)")

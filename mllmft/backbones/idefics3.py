@@ -1,16 +1,27 @@
-"""Idefics3 (and SmolVLM's architecture): component map and tiny random builder.
+"""Idefics3 and SmolVLM (the same architecture, separate classes): component map, tiny random builders.
 
 Vision encoder ``model.vision_model``, connector ``model.connector`` (pixel shuffle + projection),
 LLM ``model.text_model`` + ``lm_head``. Image splitting is off for the tiny model: one global image
-of ``image_seq_len`` tokens.
+of ``image_seq_len`` tokens. SmolVLM's processor carries a video processor, so it is image-only here.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil, Idefics3Processor
+from transformers import (
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    Idefics3ImageProcessorPil,
+    Idefics3Processor,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessorPil,
+    SmolVLMProcessor,
+)
 
-from mllmft.backbones.backbone import Backbone, ComponentMap, Family
+from mllmft.backbones.backbone import Backbone, ComponentMap, Family, tiny_backbone
+from mllmft.backbones.image_only import image_only, image_only_loader
+from mllmft.backbones.llava import text_config
 from mllmft.backbones.tokenizer import train_tokenizer
 
 # Idefics3's conversation format: "User:<image>question<end_of_utterance>\nAssistant: answer<end_of_utterance>\n"
@@ -20,6 +31,8 @@ CHAT_TEMPLATE = (
     "{% if m['role'] != 'user' %} {% endif %}{{ c['text'] }}{% endif %}{% endfor %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
+SMOLVLM_TEMPLATE = "<|im_start|>" + CHAT_TEMPLATE  # SmolVLM's: the same turns after one <|im_start|>
+ImageOnlySmolVLMProcessor = image_only(SmolVLMProcessor, __name__)
 
 
 def component_map(model) -> ComponentMap:
@@ -29,32 +42,36 @@ def component_map(model) -> ComponentMap:
         embeddings="model.text_model.embed_tokens", head="lm_head")
 
 
-def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
-    tokenizer = train_tokenizer([*corpus, CHAT_TEMPLATE], spec["vocab_size"], extra_special={})
+def _build_tiny(spec: dict, corpus: list[str], family: str) -> Backbone:
+    smol = family == "smolvlm"
+    template = SMOLVLM_TEMPLATE if smol else CHAT_TEMPLATE
+    # SmolVLM's processor reads its special tokens from the tokenizer; Idefics3's adds them itself
+    special = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>",
+               "global_image_token": "<global-img>", "end_of_utterance_token": "<end_of_utterance>"} if smol else {}
+    tokenizer = train_tokenizer([*corpus, template], spec["vocab_size"], extra_special=special)
     size, patch, scale = spec["image_size"], spec["patch_size"], 2
-    image_processor = Idefics3ImageProcessorPil(do_image_splitting=False, size={"longest_edge": size},
-                                                max_image_size={"longest_edge": size})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=(size // patch) ** 2 // scale**2, chat_template=CHAT_TEMPLATE)
-    end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")  # added by the processor
-    config = Idefics3Config(
+    image_processor_class, processor_class = ((SmolVLMImageProcessorPil, ImageOnlySmolVLMProcessor) if smol
+                                              else (Idefics3ImageProcessorPil, Idefics3Processor))
+    image_processor = image_processor_class(do_image_splitting=False, size={"longest_edge": size},
+                                            max_image_size={"longest_edge": size})
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                image_seq_len=(size // patch) ** 2 // scale**2, chat_template=template)
+    end_of_utterance = tokenizer.convert_tokens_to_ids("<end_of_utterance>")
+    config_class, model_class = ((SmolVLMConfig, SmolVLMForConditionalGeneration) if smol
+                                 else (Idefics3Config, Idefics3ForConditionalGeneration))
+    config = config_class(
         vision_config=dict(hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
                            num_hidden_layers=spec["vision_layers"], num_attention_heads=spec["heads"],
                            image_size=size, patch_size=patch),
-        text_config=dict(model_type="llama", hidden_size=spec["text_hidden"], intermediate_size=2 * spec["text_hidden"],
-                         num_hidden_layers=spec["text_layers"], num_attention_heads=spec["heads"],
-                         num_key_value_heads=spec["heads"], vocab_size=len(tokenizer),
-                         max_position_embeddings=spec["max_position_embeddings"],
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=end_of_utterance),
+        text_config=text_config(spec, tokenizer) | {"eos_token_id": end_of_utterance},
         scale_factor=scale, image_token_id=processor.image_token_id)
     torch.manual_seed(spec.get("seed", 0))
-    model = Idefics3ForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = [end_of_utterance, tokenizer.eos_token_id]
-    return Backbone(model=model, processor=processor, family="idefics3", components=component_map(model),
-                    source="tiny (random)")
+    return tiny_backbone(model_class(config), processor, family, component_map,
+                         [end_of_utterance, tokenizer.eos_token_id])
 
 
-IDEFICS3 = Family("idefics3", ("idefics3",), CHAT_TEMPLATE, component_map, build_tiny,
-                  Idefics3ForConditionalGeneration)
+IDEFICS3 = Family("idefics3", ("idefics3",), CHAT_TEMPLATE, component_map,
+                  lambda spec, corpus: _build_tiny(spec, corpus, "idefics3"), Idefics3ForConditionalGeneration)
+SMOLVLM = Family("smolvlm", ("smolvlm",), SMOLVLM_TEMPLATE, component_map,
+                 lambda spec, corpus: _build_tiny(spec, corpus, "smolvlm"), SmolVLMForConditionalGeneration,
+                 image_only_loader(ImageOnlySmolVLMProcessor, SmolVLMImageProcessorPil))

@@ -1,4 +1,7 @@
-"""LLaVA (1.5 and the same architecture at any size): component map, tiny random builder, loader."""
+"""LLaVA (1.5 and the same architecture at any size): component map, tiny random builder.
+
+LLaVA-NeXT and LLaVA-OneVision (llava_next.py) share the component map and the tiny configs' pieces.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +9,12 @@ import torch
 from torch import nn
 from transformers import (
     CLIPImageProcessorPil,
-    CLIPVisionConfig,
-    LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
 )
 
-from mllmft.backbones.backbone import Backbone, ComponentMap, Family
+from mllmft.backbones.backbone import Backbone, ComponentMap, Family, find_module, tiny_backbone
 from mllmft.backbones.tokenizer import train_tokenizer
 
 # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ...</s>"), as a chat template.
@@ -27,16 +28,9 @@ CHAT_TEMPLATE = (
 )
 
 
-def _find(model: nn.Module, under: str, suffix: str, kind: type) -> str | None:
-    for name, module in model.named_modules():
-        if name.startswith(under + ".") and name.endswith(suffix) and isinstance(module, kind):
-            return name
-    return None
-
-
 def component_map(model: LlavaForConditionalGeneration) -> ComponentMap:
     vision = "model.vision_tower"
-    vision_layers = _find(model, vision, "layers", nn.ModuleList)
+    vision_layers = find_module(model, vision, "layers", nn.ModuleList)
     n = len(model.get_submodule(vision_layers))
     # LLaVA reads the vision tower's hidden_states[feature_layer] (index 0 = embeddings), so the
     # blocks after it and the final post_layernorm never reach the loss.
@@ -44,14 +38,31 @@ def component_map(model: LlavaForConditionalGeneration) -> ComponentMap:
     layer = max(layer) if isinstance(layer, (list, tuple)) else layer
     used = layer if layer >= 0 else n + 1 + layer
     inert = [f"{vision_layers}.{i}" for i in range(used, n)]
-    post_norm = _find(model, vision, "post_layernorm", nn.Module)
+    post_norm = find_module(model, vision, "post_layernorm", nn.Module)
     if post_norm is not None:
         inert.append(post_norm)
+    # LLaVA-NeXT/OneVision's image_newline (a bare parameter between rows of image features) is connector
+    connector = ("model.multi_modal_projector", "model.image_newline")
     return ComponentMap(
-        vision=(vision,), connector=("model.multi_modal_projector",),
+        vision=(vision,), connector=connector,
         llm=("model.language_model", "lm_head"),
         layers={"vision": vision_layers, "llm": "model.language_model.layers"},
         embeddings="model.language_model.embed_tokens", head="lm_head", inert=tuple(inert))
+
+
+def vision_config(spec: dict, model_type: str = "clip_vision_model") -> dict:
+    extra = {"vision_use_head": False} if model_type == "siglip_vision_model" else {}  # as released
+    return dict(model_type=model_type, hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
+                num_hidden_layers=spec["vision_layers"], num_attention_heads=spec["heads"],
+                image_size=spec["image_size"], patch_size=spec["patch_size"], **extra)
+
+
+def text_config(spec: dict, tokenizer, model_type: str = "llama", **extra) -> dict:
+    return dict(model_type=model_type, hidden_size=spec["text_hidden"], intermediate_size=2 * spec["text_hidden"],
+                num_hidden_layers=spec["text_layers"], num_attention_heads=spec["heads"],
+                num_key_value_heads=spec["heads"], vocab_size=len(tokenizer),
+                max_position_embeddings=spec["max_position_embeddings"], pad_token_id=tokenizer.pad_token_id,
+                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
 
 
 def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
@@ -64,24 +75,12 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
     processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
                                patch_size=spec["patch_size"], vision_feature_select_strategy="default",
                                chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1)
-    vision = CLIPVisionConfig(hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
-                              num_hidden_layers=spec["vision_layers"], num_attention_heads=spec["heads"],
-                              image_size=size, patch_size=spec["patch_size"])
-    text = LlamaConfig(hidden_size=spec["text_hidden"], intermediate_size=2 * spec["text_hidden"],
-                       num_hidden_layers=spec["text_layers"], num_attention_heads=spec["heads"],
-                       num_key_value_heads=spec["heads"], vocab_size=len(tokenizer),
-                       max_position_embeddings=spec["max_position_embeddings"],
-                       pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id)
-    config = LlavaConfig(vision_config=vision, text_config=text,
+    config = LlavaConfig(vision_config=vision_config(spec), text_config=text_config(spec, tokenizer),
                          image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
                          vision_feature_layer=-1, vision_feature_select_strategy="default")
     torch.manual_seed(spec.get("seed", 0))
-    model = LlavaForConditionalGeneration(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return Backbone(model=model, processor=processor, family="llava", components=component_map(model),
-                    source="tiny (random)")
+    return tiny_backbone(LlavaForConditionalGeneration(config), processor, "llava", component_map,
+                         [tokenizer.eos_token_id])
 
 
 LLAVA = Family("llava", ("llava",), CHAT_TEMPLATE, component_map, build_tiny, LlavaForConditionalGeneration)

@@ -1,18 +1,13 @@
 """Qwen2-VL and Qwen2.5-VL: component map, tiny random builders, an offline-safe processor loader.
 
 The projector (``model.visual.merger``) lives inside the vision module; the component map's
-longest-prefix rule makes it the connector. Without torchvision the stock processor cannot build its
-video processor, so an image-only processor is used, and loaded from a checkpoint directory piece by
-piece (tokenizer, image processor, chat template) instead of through ``AutoProcessor``.
+longest-prefix rule makes it the connector. The processor is image-only (see ``image_only``).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from transformers import (
-    AutoTokenizer,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2VLConfig,
@@ -22,6 +17,7 @@ from transformers import (
 )
 
 from mllmft.backbones.backbone import Backbone, ComponentMap, Family
+from mllmft.backbones.image_only import image_only, image_only_loader
 from mllmft.backbones.tokenizer import train_tokenizer
 
 # Qwen's ChatML format (without the default system prompt of the released template).
@@ -35,21 +31,8 @@ SPECIAL = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>", "visi
            "vision_end_token": "<|vision_end|>", "im_start_token": "<|im_start|>", "im_end_token": "<|im_end|>"}
 
 
-class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2(.5)-VL's processor without its video processor (which needs torchvision)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        kwargs.pop("video_processor", None)
-        super().__init__(image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                         chat_template=chat_template, **kwargs)
-
-
-def load_processor(path: str, trust_remote_code: bool = False) -> ImageOnlyQwen2VLProcessor:
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    image_processor = Qwen2VLImageProcessorPil.from_pretrained(path)
-    template_file = Path(path) / "chat_template.jinja"
-    template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
-    return ImageOnlyQwen2VLProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=template)
+ImageOnlyQwen2VLProcessor = image_only(Qwen2VLProcessor, __name__)
+load_processor = image_only_loader(ImageOnlyQwen2VLProcessor, Qwen2VLImageProcessorPil)
 
 
 def component_map(model) -> ComponentMap:

@@ -5,10 +5,12 @@ from mllmft.data.collate import IGNORE_INDEX, ConversationCollator
 from mllmft.data.datamodule import MLLMDataModule
 from mllmft.data.hf_dataset import HFDataset
 from mllmft.data.llava_json import LlavaJsonSource, read_llava_json
+from mllmft.data.prefix_suffix import PrefixSuffixCollator, make_collator
 from mllmft.data.record import Record, Turn
 from mllmft.data.vqa_sets import AOKVQA, GQA, OCRVQA, TextVQA, VizWiz, VQAv2Style
 from mllmft.errors import DataError
 
 __all__ = ["AOKVQA", "GQA", "IGNORE_INDEX", "OCRVQA", "CocoCaptions", "ConversationCollator", "DataError",
-           "DigitsSource", "HFDataset", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule", "Record",
-           "ScienceQA", "ShapesSource", "TextVQA", "Turn", "VQAv2Style", "VizWiz", "read_llava_json"]
+           "DigitsSource", "HFDataset", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule",
+           "PrefixSuffixCollator", "Record",
+           "ScienceQA", "ShapesSource", "TextVQA", "Turn", "VQAv2Style", "VizWiz", "make_collator", "read_llava_json"]

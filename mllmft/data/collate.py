@@ -48,7 +48,8 @@ class ConversationCollator:
             to_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def encode(self, texts: list[str], images: list[Image.Image], padding_side: str) -> dict:
-        return self.processor(text=texts, images=images, padding=True, padding_side=padding_side,
+        # one list of images per sample: SmolVLM requires it, every other family accepts it
+        return self.processor(text=texts, images=[[im] for im in images], padding=True, padding_side=padding_side,
                               return_tensors="pt")
 
     def __call__(self, items: list[tuple[int, Record, Image.Image]]) -> dict:
@@ -60,6 +61,8 @@ class ConversationCollator:
             labels = None
         else:
             inputs, labels = self._encode_for_training(records, list(images))
+        if "qformer_input_ids" in inputs:
+            inputs.update(self._instruction_inputs(records))
         return {"model_inputs": inputs, "labels": labels, "index": torch.tensor(indices),
                 "references": [r.answers for r in records], "ids": [r.id for r in records],
                 "prompts": [r.prompt_turns[-1].text for r in records]}
@@ -106,6 +109,14 @@ class ConversationCollator:
         if self.image_token_id is not None:
             labels[ids == self.image_token_id] = IGNORE_INDEX
         return inputs, labels
+
+    def _instruction_inputs(self, records) -> dict:
+        """InstructBLIP's Q-Former reads the instruction (the first user turn) with its own tokenizer.
+        The processor would give it the whole text, answers included, which the LLM could then read
+        through the query tokens during training."""
+        texts = [self.render(r.turns[:1], add_generation_prompt=True) for r in records]
+        q = self.processor.qformer_tokenizer(texts, padding=True, return_tensors="pt")
+        return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
 
     def _check_lengths(self, records, lengths: torch.Tensor, what: str) -> None:
         for record, n in zip(records, lengths.tolist()):

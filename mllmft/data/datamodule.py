@@ -7,7 +7,7 @@ from typing import Protocol
 import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
-from mllmft.data.collate import ConversationCollator
+from mllmft.data.prefix_suffix import make_collator
 from mllmft.data.record import Record
 from mllmft.errors import ConfigError, DataError
 
@@ -142,7 +142,7 @@ class MLLMDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         batch_size = batch_size or (self.batch_size if shuffle else self.eval_batch_size)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=ConversationCollator(self.processor, self.max_length, generate),
+                          collate_fn=make_collator(self.processor, self.max_length, generate),
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
