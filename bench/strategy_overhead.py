@@ -2,13 +2,16 @@
 
     python bench/strategy_overhead.py                 # CPU, a ~4 M-parameter tiny LLaVA
     python bench/strategy_overhead.py --steps 40 --strategies full spider
+    python bench/strategy_overhead.py --scope connector_llm --strategies full lora dora adalora vera ia3 \
+        prompt_tuning prefix_tuning
 
 Each strategy trains the same model on the same batches (digits, scope=all); the step time is the
 median over the timed steps (after warm-up) of the wall time from batch start to batch end, i.e.
 forward + backward + the strategy's own work + the optimizer step. The strategies are measured in
 two rounds in alternating order and the lower median is kept, so slow drift of the machine cancels.
-Prints the ratio to full fine-tuning and the strategy's persistent state in bytes per trainable
-parameter.
+Prints the ratio to full fine-tuning, the trainable parameters, the strategy's persistent state in
+bytes per trainable parameter, and the optimizer's state (AdamW moments) in bytes, measured on the
+optimizer after the run.
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ class StepTimer(L.Callback):
             self.times.append(time.perf_counter() - self._start)
 
 
-def measure(strategy: str, steps: int, warmup: int, batch_size: int) -> dict:
-    cfg = api.compose([*MODEL, f"strategy={strategy}", "scope=all", "logger=none", "callbacks=none",
+def measure(strategy: str, steps: int, warmup: int, batch_size: int, scope: str, extra: tuple[str, ...] = ()) -> dict:
+    cfg = api.compose([*MODEL, f"strategy={strategy}", f"scope={scope}", *extra, "logger=none", "callbacks=none",
                        "print_config=false", f"trainer.max_steps={steps + warmup}", "trainer.limit_val_batches=0",
                        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                        f"data.batch_size={batch_size}", "trainer.log_every_n_steps=1000000"],
@@ -54,8 +57,10 @@ def measure(strategy: str, steps: int, warmup: int, batch_size: int) -> dict:
     parts["trainer"].callbacks.append(timer)
     parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
     trainable = sum(p.numel() for p in parts["backbone"].model.parameters() if p.requires_grad)
+    optimizer_bytes = sum(t.numel() * t.element_size() for state in parts["trainer"].optimizers[0].state.values()
+                          for t in state.values() if torch.is_tensor(t) and t.ndim > 0)
     return {"step_s": statistics.median(timer.times), "trainable": trainable,
-            "state_bytes_per_param": parts["strategy"].state_nbytes() / trainable}
+            "state_bytes_per_param": parts["strategy"].state_nbytes() / trainable, "optimizer_bytes": optimizer_bytes}
 
 
 def main() -> None:
@@ -64,21 +69,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--scope", default="all", help="one scope for every strategy (peft: connector_llm)")
     args = parser.parse_args()
     names = ["full", *[s for s in args.strategies if s != "full"]]
     best: dict[str, dict] = {}
     for order in (names, names[::-1]):
         for name in order:
-            result = measure(name, args.steps, args.warmup, args.batch_size)
+            result = measure(name, args.steps, args.warmup, args.batch_size, args.scope)
             if name not in best or result["step_s"] < best[name]["step_s"]:
                 best[name] = result
     full = best["full"]["step_s"]
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{best['full']['trainable'] / 1e6:.2f} M trainable parameters, batch {args.batch_size}")
-    print(f"{'strategy':16s} {'step ms':>9s} {'÷ full':>8s} {'state B/param':>14s}")
+          f"scope={args.scope}, batch {args.batch_size}")
+    print(f"{'strategy':16s} {'step ms':>9s} {'÷ full':>8s} {'trainable':>11s} {'state B/param':>14s} "
+          f"{'optim MB':>9s}")
     for name in names:
         r = best[name]
-        print(f"{name:16s} {1000 * r['step_s']:9.1f} {r['step_s'] / full:8.3f} {r['state_bytes_per_param']:14.2f}")
+        print(f"{name:16s} {1000 * r['step_s']:9.1f} {r['step_s'] / full:8.3f} {r['trainable']:11,d} "
+              f"{r['state_bytes_per_param']:14.2f} {r['optimizer_bytes'] / 2**20:9.2f}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllmft.backbones import Backbone, build_tiny, load_pretrained
 from mllmft.console import print_config, print_results
+from mllmft.export import check_export, export_model
 from mllmft.metrics import tradeoff_scores
 from mllmft.module import test_scores
 from mllmft.pretrain import pretrained_tiny
@@ -52,6 +53,7 @@ def prepare(cfg: DictConfig) -> dict:
     apply_scope(backbone, cfg.scope)
     strategy = instantiate(cfg.strategy)
     strategy.attach(backbone)
+    check_export(cfg.get("export"), strategy)
     # Live objects go in through partials: Hydra would turn a dataclass kwarg into a config node.
     datamodule = instantiate(cfg.data, _partial_=True)(processor=backbone.processor)
     if strategy.trains:  # bad data fails here, before any step
@@ -100,6 +102,9 @@ def run(cfg: DictConfig) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         log.info("results written to %s", out / "results.json")
         print_results(results)
+        if cfg.get("export"):
+            results["export"] = str(export_model(parts["backbone"], cfg.export, out / "export"))
+            (out / "results.json").write_text(json.dumps(results, indent=2))
     _log_summary(parts["loggers"], results)
     return results
 

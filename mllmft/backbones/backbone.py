@@ -45,6 +45,14 @@ class ComponentMap:
     def is_inert(self, param_name: str) -> bool:
         return any(_under(param_name, p) for p in self.inert)
 
+    def rerooted(self, root: str) -> ComponentMap:
+        """The same map for a model wrapped so that every name gains ``root`` in front (a PeftModel's
+        ``base_model.model.``); peft's inner names (``.base_layer``, ``.lora_A``) stay under the prefixes."""
+        return ComponentMap(
+            vision=tuple(root + p for p in self.vision), connector=tuple(root + p for p in self.connector),
+            llm=tuple(root + p for p in self.llm), layers={c: root + p for c, p in self.layers.items()},
+            embeddings=root + self.embeddings, head=root + self.head, inert=tuple(root + p for p in self.inert))
+
 
 def _under(name: str, prefix: str) -> bool:
     return name == prefix or name.startswith(prefix + ".")

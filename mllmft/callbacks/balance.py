@@ -1,0 +1,193 @@
+"""CoMMIT's multimodal balance coefficient κ_t — a reconstruction (the paper's equations are not
+available; see the README's CoMMIT section).
+
+Every K steps, on that step's batch, in eval mode and without gradients:
+
+* before the optimizer step: the answer-token distribution at the current parameters,
+  P_prev = P(θx_{t−1}, θl_{t−1}), and a copy of the trainable parameters of both sides;
+* after it: P_x = P(θx_t, θl_{t−1}) (the LLM side put back: the encoder's update alone) and
+  P_l = P(θx_{t−1}, θl_t) (the encoder's update alone undone);
+* D_x = KL(P_x ‖ P_prev), D_l = KL(P_l ‖ P_prev), averaged over answer tokens and ranks;
+  κ_raw = D_x / (D_x + D_l) ∈ [0, 1] (½ = balanced), smoothed: κ ← β κ + (1 − β) κ_raw.
+
+Three extra forward passes per measurement, none on other steps; the parameter copy exists only
+between the two hooks of a measured step (unless the auxiliary term keeps it, see ``reference``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from lightning import Callback
+
+from mllmft.data import IGNORE_INDEX
+from mllmft.errors import ConfigError
+
+SIDES = ("encoder", "llm")
+
+
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Positions whose logits predict an answer token (logits at i predict token i + 1)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
+def answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(answer tokens, vocab) log-probabilities, in fp32."""
+    return F.log_softmax(logits[:, :-1][answer_mask(labels)].float(), dim=-1)
+
+
+def answer_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Mean over answer tokens of KL(P ‖ Q) = Σ_v P (log P − log Q)."""
+    if log_p.shape[0] == 0:
+        return log_p.new_zeros(())
+    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+
+
+def balance_coefficient(d_encoder: float, d_llm: float, eps: float = 1e-12) -> float:
+    """κ = D_x / (D_x + D_l); ½ when neither side changed anything."""
+    total = d_encoder + d_llm
+    return 0.5 if total <= eps else d_encoder / total
+
+
+class BalanceMonitor(Callback):
+    """Measures κ every ``every_k`` optimizer steps (the step index counted from 0: steps 0, K, 2K...).
+
+    ``sides`` maps each trainable parameter name to ``encoder`` or ``llm`` (built by the strategy
+    from the component map). ``keep_reference``: keep the measured step's pre-update parameters until
+    the next measurement, for the auxiliary term's reference distribution.
+    """
+
+    def __init__(self, every_k: int = 10, ema: float = 0.9, keep_reference: bool = False):
+        if every_k < 1 or not 0.0 <= ema < 1.0:
+            raise ConfigError(f"strategy.every_k={every_k} must be >= 1 and strategy.ema={ema} in [0, 1)")
+        self.every_k, self.ema, self.keep_reference = every_k, ema, keep_reference
+        self.sides: dict[str, str] = {}
+        self.kappa = 0.5  # balanced until measured
+        self.measurements = 0
+        self.extra_forwards = 0
+        self.history: list[dict[str, float]] = []
+        self.reference: dict[str, torch.Tensor] | None = None  # θ at the last measurement (aux term)
+        self.reference_log_probs: torch.Tensor | None = None  # P(reference) on this step's batch
+        self._before: dict[str, torch.Tensor] | None = None
+        self._log_p_prev: torch.Tensor | None = None
+
+    def measuring(self, step: int) -> bool:
+        return step % self.every_k == 0
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit" and trainer.accumulate_grad_batches != 1:
+            raise ConfigError("CoMMIT measures each optimizer step on its own batch: set "
+                              "trainer.accumulate_grad_batches=1 (raise data.batch_size instead)")
+
+    # --- the measurement --------------------------------------------------------------------------
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.reference_log_probs = None
+        if not self.measuring(trainer.global_step):
+            return
+        params = self._params(pl_module)
+        if self.keep_reference and self.reference is not None:
+            with self._swapped(params, self.reference, names=self.reference):
+                self.reference_log_probs = self._log_probs(pl_module, batch)
+        self._before = {n: p.detach().clone() for n, p in params.items()}
+        self._log_p_prev = self._log_probs(pl_module, batch)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._before is None:
+            return
+        params, before = self._params(pl_module), self._before
+        # the step just taken is trainer.global_step - 1
+        with self._swapped(params, before, names=self._side("llm")):
+            d_encoder = answer_kl(self._log_probs(pl_module, batch), self._log_p_prev)
+        with self._swapped(params, before, names=self._side("encoder")):
+            d_llm = answer_kl(self._log_probs(pl_module, batch), self._log_p_prev)
+        d = trainer.strategy.reduce(torch.stack([d_encoder, d_llm]).detach(), reduce_op="mean")
+        d_encoder, d_llm = float(d[0]), float(d[1])
+        raw = balance_coefficient(d_encoder, d_llm)
+        self.kappa = raw if self.measurements == 0 else self.ema * self.kappa + (1 - self.ema) * raw
+        self.measurements += 1
+        step = trainer.global_step - 1
+        record = {"step": step, "kappa": self.kappa, "kappa_raw": raw, "kl_encoder": d_encoder, "kl_llm": d_llm}
+        self.history.append(record)
+        log_now(trainer, {f"commit/{k}": float(v) for k, v in record.items() if k != "step"}, step)
+        self.reference = before if self.keep_reference else None
+        self._before = self._log_p_prev = None
+
+    def _side(self, side: str) -> list[str]:
+        return [n for n, s in self.sides.items() if s == side]
+
+    def _params(self, pl_module) -> dict[str, torch.nn.Parameter]:
+        return {n: p for n, p in pl_module.model.named_parameters() if n in self.sides}
+
+    @torch.no_grad()
+    def _log_probs(self, pl_module, batch) -> torch.Tensor:
+        model, was_training = pl_module.model, pl_module.model.training
+        model.eval()  # deterministic (no dropout): the distributions differ by the parameters only
+        try:
+            logits = model(**batch["model_inputs"]).logits
+        finally:
+            model.train(was_training)
+        self.extra_forwards += 1
+        return answer_log_probs(logits, batch["labels"])
+
+    @staticmethod
+    @contextmanager
+    def _swapped(params: dict, values: dict, names: Iterable[str]):
+        """Temporarily give ``names`` the ``values``; the current ones come back afterwards."""
+        names = list(names)
+        with torch.no_grad():
+            saved = {n: params[n].detach().clone() for n in names}
+            for n in names:
+                params[n].copy_(values[n])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n in names:
+                    params[n].copy_(saved[n])
+
+    # --- results ----------------------------------------------------------------------------------
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.history:
+            plot_kappa(self.history, Path(trainer.default_root_dir) / "commit_kappa.png")
+
+    def state_dict(self) -> dict:
+        return {"kappa": self.kappa, "measurements": self.measurements, "history": list(self.history),
+                "reference": self.reference}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.kappa = state["kappa"]
+        self.measurements = state["measurements"]
+        self.history = list(state["history"])
+        self.reference = state.get("reference")
+
+
+def log_now(trainer, metrics: dict[str, float], step: int) -> None:
+    """Straight to the loggers: every measurement is logged, whatever trainer.log_every_n_steps."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=step)
+
+
+def plot_kappa(history: list[dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.plot(steps, [h["kappa_raw"] for h in history], ".", alpha=0.4, label="κ raw")
+    ax.plot(steps, [h["kappa"] for h in history], "-", label="κ (EMA)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("κ = D_enc / (D_enc + D_llm)")
+    ax.legend(loc="best")
+    ax.set_title("CoMMIT balance coefficient")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
