@@ -149,7 +149,8 @@ class MLLMFineTuner(L.LightningModule):
         unexpected = sorted(set(checkpoint["state_dict"]) - set(self.state_dict()))
         if unexpected:
             raise ConfigError(f"the checkpoint holds {len(unexpected)} tensors this model does not have "
-                             f"(e.g. {unexpected[:3]}): was it made with another model?")
+                             f"(e.g. {unexpected[:3]}): was it made with another model, or with a peft "
+                             "strategy (evaluate it with the same strategy=..., scope=...)?")
         missing = sorted(trainable - set(checkpoint["state_dict"]))
         if missing:
             raise ConfigError(f"the checkpoint lacks {len(missing)} trainable parameters of this run "

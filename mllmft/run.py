@@ -78,7 +78,8 @@ def run(cfg: DictConfig) -> dict:
     module, trainer, datamodule = parts["module"], parts["trainer"], parts["datamodule"]
     names = datamodule.test_set_names
     scores, details = {}, {}
-    trains = parts["strategy"].trains
+    # mllmft-eval sets evaluate_only: a checkpoint of any strategy (a peft one too) is tested, not trained
+    trains = parts["strategy"].trains and not cfg.get("evaluate_only", False)
     if trains and cfg.zeroshot_test:
         module.test_phase = "zeroshot"
         trainer.test(module, datamodule=datamodule, verbose=False)

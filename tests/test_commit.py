@@ -174,3 +174,15 @@ def test_ddp_ranks_agree_on_kappa_and_weights(compose, tmp_path):
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert len(a["history"]) == 3 and a["history"] == b["history"]
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
+
+
+def test_measuring_kappa_does_not_change_training(compose):
+    # `constant` measures κ every step (eval-mode forwards, parameters swapped and put back) and must
+    # train exactly like plain fine-tuning
+    weights = {}
+    for strategy in ("full", "constant"):
+        parts = api.build(compose(f"strategy={strategy}", "scope=connector_llm", "strategy.every_k=1"
+                                  if strategy == "constant" else "seed=42", "trainer.max_steps=3"))
+        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+        weights[strategy] = parts["backbone"].model.state_dict()
+    assert all(torch.equal(weights["full"][k], weights["constant"][k]) for k in weights["full"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mllmft import api
+from mllmft.config import CONF_DIR
 from mllmft.run import run
 
 SCOPES = ["all", "llm", "connector", "connector_llm_last2", "llm_last_n"]
@@ -156,19 +157,23 @@ def test_bf16_precisions_train_and_test_on_cpu(compose, precision):
     assert results["global_steps"] == 1 and set(results["scores"]["final"]) == {"digits", "shapes"}
 
 
-@pytest.mark.parametrize("strategy", TRAINING_STRATEGIES)
+ALL_TRAINING_STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml") if p.stem != "zeroshot")
+
+
+@pytest.mark.parametrize("strategy", ALL_TRAINING_STRATEGIES)
 def test_every_strategy_runs_the_whole_job(compose, strategy):
     results = run(compose(f"strategy={strategy}", "zeroshot_test=true"))
     assert results["run"]["strategy"] == strategy and results["global_steps"] == 2
     assert {"S_t", "S_u", "H", "E", "F", "O"} <= set(results["tradeoff"]["final"])
 
 
-def test_eval_of_a_training_checkpoint_reproduces_the_trained_scores(compose, tmp_path):
-    trained = run(compose(CKPT, "trainer.max_steps=3", "trainer.limit_test_batches=2"))
+@pytest.mark.parametrize("strategy", [[], ["strategy=lora", "strategy.init=gaussian", "scope=connector_llm"]])
+def test_eval_of_a_training_checkpoint_reproduces_the_trained_scores(compose, tmp_path, strategy):
+    trained = run(compose(CKPT, "trainer.max_steps=3", "trainer.limit_test_batches=2", *strategy))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    evaluated = run(compose(f"ckpt_path={ckpt}", "trainer.limit_test_batches=2", config_name="eval",
+    evaluated = run(compose(f"ckpt_path={ckpt}", "trainer.limit_test_batches=2", *strategy, config_name="eval",
                             run_dir="eval"))
-    assert evaluated["run"]["strategy"] == "zeroshot" and evaluated["global_steps"] == 0
+    assert evaluated["run"]["strategy"] == ("lora" if strategy else "zeroshot") and evaluated["global_steps"] == 0
     assert evaluated["scores"]["final"] == trained["scores"]["final"]
     a = (tmp_path / "run" / "predictions" / "final-digits.jsonl").read_text()
     assert a == (tmp_path / "eval" / "predictions" / "final-digits.jsonl").read_text()

@@ -10,14 +10,15 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap, Family
 from mllmft.backbones.blip2 import BLIP2, INSTRUCTBLIP
 from mllmft.backbones.idefics3 import IDEFICS3, SMOLVLM
+from mllmft.backbones.internvl import INTERNVL
 from mllmft.backbones.llava import LLAVA
 from mllmft.backbones.llava_next import LLAVA_NEXT, LLAVA_ONEVISION
 from mllmft.backbones.paligemma import PALIGEMMA
-from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL
+from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
-FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, BLIP2, INSTRUCTBLIP, IDEFICS3,
-                                           SMOLVLM, PALIGEMMA)}
+FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, PALIGEMMA,
+                                IDEFICS3, SMOLVLM, INTERNVL, BLIP2, INSTRUCTBLIP)}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 __all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_meta", "build_tiny",

@@ -51,9 +51,17 @@ def image_only_loader(processor_class: type, image_processor_class: type) -> Cal
         settings_file = Path(path) / "processor_config.json"
         settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
         settings = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
-        template_file = Path(path) / "chat_template.jinja"
-        template = template_file.read_text() if template_file.is_file() else getattr(tokenizer, "chat_template", None)
+        template = _chat_template(Path(path)) or getattr(tokenizer, "chat_template", None)
         return processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
                                **settings)
 
     return load_processor
+
+
+def _chat_template(path: Path) -> str | None:
+    """The processor's template: chat_template.jinja (transformers 5) or chat_template.json (older hub repos)."""
+    if (path / "chat_template.jinja").is_file():
+        return (path / "chat_template.jinja").read_text()
+    if (path / "chat_template.json").is_file():
+        return json.loads((path / "chat_template.json").read_text())["chat_template"]
+    return None

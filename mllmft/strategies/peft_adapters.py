@@ -99,8 +99,10 @@ class PeftStrategy(TuningStrategy):
 
 def _modules_covering(model: nn.Module, names: set[str]) -> tuple[list[str], list[str]]:
     """The fewest modules whose parameters are all in ``names`` and together hold all of them, plus
-    the parameters no such module holds (they sit on a module that also holds frozen ones)."""
+    the parameters no such module holds (they sit on a module that also holds frozen ones). peft
+    cannot wrap containers (Qwen3-VL's ``deepstack_merger_list``): their children are taken instead."""
     all_params = [n for n, _ in model.named_parameters()]
+    containers = {n for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.ModuleDict))}
     modules, bare = [], []
     for name in sorted(names):
         if any(name.startswith(m + ".") for m in modules):
@@ -109,7 +111,7 @@ def _modules_covering(model: nn.Module, names: set[str]) -> tuple[list[str], lis
         for depth in range(1, len(parts)):
             prefix = ".".join(parts[:depth])
             under = [n for n in all_params if n.startswith(prefix + ".")]
-            if all(n in names for n in under):
+            if prefix not in containers and all(n in names for n in under):
                 modules.append(prefix)
                 break
         else:
@@ -125,6 +127,7 @@ class LoRA(PeftStrategy):
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05, init: bool | str = True,
                  use_dora: bool = False, use_rslora: bool = False, **scope_options):
         super().__init__(**scope_options)
+        self.name = "dora" if use_dora else "lora"
         self.options = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=init,
                             use_dora=use_dora, use_rslora=use_rslora)
 
@@ -217,7 +220,7 @@ _MROPE = ("Qwen's multimodal rotary positions are computed from input_ids, which
 
 class PromptTuning(_PromptLearning):
     name = "prompt_tuning"
-    unsupported = {"qwen2_vl": _MROPE, "qwen2_5_vl": _MROPE,
+    unsupported = {"qwen2_vl": _MROPE, "qwen2_5_vl": _MROPE, "qwen3_vl": _MROPE,
                    "blip2": "peft prepends virtual tokens through inputs_embeds, which BLIP-2's generate() "
                             "does not accept without input_ids",
                    "instructblip": "as BLIP-2: generation with peft's virtual tokens fails"}
@@ -229,7 +232,7 @@ class PromptTuning(_PromptLearning):
 
 class PrefixTuning(_PromptLearning):
     name = "prefix_tuning"
-    unsupported = {"qwen2_vl": _MROPE, "qwen2_5_vl": _MROPE}
+    unsupported = {"qwen2_vl": _MROPE, "qwen2_5_vl": _MROPE, "qwen3_vl": _MROPE}
 
     def peft_config(self, target_modules, modules_to_save):
         return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
