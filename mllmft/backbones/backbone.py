@@ -59,6 +59,8 @@ def _under(name: str, prefix: str) -> bool:
 
 
 def find_module(model: nn.Module, under: str, suffix: str, kind: type) -> str | None:
+    """Name of the first ``kind`` module below ``under`` whose name ends with ``suffix`` (paths differ
+    between versions of one architecture, e.g. OPT's ``model.decoder.layers`` vs Llama's ``model.layers``)."""
     for name, module in model.named_modules():
         if name.startswith(under + ".") and name.endswith(suffix) and isinstance(module, kind):
             return name

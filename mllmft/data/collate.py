@@ -115,7 +115,8 @@ class ConversationCollator:
         The processor would give it the whole text, answers included, which the LLM could then read
         through the query tokens during training."""
         texts = [self.render(r.turns[:1], add_generation_prompt=True) for r in records]
-        q = self.processor.qformer_tokenizer(texts, padding=True, return_tensors="pt")
+        # truncated to the Q-Former tokenizer's limit (BERT: 512 positions), as InstructBLIP's processor does
+        q = self.processor.qformer_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
 
     def _check_lengths(self, records, lengths: torch.Tensor, what: str) -> None:
