@@ -29,6 +29,7 @@ def check_export(kind: str | None, strategy: TuningStrategy) -> None:
         return
     if kind not in EXPORTS:
         raise ConfigError(f"export={kind!r}; expected one of {EXPORTS} or null")
+    strategy = getattr(strategy, "base", strategy)  # CoMMIT wraps the strategy that updates the weights
     is_peft = isinstance(strategy, PeftStrategy)
     if kind == "adapter" and not is_peft:
         raise ConfigError(f"export=adapter needs a peft strategy (lora, adalora, ...); strategy={strategy.name} "

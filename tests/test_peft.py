@@ -85,6 +85,7 @@ def test_bad_exports_are_refused_at_start_up(compose):
         api.build(compose("strategy=spider", "export=adapter"))
     with pytest.raises(ConfigError, match="cannot be merged"):
         api.build(compose("strategy=prompt_tuning", "scope=connector_llm_last2", "export=merged"))
+    api.build(compose("strategy=commit_lora", "scope=connector_llm", "export=adapter"))  # LoRA inside CoMMIT
     with pytest.raises(ConfigError, match="cannot carry"):  # BLIP-2's query_tokens are a bare parameter
         api.build(compose("model=blip2_tiny", "strategy=lora", "scope=connector_llm_last2", "export=adapter"))
 
