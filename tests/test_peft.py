@@ -135,3 +135,13 @@ def test_main_job_writes_the_export(compose):
     export = Path(results["export"])
     assert export == Path(cfg.paths.output_dir) / "export" and (export / "config.json").is_file()
     assert (export / "model.safetensors").is_file() and not (export / "adapter_config.json").exists()
+
+
+def test_adalora_reallocates_the_rank_budget(compose):
+    # tfinal=1: the last step (index 2 of 3) fixes the budget at target_r per adapted matrix on average
+    parts, _ = _fit(compose, "strategy=adalora", "scope=connector_llm_last2", "trainer.max_steps=3",
+                    "strategy.init_r=4", "strategy.target_r=2", "strategy.tfinal=1")
+    config = parts["backbone"].model.peft_config["default"]
+    ranks = config.rank_pattern
+    assert ranks and len(ranks) == len(parts["strategy"].target_modules)
+    assert sum(sum(mask) for mask in ranks.values()) == 2 * len(ranks)  # from 4 * len(ranks)

@@ -1,8 +1,9 @@
 """HFT, Half Fine-Tuning (Hui et al., 2024). Selective family.
 
 In every LLM decoder layer, freeze a random 2 of the 4 attention projections, 2 of the 3 MLP
-projections in half of the layers and 1 in the other half, and 1 of the 2 norms. Embeddings and
-head are left as the scope set them. Seeded and static for the run.
+projections in half of the layers and 1 in the other half (1 of 2 in a two-matrix MLP such as OPT's),
+and 1 of the 2 norms. Embeddings and head are left as the scope set them. Seeded and static for the
+run. Module names: given, or the first known naming scheme the layers have (Llama-style, OPT).
 """
 
 from __future__ import annotations
@@ -13,16 +14,36 @@ from mllmft.backbones import Backbone
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
+# (attention, mlp, norms) module names of the decoder-layer conventions transformers uses
+NAMING_SCHEMES = {
+    "llama": (("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj"),
+              ("input_layernorm", "post_attention_layernorm")),
+    "opt": (("q_proj", "k_proj", "v_proj", "out_proj"), ("fc1", "fc2"), ("self_attn_layer_norm", "final_layer_norm")),
+}
+
+
+def _has(names: set[str], modules: tuple[str, ...]) -> bool:
+    return all(any(x.split(".")[-1] == m for x in names) for m in modules)
+
 
 class HFT(TuningStrategy):
     name = "hft"
 
-    def __init__(self, seed: int = 0, attention: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj"),
-                 mlp: tuple[str, ...] = ("gate_proj", "up_proj", "down_proj"),
-                 norms: tuple[str, ...] = ("input_layernorm", "post_attention_layernorm")):
+    def __init__(self, seed: int = 0, attention: tuple[str, ...] | None = None, mlp: tuple[str, ...] | None = None,
+                 norms: tuple[str, ...] | None = None):
         self.seed = seed
-        self.groups = {"attention": tuple(attention), "mlp": tuple(mlp), "norms": tuple(norms)}
+        self.given = {"attention": attention, "mlp": mlp, "norms": norms}
+        self.groups: dict[str, tuple[str, ...]] = {}
         self.frozen: list[str] = []  # module paths frozen by HFT
+
+    def _module_names(self, layer_names: set[str]) -> dict[str, tuple[str, ...]]:
+        for scheme in NAMING_SCHEMES.values():
+            if _has(layer_names, tuple(m for group in scheme for m in group)):
+                detected = dict(zip(("attention", "mlp", "norms"), scheme))
+                break
+        else:
+            detected = {}
+        return {g: tuple(given) if given else detected.get(g, ()) for g, given in self.given.items()}
 
     def attach(self, backbone: Backbone) -> None:
         rng = random.Random(self.seed)
@@ -30,13 +51,15 @@ class HFT(TuningStrategy):
         layers = backbone.model.get_submodule(layers_path)
         n = len(layers)
         mlp_two = set(rng.sample(range(n), n // 2))
+        self.groups = self._module_names({name for name, _ in layers[0].named_modules()})
         for i, layer in enumerate(layers):
             names = {name for name, _ in layer.named_modules()}
-            counts = {"attention": 2, "mlp": 2 if i in mlp_two else 1, "norms": 1}
+            three = len(self.groups["mlp"]) == 3  # a two-matrix MLP loses one of them in every layer
+            counts = {"attention": 2, "mlp": (2 if i in mlp_two else 1) if three else 1, "norms": 1}
             for group, modules in self.groups.items():
                 missing = [m for m in modules if not any(x.split(".")[-1] == m for x in names)]
-                if missing:
-                    raise ConfigError(f"strategy=hft: layer {i} of {layers_path} has no modules {missing}; "
+                if missing or not modules:
+                    raise ConfigError(f"strategy=hft: layer {i} of {layers_path} has no modules {missing or group}; "
                                       f"set strategy.{group} to this family's module names")
                 for module in rng.sample(modules, counts[group]):
                     path = next(x for x in sorted(names) if x.split(".")[-1] == module)

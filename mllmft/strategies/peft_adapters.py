@@ -164,7 +164,8 @@ class _AdaLoraBudget(Callback):
     (Lightning zeroes them at the start of the next step's closure)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        pl_module.model.base_model.update_and_allocate(trainer.global_step)
+        # peft counts the step just taken from 0 (its loop calls it before incrementing)
+        pl_module.model.base_model.update_and_allocate(trainer.global_step - 1)
 
 
 class VeRA(PeftStrategy):
