@@ -22,6 +22,7 @@ from mllmft.metrics import tradeoff_scores
 from mllmft.module import test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
+from mllmft.strategies.base import check_hardware
 
 log = logging.getLogger(__name__)
 RESULTS_SCHEMA = "mllmft.results/2"
@@ -49,9 +50,10 @@ def _instantiate_all(group: DictConfig | None) -> list:
 def prepare(cfg: DictConfig) -> dict:
     """Build every piece of a run without running it (the notebook API uses this directly)."""
     L.seed_everything(cfg.seed, workers=True)
+    strategy = instantiate(cfg.strategy)
+    check_hardware(strategy, cfg.hardware.lightning_strategy)  # before minutes of model loading
     backbone = build_backbone(cfg.model, cfg.paths.cache_dir, cfg.hardware.accelerator)
     apply_scope(backbone, cfg.scope)
-    strategy = instantiate(cfg.strategy)
     strategy.attach(backbone)
     check_export(cfg.get("export"), strategy)
     # Live objects go in through partials: Hydra would turn a dataclass kwarg into a config node.

@@ -186,3 +186,16 @@ def test_captions_generate_longer_than_short_answers(compose, tiny_backbone):
     parts = api.build(cfg)
     assert parts["module"].test_lengths == [16, 16]  # built-in sets: module.max_new_tokens
     assert KarpathyCaptions("c", "/x", {}).max_new_tokens == 64
+
+
+@pytest.mark.parametrize("lightning_strategy", ["fsdp", "deepspeed_stage_2",
+                                                "{_target_: lightning.pytorch.strategies.ModelParallelStrategy}"])
+def test_strategies_needing_whole_parameters_refuse_sharded_training(compose, lightning_strategy):
+    from mllmft.errors import ConfigError
+    from mllmft.strategies import SPIDER, LoRA
+    from mllmft.strategies.base import check_hardware
+
+    with pytest.raises(ConfigError, match="strategy=spider reads whole gradients"):
+        api.build(compose("strategy=spider", f"hardware.lightning_strategy={lightning_strategy}"))
+    check_hardware(LoRA(), "fsdp")  # adapters are ordinary parameters: allowed
+    check_hardware(SPIDER(), "ddp")

@@ -25,6 +25,8 @@ REDUCTIONS = ("tensor_mean", "sum")
 
 
 class _AnchoredStrategy(TuningStrategy):
+    needs_whole_parameters = True
+
     def attach(self, backbone: Backbone) -> None:
         self.anchor = Anchor(backbone.model)
         self._placed = False

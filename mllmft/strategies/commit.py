@@ -31,6 +31,8 @@ class CoMMIT(TuningStrategy):
     """``lr_rule``: ``kappa`` (CoMMIT; CoMMIT-CLR when ``aux_lambda`` = 0), ``constant`` (κ logged,
     no scheduling), ``feature_cd`` / ``language_cd`` (coordinate descent favouring the encoder / LLM)."""
 
+    needs_whole_parameters = True
+
     def __init__(self, name: str = "commit", base: TuningStrategy | None = None, every_k: int = 10,
                  ema: float = 0.9, lr_rule: str = "kappa", lr_bounds: Sequence[float] = (0.5, 2.0),
                  aux_lambda: float = 0.0, encoder_side: Sequence[str] = ("vision", "connector"),

@@ -28,6 +28,7 @@ class FixedWeightMask(TuningStrategy):
     """Base of MagnitudeMask / RandomMask: ``movable[name]`` (bool) is 1 where the entry may train."""
 
     how = "magnitude"
+    needs_whole_parameters = True
 
     def __init__(self, freeze_ratio: float = 0.5, seed: int = 0):
         if not 0.0 <= freeze_ratio <= 1.0:

@@ -39,6 +39,7 @@ def top_fraction_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
 
 class GMT(TuningStrategy):
     name = "gmt"
+    needs_whole_parameters = True
 
     def __init__(self, keep_ratio: float = 0.2):
         self.keep_ratio = keep_ratio
@@ -79,6 +80,7 @@ class _SPUMasks(Callback):
 
 class SPU(TuningStrategy):
     name = "spu"
+    needs_whole_parameters = True
 
     def __init__(self, score_fraction: float = 0.25, keep_ratio: float = 0.1, param_filter: str | None = None):
         """``param_filter``: a regex on parameter names; trainable parameters that do not match are

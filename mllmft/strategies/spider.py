@@ -63,6 +63,7 @@ class SPIDER(TuningStrategy):
     step rather than stored, and masks exist for one tensor at a time."""
 
     name = "spider"
+    needs_whole_parameters = True
 
     def __init__(self, mask: str = "soft", eps: float = 1e-12):
         if mask not in MASKS:
