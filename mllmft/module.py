@@ -6,10 +6,12 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
+from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.optim.lr_scheduler import LambdaLR
 
 from mllmft.backbones import Backbone
@@ -17,6 +19,20 @@ from mllmft.errors import ConfigError
 from mllmft.metrics import build_metric
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
+
+
+@contextmanager
+def _root_unsharded(model):
+    """generate() reaches submodules (the vision tower's patch embedding) without the root's forward,
+    so FSDP2 never gathers the root unit's parameters for them: gather them for the whole call."""
+    if not isinstance(model, FSDPModule):
+        yield
+        return
+    model.unshard()
+    try:
+        yield
+    finally:
+        model.reshard()
 
 
 def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float], dict[str, int], dict[str, dict]]:
@@ -95,13 +111,29 @@ class MLLMFineTuner(L.LightningModule):
         schedule = LambdaLR(optimizer, cosine_with_warmup(warmup, total, self.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def configure_model(self) -> None:
+        """FSDP2 under ``ModelParallelStrategy`` (data parallel only): every block of every component's
+        layer list is a unit, the rest of the model the root unit. Lightning calls this before each
+        fit/test, so it shards once."""
+        mesh = self.device_mesh  # set by ModelParallelStrategy only
+        if mesh is None or isinstance(self.model, FSDPModule):
+            return
+        if mesh["tensor_parallel"].size() != 1:
+            raise ConfigError("hardware.lightning_strategy: tensor parallelism is not supported; set "
+                              "tensor_parallel_size: 1 (FSDP2 data parallelism only)")
+        for path in self.backbone.components.layers.values():
+            for block in self.model.get_submodule(path):
+                fully_shard(block, mesh=mesh["data_parallel"])
+        fully_shard(self.model, mesh=mesh["data_parallel"])
+
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()
     def generate(self, model_inputs: dict, max_new_tokens: int | None = None) -> list[str]:
         """Batched greedy decoding with the KV cache; prompts are left-padded by the collator."""
         tokenizer = self.backbone.processor.tokenizer
-        output = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                     do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        with _root_unsharded(self.model):
+            output = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
         new_tokens = output[:, model_inputs["input_ids"].shape[1]:]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 

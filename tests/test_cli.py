@@ -85,3 +85,13 @@ def test_bad_input_is_one_clear_message(tmp_path, case):
     else:
         assert f"mllmft: error: {expected}" in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_fsdp2_two_cpu_processes(tmp_path, strategy):
+    # ModelParallelStrategy re-launches the command per rank: run it as a command
+    proc = _run([sys.executable, "-m", "mllmft.train", *FAST, "hardware=fsdp2_cpu", f"strategy={strategy}",
+                 "scope=connector_llm", "trainer.max_steps=3", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
