@@ -105,7 +105,7 @@ def run(cfg: DictConfig) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         log.info("results written to %s", out / "results.json")
         print_results(results)
-        if cfg.get("export"):
+        if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
             results["export"] = str(export_model(parts["backbone"], cfg.export, out / "export"))
             (out / "results.json").write_text(json.dumps(results, indent=2))
     _log_summary(parts["loggers"], results)

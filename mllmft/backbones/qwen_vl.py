@@ -71,17 +71,17 @@ def _build_tiny(spec: dict, corpus: list[str], version: str) -> Backbone:
     token_ids = dict(image_token_id=ids["image_token"], video_token_id=ids["video_token"],
                      vision_start_token_id=ids["vision_start_token"], vision_end_token_id=ids["vision_end_token"])
     torch.manual_seed(spec.get("seed", 0))
+    if version != "2":  # 2.5 and 3 name the vision widths alike, Qwen2-VL differently
+        vision.update(hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
+                      out_hidden_size=spec["text_hidden"])
     if version == "3":  # interleaved mrope; deepstack: vision features of some blocks go to early LLM layers
         text.update(head_dim=head_dim)
         text["rope_parameters"]["mrope_interleaved"] = True
-        vision.update(hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
-                      out_hidden_size=spec["text_hidden"], deepstack_visual_indexes=[spec["vision_layers"] - 1],
+        vision.update(deepstack_visual_indexes=[spec["vision_layers"] - 1],
                       num_position_embeddings=(spec["image_size"] // spec["patch_size"]) ** 2)
         model = Qwen3VLForConditionalGeneration(Qwen3VLConfig(vision_config=vision, text_config=text, **token_ids))
-    elif version == "2.5":  # the versions name the vision widths differently
-        vision.update(hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
-                      out_hidden_size=spec["text_hidden"], window_size=4 * spec["patch_size"],
-                      fullatt_block_indexes=[spec["vision_layers"] - 1])
+    elif version == "2.5":
+        vision.update(window_size=4 * spec["patch_size"], fullatt_block_indexes=[spec["vision_layers"] - 1])
         model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(vision_config=vision, text_config=text,
                                                                     **token_ids))
     else:

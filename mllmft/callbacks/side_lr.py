@@ -54,9 +54,9 @@ class SideLearningRates(Callback):
         self.last: dict[str, float] = {}  # group name -> lr actually used at the last step (logged)
         self._handles: list = []
         self._base: list[float] = []
+        self._step = 0
 
     def on_train_start(self, trainer, pl_module) -> None:
-        self._step = trainer.global_step
         for optimizer in trainer.optimizers:
             self._handles += [optimizer.register_step_pre_hook(self._scale),
                               optimizer.register_step_post_hook(self._restore)]

@@ -47,10 +47,10 @@ class ConversationCollator:
         return self.processor.apply_chat_template(
             to_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt)
 
-    def encode(self, texts: list[str], images: list[Image.Image], padding_side: str) -> dict:
+    def encode(self, texts: list[str], images: list[Image.Image], padding_side: str, **kwargs) -> dict:
         # one list of images per sample: SmolVLM requires it, every other family accepts it
         return self.processor(text=texts, images=[[im] for im in images], padding=True, padding_side=padding_side,
-                              return_tensors="pt")
+                              return_tensors="pt", **kwargs)
 
     def __call__(self, items: list[tuple[int, Record, Image.Image]]) -> dict:
         indices, records, images = zip(*items)

@@ -35,10 +35,8 @@ class PrefixSuffixCollator(ConversationCollator):
         return self.processor.image_token + turns[0].text
 
     def _encode_for_training(self, records: list[Record], images) -> tuple[dict, object]:
-        inputs = dict(self.processor(text=[self.render(r.turns, False) for r in records],
-                                     images=[[im] for im in images],
-                                     suffix=[r.turns[1].text for r in records], padding=True,
-                                     padding_side="right", return_tensors="pt"))
+        inputs = dict(self.encode([self.render(r.turns, False) for r in records], images, padding_side="right",
+                                  suffix=[r.turns[1].text for r in records]))
         labels = inputs.pop("labels")
         self._check_lengths(records, inputs["attention_mask"].sum(1), "conversation")
         labels[inputs["attention_mask"] == 0] = IGNORE_INDEX

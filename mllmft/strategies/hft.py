@@ -22,8 +22,8 @@ NAMING_SCHEMES = {
 }
 
 
-def _has(names: set[str], modules: tuple[str, ...]) -> bool:
-    return all(any(x.split(".")[-1] == m for x in names) for m in modules)
+def _missing(names: set[str], modules: tuple[str, ...]) -> list[str]:
+    return [m for m in modules if not any(x.split(".")[-1] == m for x in names)]
 
 
 class HFT(TuningStrategy):
@@ -38,7 +38,7 @@ class HFT(TuningStrategy):
 
     def _module_names(self, layer_names: set[str]) -> dict[str, tuple[str, ...]]:
         for scheme in NAMING_SCHEMES.values():
-            if _has(layer_names, tuple(m for group in scheme for m in group)):
+            if not _missing(layer_names, tuple(m for group in scheme for m in group)):
                 detected = dict(zip(("attention", "mlp", "norms"), scheme))
                 break
         else:
@@ -52,12 +52,12 @@ class HFT(TuningStrategy):
         n = len(layers)
         mlp_two = set(rng.sample(range(n), n // 2))
         self.groups = self._module_names({name for name, _ in layers[0].named_modules()})
+        three = len(self.groups["mlp"]) == 3  # a two-matrix MLP loses one of them in every layer
         for i, layer in enumerate(layers):
             names = {name for name, _ in layer.named_modules()}
-            three = len(self.groups["mlp"]) == 3  # a two-matrix MLP loses one of them in every layer
             counts = {"attention": 2, "mlp": (2 if i in mlp_two else 1) if three else 1, "norms": 1}
             for group, modules in self.groups.items():
-                missing = [m for m in modules if not any(x.split(".")[-1] == m for x in names)]
+                missing = _missing(names, modules)
                 if missing or not modules:
                     raise ConfigError(f"strategy=hft: layer {i} of {layers_path} has no modules {missing or group}; "
                                       f"set strategy.{group} to this family's module names")
