@@ -7,19 +7,62 @@ import sys
 
 from mllmft.errors import UserInputError
 
+WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
 
 def user_errors_exit(fn):
+    """Exit 2 with ``mllmft: error: <one line>`` for a user's mistake: our own errors, and the same
+    found by a library (Hydra instantiating a config, OmegaConf, Lightning's argument checks),
+    unwrapped to their cause. Anything else is a bug and keeps its traceback."""
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except UserInputError as err:
-            print(f"mllmft: error: {err}", file=sys.stderr)
+        except Exception as err:
+            message = user_error_message(err)
+            if message is None:
+                raise
+            print(f"mllmft: error: {message}", file=sys.stderr)
             raise SystemExit(2) from None
         finally:
             _finish_wandb()
 
     return wrapper
+
+
+def user_error_message(err: BaseException) -> str | None:
+    """The one line to print for ``err`` if it (or what caused it) is a user's mistake, else None."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+    from omegaconf.errors import OmegaConfBaseException
+
+    chain, seen = [], err
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    for e in chain:
+        if isinstance(e, UserInputError):
+            return one_line(str(e))
+    for e in chain:
+        if isinstance(e, (MisconfigurationException, OmegaConfBaseException)):
+            return one_line(str(e))
+    instantiation = next((e for e in chain if isinstance(e, InstantiationException)), None)
+    cause = instantiation.__cause__ if instantiation is not None else None
+    if isinstance(cause, (TypeError, ValueError)):  # a _target_ called with arguments it refuses
+        key = next((line.split(":", 1)[1].strip() for line in str(instantiation).splitlines()
+                    if line.startswith("full_key:")), "config")
+        return one_line(f"{key}: {cause}")
+    return None
+
+
+def one_line(message: str) -> str:
+    """Messages re-raised from a DataLoader worker carry the worker's traceback: keep its last line,
+    the original message."""
+    if WORKER_TRACEBACK in message:
+        last = message.strip().splitlines()[-1]
+        message = last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return " ".join(message.split())
 
 
 def _finish_wandb() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Iterator
+
 import rich
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
@@ -35,10 +38,26 @@ def print_results(results: dict) -> None:
         scores, trade = results["scores"].get(key), results["tradeoff"].get(key)
         if scores is None:
             continue
-        table.add_row(label, *(f"{scores[n]:.1f}" for n in (target, *upstream)),
-                      *(f"{trade[k]:.1f}" for k in ("S_t", "S_u", "H")))
+        table.add_row(label, *(_number(scores[n]) for n in (target, *upstream)),
+                      *(_number(trade[k]) for k in ("S_t", "S_u", "H")))
     rich.print(table)
     final = results["tradeoff"]["final"]
-    if "E" in final:
+    if final.get("O") is not None:
         rich.print(f"E (target gain) = {final['E']:+.1f}   F (upstream change) = {final['F']:+.1f}   "
                    f"O = E + F = {final['O']:+.1f}")
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
+def progress(items: Iterable, description: str, total: int) -> Iterator:
+    """A progress bar on a terminal for start-up checks that can take a while; silent elsewhere
+    (logs, tests) and for small jobs."""
+    if total < 500 or not sys.stderr.isatty():
+        yield from items
+        return
+    from rich.progress import track
+
+    yield from track(items, description=description, total=total, transient=True,
+                     console=rich.console.Console(stderr=True))

@@ -15,6 +15,8 @@ from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.optim.lr_scheduler import LambdaLR
 
 from mllmft.backbones import Backbone
+from mllmft.checkpoint_match import check_checkpoint
+from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.metrics import build_metric
 from mllmft.scope import param_groups
@@ -43,6 +45,20 @@ def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float],
     return ({n: metrics[f"test/{n}"] for n in names}, {n: int(metrics[f"test/{n}/samples"]) for n in names}, details)
 
 
+def check_hyperparameters(lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), warmup_ratio: float = 0.0,
+                          min_lr_ratio: float = 0.0, max_new_tokens: int = 16) -> None:
+    """The optimisation and generation knobs, in range (``module.*`` in the config)."""
+    check_number("module.lr", lr, 0, low_open=True)
+    check_number("module.weight_decay", weight_decay, 0)
+    if len(betas) != 2:
+        raise ConfigError(f"module.betas={list(betas)}; expected two numbers [beta1, beta2]")
+    for i, beta in enumerate(betas):
+        check_number(f"module.betas[{i}]", beta, 0, 1, high_open=True)
+    check_number("module.warmup_ratio", warmup_ratio, 0, 1)
+    check_number("module.min_lr_ratio", min_lr_ratio, 0, 1)
+    check_number("module.max_new_tokens", max_new_tokens, 1, integer=True)
+
+
 def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     def factor(step: int) -> float:
         if step < warmup_steps:
@@ -55,7 +71,8 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0
 class MLLMFineTuner(L.LightningModule):
     """Fine-tunes ``backbone.model`` with a tuning strategy; tests by greedy generation.
 
-    ``test_sets`` maps the test dataloaders, in order (the target first), to their metric names; after
+    ``test_sets`` maps the test dataloaders, in order (the target first), to their metrics (a name, or
+    a spec ``{"name": ..., **metric_args}``); after
     each ``trainer.test`` read the scores with ``test_scores(trainer, names)``. Predictions go to
     ``<run dir>/predictions/<test_phase>-<set>.jsonl`` (id, prompt, prediction, references, score).
     """
@@ -64,8 +81,9 @@ class MLLMFineTuner(L.LightningModule):
                  test_sets: Mapping[str, str], lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_ratio: float = 0.03,
                  min_lr_ratio: float = 0.0, max_new_tokens: int = 16,
-                 test_max_new_tokens: Mapping[str, int | None] | None = None):
+                 test_max_new_tokens: Mapping[str, int | None] | None = None, run_identity: dict | None = None):
         super().__init__()
+        check_hyperparameters(lr, weight_decay, betas, warmup_ratio, min_lr_ratio, max_new_tokens)
         self.backbone = backbone
         self.model = backbone.model
         self.strategy = strategy
@@ -77,8 +95,11 @@ class MLLMFineTuner(L.LightningModule):
         self.max_new_tokens = max_new_tokens
         per_set = test_max_new_tokens or {}
         self.test_lengths = [per_set.get(name) or max_new_tokens for name in self.test_set_names]
-        self.test_metrics = torch.nn.ModuleList(build_metric(m) for m in test_sets.values())
+        self.test_metrics = torch.nn.ModuleList(build_metric(**m) if isinstance(m, Mapping) else build_metric(m)
+                                                for m in test_sets.values())
         self._test_started = 0.0
+        # what its checkpoints record so that only the same run's model loads them (checkpoint_match)
+        self.run_identity = run_identity
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
         # a 7B LLaVA with two trainable layers checkpoints in hundreds of MB, not 14 GB.
         self.strict_loading = False
@@ -140,7 +161,7 @@ class MLLMFineTuner(L.LightningModule):
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         predictions = self.generate(batch["model_inputs"], self.test_lengths[dataloader_idx])
         self.test_metrics[dataloader_idx].update(batch["index"], batch["ids"], batch["prompts"], predictions,
-                                                 batch["references"])
+                                                 batch["references"], batch.get("options"))
 
     def on_test_epoch_start(self) -> None:
         self._test_started = time.perf_counter()
@@ -172,11 +193,13 @@ class MLLMFineTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         frozen = {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
-        checkpoint["mllmft"] = {"backbone_source": self.backbone.source,
-                                "strategy": self.strategy.name,
-                                "strategy_state": self.strategy.state_dict()}
+        checkpoint["mllmft"] = {"backbone_source": self.backbone.source, "strategy": self.strategy.name,
+                                **(self.run_identity or {}), "strategy_state": self.strategy.state_dict()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.run_identity is not None:
+            check_checkpoint(checkpoint, self.run_identity, "the checkpoint", resuming=self.trainer.state.fn == "fit",
+                             model_state=self.state_dict())
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         unexpected = sorted(set(checkpoint["state_dict"]) - set(self.state_dict()))
         if unexpected:

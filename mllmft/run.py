@@ -5,8 +5,11 @@ Used by the ``mllmft-train`` entry point and by ``mllmft.api`` (notebooks) alike
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
+import math
+import os
 import time
 from pathlib import Path
 
@@ -16,16 +19,20 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from mllmft.backbones import Backbone, build_tiny, load_pretrained
+from mllmft.checkpoint_match import LIGHTNING_ALIASES, check_checkpoint, plain_scope, read_checkpoint, run_identity
 from mllmft.console import print_config, print_results
+from mllmft.data.datamodule import check_settings as check_data_settings
+from mllmft.errors import ConfigError
 from mllmft.export import check_export, export_model
 from mllmft.metrics import tradeoff_scores
-from mllmft.module import test_scores
+from mllmft.module import check_hyperparameters, test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
 from mllmft.strategies.base import check_hardware
 
 log = logging.getLogger(__name__)
-RESULTS_SCHEMA = "mllmft.results/2"
+RESULTS_SCHEMA = "mllmft.results/3"
+UPSTREAM_SCORES = ("S_u", "H", "F", "O")  # undefined without an upstream set
 
 
 def build_backbone(model: DictConfig, cache_dir: str, accelerator: str = "auto") -> Backbone:
@@ -47,23 +54,50 @@ def _instantiate_all(group: DictConfig | None) -> list:
     return [instantiate(c) for c in (group or {}).values() if c is not None and "_target_" in c]
 
 
+def check_settings(cfg: DictConfig, strategy) -> dict | None:
+    """The checks that need no model, in the first seconds: the knobs in range, the strategy fits the
+    hardware, ``ckpt_path`` is a readable checkpoint (returned, to be matched once the model is built)."""
+    check_hyperparameters(**{k: v for k, v in cfg.module.items() if k in _parameters(check_hyperparameters)})
+    check_data_settings(**{k: v for k, v in cfg.data.items() if k in _parameters(check_data_settings)})
+    check_hardware(strategy, cfg.hardware.lightning_strategy)
+    check_export(cfg.get("export"), strategy)
+    path = cfg.get("ckpt_path")
+    return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
+
+
+def _parameters(fn) -> set[str]:
+    return set(inspect.signature(fn).parameters)
+
+
 def prepare(cfg: DictConfig) -> dict:
-    """Build every piece of a run without running it (the notebook API uses this directly)."""
+    """Build every piece of a run without running it (the notebook API uses this directly).
+
+    Everything a user can get wrong is checked here, before any evaluation: settings first (before
+    minutes of model loading), then what needs the model (the scope trains something, the
+    checkpoint belongs to this model), then every record of the data."""
     L.seed_everything(cfg.seed, workers=True)
     strategy = instantiate(cfg.strategy)
-    check_hardware(strategy, cfg.hardware.lightning_strategy)  # before minutes of model loading
+    checkpoint = check_settings(cfg, strategy)
     backbone = build_backbone(cfg.model, cfg.paths.cache_dir, cfg.hardware.accelerator)
     apply_scope(backbone, cfg.scope)
+    identity = run_identity(backbone, cfg.scope, strategy.name)  # before the strategy wraps or changes it
     strategy.attach(backbone)
-    check_export(cfg.get("export"), strategy)
+    trains = strategy.trains and not cfg.get("evaluate_only", False)
+    if trains and not any(p.requires_grad for p in backbone.model.parameters()):
+        raise ConfigError(f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "
+                          "no parameter trainable (use strategy=zeroshot to evaluate only)")
     # Live objects go in through partials: Hydra would turn a dataclass kwarg into a config node.
     datamodule = instantiate(cfg.data, _partial_=True)(processor=backbone.processor)
-    if strategy.trains:  # bad data fails here, before any step
+    if trains:  # bad data fails here, before any step
         datamodule.setup("fit")
     datamodule.setup("test")
     module = instantiate(cfg.module, _partial_=True)(backbone=backbone, strategy=strategy, scope=cfg.scope,
                                                      test_sets=datamodule.test_sets,
-                                                     test_max_new_tokens=datamodule.test_max_new_tokens)
+                                                     test_max_new_tokens=datamodule.test_max_new_tokens,
+                                                     run_identity=identity)
+    if checkpoint is not None:
+        check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=trains, model_state=module.state_dict())
+        del checkpoint  # Lightning reads it again where it restores it
     loggers = _instantiate_all(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + strategy.callbacks(),
                           logger=loggers or False)
@@ -101,13 +135,12 @@ def run(cfg: DictConfig) -> dict:
     results["eval_samples_per_s"] = round(throughput, 2)
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
+        write_results(results, out / "results.json")
         log.info("results written to %s", out / "results.json")
         print_results(results)
         if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
             results["export"] = str(export_model(parts["backbone"], cfg.export, out / "export"))
-            (out / "results.json").write_text(json.dumps(results, indent=2))
+            write_results(results, out / "results.json")
     _log_summary(parts["loggers"], results)
     return results
 
@@ -123,7 +156,7 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samp
     f = scores["final"]
     tradeoff["final"] = tradeoff_scores(f[target], [f[u] for u in upstream], tradeoff.get("zeroshot"))
     backbone = parts["backbone"]
-    return {
+    results = {
         "schema": RESULTS_SCHEMA,
         "run": {"model": cfg.model.name, "family": backbone.family, "backbone_source": backbone.source,
                 "strategy": parts["strategy"].name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
@@ -138,13 +171,48 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samp
         "pretrain": backbone.info.get("pretrain"),
         "global_steps": steps,
         "wall_time_s": round(seconds, 2),
+        # every knob of the run, resolved: what mllmft-report groups runs by (all but the seed)
+        "config": OmegaConf.to_container(cfg, resolve=True),
     }
+    return without_nan(results, upstream=bool(upstream))
+
+
+def without_nan(results: dict, upstream: bool) -> dict:
+    """NaN is not JSON: each non-finite number becomes null, and ``null_reasons`` says why."""
+    reasons = {}
+
+    def clean(value, path: str):
+        if isinstance(value, dict):
+            return {k: clean(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            key = path.rsplit(".", 1)[-1]
+            reasons[path] = ("no upstream set to measure it on" if not upstream and key in UPSTREAM_SCORES
+                             else f"not a finite number ({value})")
+            return None
+        return value
+
+    cleaned = clean(results, "")
+    if reasons:
+        cleaned["null_reasons"] = reasons
+    return cleaned
+
+
+def write_results(results: dict, path: Path) -> None:
+    """Atomically (a crash mid-write leaves the previous file or none, never half of one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(results, indent=2, allow_nan=False)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def metric_value(results: dict, name: str) -> float:
     """``optimized_metric`` lookup for sweepers: a trade-off score (H, S_t, ...) or a set's score."""
     final = results["tradeoff"]["final"]
-    return final[name] if name in final else results["scores"]["final"][name]
+    value = final[name] if name in final else results["scores"]["final"][name]
+    return float("nan") if value is None else value  # a sweeper compares numbers
 
 
 def _log_summary(loggers: list[Logger], results: dict) -> None:
@@ -153,6 +221,7 @@ def _log_summary(loggers: list[Logger], results: dict) -> None:
         flat.update({f"results/{phase}/{k}": v for k, v in per_set.items()})
     for component, counts in results["trainable_parameters"].items():
         flat[f"model/params/{component}/trainable"] = counts["trainable"]
+    flat = {k: v for k, v in flat.items() if v is not None}  # null: not measured (see null_reasons)
     for logger in loggers:
         logger.log_metrics(flat, step=results["global_steps"])
         logger.save()

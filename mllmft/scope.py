@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mllmft.backbones import COMPONENTS, Backbone
+from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 
 RULE_KEYS = {"train", "lr_scale", "last_n_layers"}
@@ -26,11 +27,14 @@ def apply_scope(backbone: Backbone, scope: Mapping) -> None:
         bad = set(rule or {}) - RULE_KEYS
         if bad:
             raise ConfigError(f"scope.{component} has unknown keys {sorted(bad)}; expected {sorted(RULE_KEYS)}")
-        n = (rule or {}).get("last_n_layers")
-        if n:
+        rule = rule or {}
+        if not isinstance(rule.get("train", False), bool):
+            raise ConfigError(f"scope.{component}.train={rule['train']!r}; expected true or false")
+        check_number(f"scope.{component}.lr_scale", rule.get("lr_scale", 1.0), 0, low_open=True)
+        n = rule.get("last_n_layers")
+        if n is not None:  # 0 is an error, not "every layer"
             total = backbone.num_layers(component)
-            if not 0 < n <= total:
-                raise ConfigError(f"scope.{component}.last_n_layers={n}, but the {component} has {total} layers")
+            check_number(f"scope.{component}.last_n_layers", n, 1, total, integer=True)
             last_n[component] = total - n
     for name, param in backbone.model.named_parameters():
         component = cmap.component_of(name)

@@ -97,8 +97,8 @@ def test_missing_and_corrupt_images_fail_at_setup(tmp_path, tiny_backbone):
         dm = MLLMDataModule(tiny_backbone.processor, _Files([record]))
         with pytest.raises(DataError, match=message):
             dm.setup("fit")
-    # with the header check off, the loader still names the record when it meets the bad file
-    dm = MLLMDataModule(tiny_backbone.processor, _Files([corrupt]), image_check="exists")
+    # with the start-up checks off, the loader still names the record when it meets the bad file
+    dm = MLLMDataModule(tiny_backbone.processor, _Files([corrupt]), image_check="exists", length_check=False)
     dm.setup("fit")
     with pytest.raises(DataError, match="record 'c1'"):
         next(iter(dm.train_dataloader()))

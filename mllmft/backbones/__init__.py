@@ -54,6 +54,10 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
     fam = _family(family)
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    local = Path(checkpoint)
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise CheckpointNotFoundError(f"model.checkpoint={checkpoint}: the directory has no config.json, so it is not "
+                                      "a Hugging Face model directory (save one with save_pretrained)")
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
@@ -62,8 +66,11 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
             processor = fam.load_processor(checkpoint, trust_remote_code)
         else:
             processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
-    except OSError as err:
-        if Path(checkpoint).is_dir():
+    except Exception as err:
+        if local.is_dir():  # a damaged directory: a truncated or corrupted weights file, bad JSON, ...
+            raise ConfigError(f"model.checkpoint={checkpoint}: cannot load it ({type(err).__name__}: "
+                              f"{_first_line(err)})") from err
+        if not isinstance(err, OSError):
             raise
         raise CheckpointNotFoundError(
             f"model.checkpoint={checkpoint!r} is neither a local directory nor in the Hugging Face cache "
@@ -80,3 +87,8 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
         processor.chat_template = fam.chat_template
     return Backbone(model=model, processor=processor, family=family,
                     components=fam.component_map(model), source=str(checkpoint))
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else "no message"

@@ -10,6 +10,8 @@ import torch
 from lightning import Callback
 from torch import nn
 
+from mllmft.errors import ConfigError
+
 STATS = ("signed", "abs", "sq")
 
 
@@ -24,7 +26,7 @@ class ImportanceAccumulator(Callback):
     def __init__(self, stats: tuple[str, ...] = ("signed",), window_steps: int | None = None):
         bad = set(stats) - set(STATS)
         if bad:
-            raise ValueError(f"unknown importance statistics {sorted(bad)}; expected {STATS}")
+            raise ConfigError(f"unknown importance statistics {sorted(bad)}; expected {STATS}")
         self.stats = tuple(stats)
         self.window_steps = window_steps
         self.state: dict[str, dict[str, torch.Tensor]] = {s: {} for s in self.stats}

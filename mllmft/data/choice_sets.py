@@ -11,6 +11,19 @@ from mllmft.data.record import Record, Turn, single_turn
 from mllmft.errors import DataError
 
 _ANSWER_IS = re.compile(r"answer is \(?([A-Z])\)?")
+_OPTIONS = re.compile(r"Options:\s*(.*?)\s*(?:\n|$)", re.DOTALL)
+_LABEL = re.compile(r"\(([A-Z])\)\s*")
+
+
+def options_in_text(text: str) -> tuple[str, ...]:
+    """The options' texts of LLaVA's ScienceQA prompt line "Options: (A) frog (B) dog", in letter order;
+    () when the line is missing or its labels do not run A, B, C..."""
+    line = _OPTIONS.search(text)
+    if line is None:
+        return ()
+    parts = _LABEL.split(line.group(1))[1:]  # [letter, text, letter, text, ...]
+    letters, texts = parts[0::2], [t.strip() for t in parts[1::2]]
+    return tuple(texts) if letters == [chr(ord("A") + i) for i in range(len(letters))] else ()
 
 
 class ScienceQA(FileSource):
@@ -18,7 +31,8 @@ class ScienceQA(FileSource):
     options are in the human turn). ``image_only`` keeps the IMG subset (records with an image), as the
     papers report. The reference is the option letter, from ``problems`` (ScienceQA's
     ``problems.json``: {id: {answer: index}}) when given, else parsed from the answer turn
-    ("The answer is B.")."""
+    ("The answer is B."). The options' texts (for scoring an answer that names the option rather
+    than its letter, and bounding the letters) come from ``problems``' choices or the prompt."""
 
     metric = "multiple_choice"
     SUFFIX = "Answer with the option's letter from the given choices directly."
@@ -35,8 +49,12 @@ class ScienceQA(FileSource):
         problems = self.load_json(self.root / self.problems) if self.problems else None
         out = []
         for r in records:
+            options = options_in_text(r.turns[0].text)
             if problems is not None:
+                if r.id not in problems:
+                    raise DataError(f"{r.where()}: not in {self.problems}")
                 letter = chr(ord("A") + problems[r.id]["answer"])
+                options = tuple(problems[r.id].get("choices", options))
             else:
                 match = _ANSWER_IS.search(r.turns[-1].text)
                 if not match:
@@ -47,7 +65,7 @@ class ScienceQA(FileSource):
                 question = f"{question}\n{self.prompt}"
             out.append(Record(id=f"{self.name}-{r.id}", image=r.image,
                               turns=(Turn("user", question), Turn("assistant", letter)), task="multiple_choice",
-                              answers=(letter,), origin=r.origin))
+                              answers=(letter,), origin=r.origin, options=options, image_root=r.image_root))
         return out
 
 
@@ -70,5 +88,5 @@ class IconQA(FileSource):
             answer = d["choices"][d["answer"]]
             out.append(single_turn(f"{self.name}-{folder.name}", folder / "image.png",
                                    self.prompt.format(question=d["question"], choices=", ".join(d["choices"])),
-                                   answer, "vqa", origin=str(folder / "data.json")))
+                                   answer, "vqa", origin=str(folder / "data.json"), image_root=path))
         return out

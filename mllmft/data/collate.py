@@ -57,21 +57,22 @@ class ConversationCollator:
         if self.generate:
             texts = [self.render(r.prompt_turns, add_generation_prompt=True) for r in records]
             inputs = dict(self.encode(texts, list(images), padding_side="left"))
-            self._check_lengths(records, inputs["attention_mask"].sum(1), "prompt")
+            self.check_lengths(records, inputs["attention_mask"].sum(1).tolist(), "prompt")
             labels = None
         else:
             inputs, labels = self._encode_for_training(records, list(images))
         if "qformer_input_ids" in inputs:
             inputs.update(self._instruction_inputs(records))
         return {"model_inputs": inputs, "labels": labels, "index": torch.tensor(indices),
-                "references": [r.answers for r in records], "ids": [r.id for r in records],
+                "references": [r.answers for r in records], "options": [r.options for r in records],
+                "ids": [r.id for r in records],
                 "prompts": [r.prompt_turns[-1].text for r in records]}
 
     def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:
         full = [self.render(r.turns, add_generation_prompt=False) for r in records]
         inputs = dict(self.encode(full, images, padding_side="right"))
         lengths = inputs["attention_mask"].sum(1)
-        self._check_lengths(records, lengths, "conversation")
+        self.check_lengths(records, lengths.tolist(), "conversation")
 
         # (sample, start-or-end prefix) for every assistant turn: its start is the prefix before it
         # plus the generation prompt, its end is the prefix through it (the whole text for the last).
@@ -119,8 +120,27 @@ class ConversationCollator:
         q = self.processor.qformer_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
 
-    def _check_lengths(self, records, lengths: torch.Tensor, what: str) -> None:
-        for record, n in zip(records, lengths.tolist()):
+    def token_lengths(self, records: list[Record], sizes: list[tuple[int, int]]) -> list[int]:
+        """Each record's token count as ``__call__`` encodes it (image tokens included), without
+        processing its image: the text is tokenised alone, and what the image adds (its placeholder's
+        expansion, which depends only on the image's size) is measured once per size on a blank
+        image of that size. Equal to the collated count for every family (tested)."""
+        texts = [self._length_text(r) for r in records]
+        text_lengths = [len(ids) for ids in self.processor.tokenizer(texts)["input_ids"]]
+        image_tokens: dict[tuple[int, int], int] = {}
+        for text, n, size in zip(texts, text_lengths, sizes):
+            if size not in image_tokens:
+                encoded = self.encode([text], [Image.new("RGB", size)], padding_side="right")
+                image_tokens[size] = int(encoded["attention_mask"].sum()) - n
+        return [n + image_tokens[size] for n, size in zip(text_lengths, sizes)]
+
+    def _length_text(self, record: Record) -> str:
+        if self.generate:
+            return self.render(record.prompt_turns, add_generation_prompt=True)
+        return self.render(record.turns, add_generation_prompt=False)
+
+    def check_lengths(self, records, lengths: list[int], what: str) -> None:
+        for record, n in zip(records, lengths):
             if n > self.max_length:
                 raise DataError(
                     f"{record.where()}: the {what} is {n} tokens (image tokens included), more than "

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 import lightning as L
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
 
+from mllmft.checks import check_number
+from mllmft.console import progress
+from mllmft.data.images import MAX_IMAGE_PIXELS, NOTES
 from mllmft.data.prefix_suffix import make_collator
-from mllmft.data.record import Record
+from mllmft.data.record import IMAGE_CHECKS, Record
 from mllmft.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 
 class Source(Protocol):
@@ -22,18 +31,16 @@ class Source(Protocol):
 
 
 class RecordDataset(Dataset):
-    def __init__(self, records: list[Record]):
+    def __init__(self, records: list[Record], max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.records = records
+        self.max_image_pixels = max_image_pixels
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int):
         record = self.records[i]
-        return i, record, record.load_image()
-
-
-IMAGE_CHECKS = ("header", "exists", "none")
+        return i, record, record.load_image(self.max_image_pixels)
 
 
 class ResumableSampler(DistributedSampler):
@@ -60,14 +67,24 @@ class ResumableSampler(DistributedSampler):
 
 
 class MLLMDataModule(L.LightningDataModule):
-    """``test_dataloader`` returns the target's test set first, then each upstream set."""
+    """``test_dataloader`` returns the target's test set first, then each upstream set.
+
+    Every split is checked when first read, before any step or evaluation runs: each record's
+    fields; duplicate ids (a warning); image paths read from data files stay under their root
+    unless ``allow_outside_root``; every image as thoroughly as ``image_check`` says (``decode``:
+    fully decoded, with a count of images that needed converting; ``header``: opened and verified;
+    ``exists``; ``none``) and no larger than ``max_image_pixels``; and, with ``length_check``, each
+    record's token count as the processor encodes it (image tokens included) against ``max_length``.
+    """
 
     def __init__(self, processor, target: Source, upstream: dict[str, Source] | None = None,
                  batch_size: int = 16, eval_batch_size: int = 32, num_workers: int = 0,
-                 max_length: int = 256, seed: int = 0, image_check: str = "header"):
+                 max_length: int = 256, seed: int = 0, image_check: str = "decode",
+                 length_check: bool = True, allow_outside_root: bool = False,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS):
         super().__init__()
-        if image_check not in IMAGE_CHECKS:
-            raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+        check_settings(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
+                       max_length=max_length, image_check=image_check, max_image_pixels=max_image_pixels)
         self.processor = processor
         self.target = target
         self.upstream = dict(upstream or {})
@@ -83,6 +100,9 @@ class MLLMDataModule(L.LightningDataModule):
         self.max_length = max_length
         self.seed = seed
         self.image_check = image_check
+        self.length_check = length_check
+        self.allow_outside_root = allow_outside_root
+        self.max_image_pixels = max_image_pixels
         self._splits: dict[tuple[str, str], RecordDataset] = {}
         self._resume: dict = {}
 
@@ -91,17 +111,19 @@ class MLLMDataModule(L.LightningDataModule):
         return [self.target.name, *self.upstream]
 
     @property
-    def test_sets(self) -> dict[str, str]:
-        """{set name: metric name}, the target first."""
-        return {source.name: source.metric for source in self.test_sources()}
+    def test_sets(self) -> dict[str, dict]:
+        """{set name: metric spec ``{"name": metric, **metric_args}``}, the target first."""
+        return {source.name: {"name": source.metric, **getattr(source, "metric_args", {})}
+                for source in self.test_sources()}
 
     @property
     def test_max_new_tokens(self) -> dict[str, int | None]:
         """{set name: generation length, or None for the module's default}."""
         return {source.name: getattr(source, "max_new_tokens", None) for source in self.test_sources()}
 
-    def split(self, source: Source, split: str) -> RecordDataset:
-        """Read, validate and cache one split (validation happens here, before any step runs)."""
+    def split(self, source: Source, split: str, generate: bool = False) -> RecordDataset:
+        """Read, check and cache one split (the checks run here, before any step runs). ``generate``:
+        the split is tested by generation, so its prompts (not whole conversations) must fit."""
         key = (source.name, split)
         if key not in self._splits:
             records = source.records(split)
@@ -109,10 +131,44 @@ class MLLMDataModule(L.LightningDataModule):
                 raise DataError(f"data set {source.name!r} has no {split!r} records")
             for record in records:
                 record.validate()
-                if self.image_check != "none":
-                    record.check_image(thorough=self.image_check == "header")
-            self._splits[key] = RecordDataset(records)
+            where = f"data set {source.name!r} ({split})"
+            warn_duplicate_ids(where, records)
+            if not self.allow_outside_root:
+                refuse_outside_root(records)
+            sizes = self._check_images(where, records)
+            if self.length_check:
+                self._check_lengths(where, records, sizes, generate)
+            self._splits[key] = RecordDataset(records, self.max_image_pixels)
         return self._splits[key]
+
+    def _check_images(self, where: str, records: list[Record]) -> list[tuple[int, int]] | None:
+        """Each record's image checked as ``image_check`` says; their sizes when the length check
+        needs them (read from the headers where nothing was decoded)."""
+        def inspect(record: Record) -> tuple[tuple[int, int] | None, str | None]:
+            if self.image_check == "decode":
+                image, note = record.decode_image(self.max_image_pixels)
+                return image.size, note
+            record.check_file(self.image_check, self.max_image_pixels)
+            return (record.image_size(self.max_image_pixels) if self.length_check else None), None
+
+        if self.image_check == "none" and not self.length_check:
+            return None
+        # decoding releases the GIL: threads overlap the I/O and decoding of large sets
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            results = list(progress(pool.map(inspect, records), f"checking images of {where}", len(records)))
+        notes = Counter(note for _, note in results if note)
+        for note, count in sorted(notes.items()):
+            log.warning("%s: %d image%s %s", where, count, "s" * (count > 1), NOTES[note])
+        return [size for size, _ in results]
+
+    def _check_lengths(self, where: str, records: list[Record], sizes, generate: bool) -> None:
+        collator = make_collator(self.processor, self.max_length, generate)
+        what = "prompt" if generate else "conversation"
+        lengths: list[int] = []
+        for start in progress(range(0, len(records), 256), f"counting tokens of {where}",
+                              (len(records) + 255) // 256):
+            lengths += collator.token_lengths(records[start:start + 256], sizes[start:start + 256])
+        collator.check_lengths(records, lengths, what)
 
     def _has(self, source: Source, split: str) -> bool:
         return getattr(source, "has_split", lambda _: True)(split)
@@ -124,7 +180,7 @@ class MLLMDataModule(L.LightningDataModule):
                 self.split(self.target, "val")
         if stage in (None, "test"):
             for source in self.test_sources():
-                self.split(source, "test")
+                self.split(source, "test", generate=True)
 
     def test_sources(self) -> list[Source]:
         return [self.target, *self.upstream.values()]
@@ -178,5 +234,34 @@ class MLLMDataModule(L.LightningDataModule):
         return self._loader(self.split(self.target, "val"), shuffle=False, generate=False)
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.split(s, "test"), shuffle=False, generate=True)
+        return [self._loader(self.split(s, "test", generate=True), shuffle=False, generate=True)
                 for s in self.test_sources()]
+
+
+def check_settings(batch_size: int = 1, eval_batch_size: int = 1, num_workers: int = 0, max_length: int = 1,
+                   image_check: str = "decode", max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """The data knobs, in range."""
+    for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
+                            ("num_workers", num_workers, 0), ("max_length", max_length, 1),
+                            ("max_image_pixels", max_image_pixels, 1)):
+        check_number(f"data.{key}", value, low, integer=True)
+    if image_check not in IMAGE_CHECKS:
+        raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+
+
+def warn_duplicate_ids(where: str, records: list[Record]) -> None:
+    """Duplicate ids are legal (predictions are matched by position) but usually a mistake."""
+    counts = Counter(r.id for r in records)
+    repeated = {rid: n for rid, n in counts.items() if n > 1}
+    if repeated:
+        examples = ", ".join(repr(rid) for rid in list(repeated)[:3])
+        log.warning("%s: %d record ids occur more than once (%d records in all; e.g. %s)", where, len(repeated),
+                    sum(repeated.values()), examples)
+
+
+def refuse_outside_root(records: list[Record]) -> None:
+    for record in records:
+        if record.outside_root():
+            raise DataError(f"{record.where()}: image path {record.image} leaves the data root {record.image_root}; "
+                            "move the file under it, or set data.allow_outside_root=true")
+

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+from mllmft.data.llava_json import read_text
 from mllmft.data.record import Record
 from mllmft.errors import DataError
 
@@ -18,6 +20,8 @@ class FileSource:
     a run needs it. ``prompt`` is a template the reader fills; the same text is used for training and
     for evaluation. ``sizes`` caps the records of a split (quick runs on large sets).
     ``max_new_tokens`` sets this set's generation length (captions want more than short answers).
+    ``metric_args`` go to the metric: ``{mode: official}`` for vqa_accuracy's convention,
+    ``{n_options: 4}`` for multiple_choice.
     """
 
     metric = "exact_match"
@@ -25,13 +29,14 @@ class FileSource:
 
     def __init__(self, name: str, root: str, files: dict[str, str], image_root: str | None = None,
                  prompt: str = VQA_PROMPT, metric: str | None = None, sizes: dict | None = None,
-                 max_new_tokens: int | None = None):
+                 max_new_tokens: int | None = None, metric_args: dict | None = None):
         self.name = name
         self.root = Path(root)
         self.files = dict(files)
         self.image_root = Path(image_root) if image_root else self.root
         self.prompt = prompt
         self.metric = metric or self.metric
+        self.metric_args = dict(metric_args or {})
         self.sizes = sizes or {}
         self.max_new_tokens = max_new_tokens or self.max_new_tokens
 
@@ -47,15 +52,26 @@ class FileSource:
         return path
 
     def records(self, split: str) -> list[Record]:
-        records = self.read(self.path(split), split)
+        path = self.path(split)
+        try:
+            records = self.read(path, split)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise DataError(f"data set {self.name!r}: {path} is not in {type(self).__name__}'s layout "
+                            f"({type(err).__name__}: {err}); see the reader's docstring") from err
         limit = self.sizes.get(split)
-        return records[:limit] if limit else records
+        records = records[:limit] if limit else records
+        # paths built from the files' contents (ids, file names) must stay under the image root
+        return [r if r.image_root is not None else replace(r, image_root=self.image_root) for r in records]
 
     def read(self, path: Path, split: str) -> list[Record]:
         raise NotImplementedError
 
     def load_json(self, path: Path):
+        if not path.is_file():
+            raise DataError(f"data set {self.name!r}: file not found: {path}")
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            return json.loads(read_text(path))
         except json.JSONDecodeError as err:
             raise DataError(f"data set {self.name!r}: {path} is not valid JSON: {err}") from err

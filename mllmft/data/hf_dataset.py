@@ -27,6 +27,13 @@ from mllmft.errors import DataError
 COLUMNS = {"image": "image", "question": "question", "answer": "answer", "answers": None, "id": None}
 
 
+def _references(value) -> tuple[str, ...]:
+    """An answers cell: a list (of strings or numbers), or one string (never split into characters)."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(a) for a in value or ())
+
+
 def _open(ds, column: str, image_root: Path | None, index: int) -> Image.Image:
     value = ds[index][column]
     if isinstance(value, Image.Image):
@@ -37,7 +44,8 @@ def _open(ds, column: str, image_root: Path | None, index: int) -> Image.Image:
 class HFDataset:
     def __init__(self, name: str, path: str, splits: dict[str, str] | None = None, columns: dict | None = None,
                  config_name: str | None = None, image_root: str | None = None, prompt: str = VQA_PROMPT,
-                 task: str = "vqa", metric: str = "exact_match", sizes: dict | None = None):
+                 task: str = "vqa", metric: str = "exact_match", sizes: dict | None = None,
+                 metric_args: dict | None = None):
         self.name = name
         self.path = path
         self.splits = dict(splits or {"train": "train", "val": "validation", "test": "test"})
@@ -45,6 +53,7 @@ class HFDataset:
         self.config_name = config_name
         self.image_root = Path(image_root) if image_root else None
         self.prompt, self.task, self.metric = prompt, task, metric
+        self.metric_args = dict(metric_args or {})
         self.sizes = sizes or {}
 
     def has_split(self, split: str) -> bool:
@@ -79,7 +88,7 @@ class HFDataset:
         text = ds.select_columns([x for x in (c["question"], c["answer"], c["answers"], c["id"]) if x])
         out = []
         for i, row in enumerate(text.select(range(min(limit, len(ds))))):
-            answers = tuple(str(a) for a in row[c["answers"]]) if c["answers"] else (str(row[c["answer"]]),)
+            answers = _references(row[c["answers"]]) if c["answers"] else (str(row[c["answer"]]),)
             rid = f"{self.name}-{row[c['id']] if c['id'] else i}"
             out.append(single_turn(rid, partial(_open, ds, c["image"], self.image_root, i),
                                    self.prompt.format(question=row[c["question"]]), str(row[c["answer"]]),

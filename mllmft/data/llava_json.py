@@ -6,60 +6,127 @@ A file is a JSON list or JSONL of objects::
      "conversations": [{"from": "human", "value": "<image>\\nWhat is the man holding?"},
                        {"from": "gpt", "value": "A kite."}],
      "answers": ["kite", "kite", "a kite"],   # optional: references for scoring (else the last answer)
+     "options": ["kite", "dog"],              # optional, multiple choice: the options' texts (A, B, ...)
      "task": "vqa"}                           # optional: caption | vqa | multiple_choice
 
-``image`` is relative to ``image_root``. The ``<image>`` placeholder is removed from the text: the
-backbone's chat template puts the image where its family expects it.
+``image`` is relative to ``image_root`` and must stay inside it (``data.allow_outside_root=true``
+lifts that). The ``<image>`` placeholder is removed from the text: the backbone's chat template
+puts the image where its family expects it. Every field's type is checked; a key this reader does
+not know (a typo such as ``answer``) is reported once per file, with the number of records.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections import Counter
 from pathlib import Path
 
 from mllmft.data.record import Record, Turn
 from mllmft.errors import DataError
 
+log = logging.getLogger(__name__)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+KEYS = {"id", "image", "conversations", "answers", "options", "task"}
 
 
 def read_llava_json(path: str | Path, image_root: str | Path, default_task: str = "vqa") -> list[Record]:
-    return [llava_record(origin, row, Path(image_root), default_task) for origin, row in load_llava_rows(path)]
+    rows = load_llava_rows(path)
+    warn_unknown_keys(path, (row for _, row in rows), KEYS)
+    return [llava_record(origin, row, Path(image_root), default_task) for origin, row in rows]
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason}); save it as UTF-8") from err
 
 
 def load_llava_rows(path: str | Path) -> list[tuple[str, dict]]:
-    """(origin, row) pairs of a LLaVA JSON list or JSONL file; origin names the file and position."""
+    """(origin, row) pairs of a LLaVA JSON list or JSONL file; origin names the file and line/position."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"conversation file not found: {path}")
-    text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            rows = [(f"{path}:{n}", json.loads(line)) for n, line in enumerate(text.splitlines(), 1)
-                    if line.strip()]
-        else:
-            rows = [(f"{path}[{n}]", row) for n, row in enumerate(json.loads(text))]
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON: {err}") from err
+    text = read_text(path)
+    if path.suffix == ".jsonl":
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append((f"{path}:{n}", json.loads(line)))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path}:{n}: not valid JSON: {err.msg} (column {err.colno})") from err
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(f"{path}: not valid JSON: {err}") from err
+        if not isinstance(data, list):
+            raise DataError(f"{path}: the top level must be a list of records, got a {type(data).__name__}")
+        rows = [(f"{path}[{n}]", row) for n, row in enumerate(data)]
+    for origin, row in rows:
+        if not isinstance(row, dict):
+            raise DataError(f"{origin}: a record must be a JSON object, got {type(row).__name__} {_short(row)}")
     return rows
 
 
+def warn_unknown_keys(path, rows, known: set[str]) -> None:
+    unknown = Counter(key for row in rows for key in row if key not in known)
+    if unknown:
+        log.warning("%s: keys this reader does not use, ignored: %s (known keys: %s)", path,
+                    ", ".join(f"{k!r} in {n} record{'s' * (n > 1)}" for k, n in sorted(unknown.items())),
+                    ", ".join(sorted(known)))
+
+
 def llava_record(origin: str, row: dict, image_root: Path, default_task: str) -> Record:
-    rid = str(row.get("id", origin))
+    rid = row.get("id", origin)
+    if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+        raise DataError(f"{origin}: 'id' must be a string or an integer, got {_short(rid)}")
+    where = f"record {str(rid)!r} ({origin})"
     if "image" not in row:
-        raise DataError(f"record {rid!r} ({origin}): no 'image' field (text-only records are not supported)")
+        raise DataError(f"{where}: no 'image' field (text-only records are not supported)")
+    if not isinstance(row["image"], str) or not row["image"].strip():
+        raise DataError(f"{where}: 'image' must be one file path (a string), got {_short(row['image'])}")
+    conversations = row.get("conversations")
+    if not isinstance(conversations, list):
+        raise DataError(f"{where}: 'conversations' must be a list of turns, got {_short(conversations)}")
     turns = []
-    for i, message in enumerate(row.get("conversations") or []):
-        role = ROLES.get(message.get("from", ""))
+    for i, message in enumerate(conversations):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: turn {i} must be an object with 'from' and 'value', got {_short(message)}")
+        role = ROLES.get(message.get("from")) if isinstance(message.get("from"), str) else None
         if role is None:
-            raise DataError(f"record {rid!r} ({origin}): turn {i} has unknown speaker {message.get('from')!r}")
-        turns.append(Turn(role, message.get("value", "").replace("<image>", "").strip()))
+            raise DataError(f"{where}: turn {i} has unknown speaker {message.get('from')!r}; expected one of "
+                            f"{sorted(ROLES)}")
+        value = message.get("value")
+        if not isinstance(value, str):
+            raise DataError(f"{where}: turn {i}'s 'value' must be a string, got {_short(value)}")
+        turns.append(Turn(role, value.replace("<image>", "").strip()))
     last_answer = (turns[-1].text,) if turns and turns[-1].role == "assistant" else ()
-    answers = tuple(str(a) for a in row.get("answers", ())) or last_answer
-    record = Record(id=rid, image=image_root / row["image"], turns=tuple(turns),
-                    task=row.get("task", default_task), answers=answers, origin=origin)
+    answers = string_list(row.get("answers"), "answers", where) or last_answer
+    options = string_list(row.get("options"), "options", where)
+    task = row.get("task", default_task)
+    record = Record(id=str(rid), image=image_root / row["image"], turns=tuple(turns), task=task, answers=answers,
+                    origin=origin, options=options, image_root=image_root)
     record.validate()
     return record
+
+
+def string_list(value, field: str, where: str) -> tuple[str, ...]:
+    """A list of strings (a lone string is one element, never its characters); None is empty."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise DataError(f"{where}: '{field}' must be a list of strings, got {_short(value)}")
+    return tuple(value)
+
+
+def _short(value, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class LlavaJsonSource:
@@ -67,13 +134,17 @@ class LlavaJsonSource:
 
     def __init__(self, name: str, image_root: str, train: str | None = None, val: str | None = None,
                  test: str | None = None, task: str = "vqa", sizes: dict | None = None,
-                 metric: str = "exact_match"):
+                 metric: str = "exact_match", metric_args: dict | None = None):
         self.name = name
         self.metric = metric  # exact_match | vqa_accuracy | multiple_choice | caption
+        self.metric_args = dict(metric_args or {})  # e.g. {mode: official} for vqa_accuracy
         self.image_root = image_root
         self.files = {"train": train, "val": val, "test": test}
         self.task = task
         self.sizes = sizes or {}  # at most this many records per split (quick runs on big sets)
+
+    def has_split(self, split: str) -> bool:
+        return bool(self.files.get(split))
 
     def records(self, split: str) -> list[Record]:
         file = self.files[split]

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from mllmft.data.images import MAX_IMAGE_PIXELS, UNREADABLE, check_pixels, decode_file, to_rgb, verify_header
 from mllmft.errors import DataError
 
 TASKS = ("caption", "vqa", "multiple_choice")
+IMAGE_CHECKS = ("decode", "header", "exists", "none")  # data.image_check, most thorough first
 ImageSource = Image.Image | str | Path | Callable[[], Image.Image]  # a callable loads it lazily
-
 
 
 @dataclass(frozen=True)
@@ -29,16 +31,26 @@ class Record:
     task: str
     answers: tuple[str, ...]  # references for scoring the last assistant turn
     origin: str = "built-in"  # where the record came from, for error messages
+    options: tuple[str, ...] = ()  # multiple choice: the options' texts in letter order, when known
+    # the folder a path read from a data file must stay in (None: the path is the reader's own)
+    image_root: Path | None = None
 
     def where(self) -> str:
         return f"record {self.id!r} ({self.origin})"
 
     def validate(self) -> None:
         """Reject what would otherwise fail deep inside a processor, or train on nothing."""
+        if not isinstance(self.id, str):
+            raise DataError(f"{self.where()}: the id must be a string, got {type(self.id).__name__}")
         if self.task not in TASKS:
             raise DataError(f"{self.where()}: unknown task {self.task!r}; expected one of {TASKS}")
+        if not isinstance(self.image, (Image.Image, str, Path)) and not callable(self.image):
+            raise DataError(f"{self.where()}: the image must be a file path, got {type(self.image).__name__}")
         if not self.turns:
             raise DataError(f"{self.where()}: the conversation is empty")
+        for i, turn in enumerate(self.turns):
+            if not isinstance(turn.text, str):
+                raise DataError(f"{self.where()}: turn {i} must be text, got {type(turn.text).__name__}")
         roles = [t.role for t in self.turns]
         expected = ["user", "assistant"] * (len(roles) // 2 + 1)
         if roles != expected[: len(roles)] or roles[-1] != "assistant":
@@ -49,39 +61,55 @@ class Record:
         for i, turn in enumerate(self.turns):
             if not turn.text.strip():
                 raise DataError(f"{self.where()}: turn {i} ({turn.role}) is empty")
+        _check_strings(self, "answers", self.answers)
         if not self.answers or not all(a.strip() for a in self.answers):
             raise DataError(f"{self.where()}: no reference answer")
+        _check_strings(self, "options", self.options)
+        if self.task == "multiple_choice" and self.options:
+            letter = self.answers[0].strip().upper()
+            if len(letter) != 1 or not 0 <= ord(letter) - ord("A") < len(self.options):
+                raise DataError(f"{self.where()}: the answer {self.answers[0]!r} is not the letter of one of "
+                                f"its {len(self.options)} options")
 
-    def check_image(self, thorough: bool) -> None:
-        """At start-up: the image file exists (and, if thorough, its header decodes)."""
-        if isinstance(self.image, Image.Image) or callable(self.image):
+    def outside_root(self) -> bool:
+        """Whether a path read from a data file leaves its root (``../x.png``, an absolute path)."""
+        if self.image_root is None or not isinstance(self.image, (str, Path)):
+            return False
+        root, path = os.path.abspath(self.image_root), os.path.abspath(self.image)
+        return os.path.commonpath([root, path]) != root
+
+    def check_file(self, check: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        """The cheap start-up checks of an image file: ``exists``, or ``header`` (opens, under the
+        pixel cap, structure verifies). Decoding (``decode``) is ``decode_image``."""
+        if not isinstance(self.image, (str, Path)):
             return
         path = Path(self.image)
-        if not path.is_file():
+        if check == "exists" and not path.is_file():
             raise DataError(f"{self.where()}: image file not found: {path}")
-        if thorough:
-            try:
-                with Image.open(path) as im:
-                    im.verify()
-            except (UnidentifiedImageError, OSError, SyntaxError) as err:
-                raise DataError(f"{self.where()}: cannot read image {path}: {err}") from err
+        if check == "header":
+            verify_header(path, self.where(), max_pixels)
 
-    def load_image(self) -> Image.Image:
-        if isinstance(self.image, Image.Image):
-            return self.image.convert("RGB")
-        if callable(self.image):
-            try:
-                return self.image().convert("RGB")
-            except (UnidentifiedImageError, OSError, SyntaxError) as err:
-                raise DataError(f"{self.where()}: cannot decode its image: {err}") from err
-        path = Path(self.image)
+    def image_size(self, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
+        """(width, height), from the file's header where there is a file."""
+        if isinstance(self.image, (str, Path)):
+            return verify_header(Path(self.image), self.where(), max_pixels)
+        return self.decode_image(max_pixels)[0].size
+
+    def decode_image(self, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, str | None]:
+        """(RGB picture, what decoding had to do to it); any failure is a DataError naming the record."""
+        if isinstance(self.image, (str, Path)):
+            return decode_file(Path(self.image), self.where(), max_pixels)
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
-        except FileNotFoundError as err:
-            raise DataError(f"{self.where()}: image file not found: {path}") from err
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise DataError(f"{self.where()}: cannot read image {path}: {err}") from err
+            image = self.image if isinstance(self.image, Image.Image) else self.image()
+            check_pixels(image, self.where(), max_pixels)
+            return to_rgb(image, self.where())
+        except DataError:
+            raise
+        except UNREADABLE as err:
+            raise DataError(f"{self.where()}: cannot decode its image: {err}") from err
+
+    def load_image(self, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+        return self.decode_image(max_pixels)[0]
 
     @property
     def prompt_turns(self) -> tuple[Turn, ...]:
@@ -89,7 +117,17 @@ class Record:
         return self.turns[:-1]
 
 
+def _check_strings(record: Record, field: str, values) -> None:
+    if not isinstance(values, tuple):
+        raise DataError(f"{record.where()}: {field} must be a list of strings, got {type(values).__name__}")
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DataError(f"{record.where()}: {field}[{i}] must be a string, got {value!r} "
+                            f"({type(value).__name__})")
+
+
 def single_turn(id: str, image: ImageSource, question: str, answer: str, task: str,
-                answers: tuple[str, ...] | None = None, origin: str = "built-in") -> Record:
+                answers: tuple[str, ...] | None = None, origin: str = "built-in", options: tuple[str, ...] = (),
+                image_root: Path | None = None) -> Record:
     return Record(id=id, image=image, turns=(Turn("user", question), Turn("assistant", answer)),
-                  task=task, answers=answers or (answer,), origin=origin)
+                  task=task, answers=answers or (answer,), origin=origin, options=options, image_root=image_root)

@@ -146,7 +146,8 @@ class AOKVQA(FileSource):
             if self.mode == "mc":
                 letter = chr(ord("A") + d["correct_choice_idx"])
                 prompt = self.prompt.format(question=d["question"], options=letter_options(d["choices"]))
-                out.append(single_turn(rid, image, prompt, letter, "multiple_choice", origin=str(path)))
+                out.append(single_turn(rid, image, prompt, letter, "multiple_choice", origin=str(path),
+                                       options=tuple(d["choices"])))
             else:
                 answers = d["direct_answers"]
                 out.append(single_turn(rid, image, self.prompt.format(question=d["question"]), _majority(answers),

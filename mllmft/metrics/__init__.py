@@ -1,5 +1,6 @@
 """Metrics of generated answers, one per task type, plus the trade-off scores of a run."""
 
+from mllmft.errors import ConfigError
 from mllmft.metrics.captioning import CaptionMetrics, caption_scores
 from mllmft.metrics.exact_match import ExactMatch, exact_match
 from mllmft.metrics.generated import Answer, GeneratedAnswers
@@ -10,10 +11,14 @@ from mllmft.metrics.vqa import VQAAccuracy, normalize_vqa_answer, vqa_accuracy
 METRICS = {m.name: m for m in (ExactMatch, VQAAccuracy, MultipleChoiceAccuracy, CaptionMetrics)}
 
 
-def build_metric(name: str) -> GeneratedAnswers:
+def build_metric(name: str, **args) -> GeneratedAnswers:
+    """``args`` are the set's ``metric_args`` (``mode`` of vqa_accuracy, ``n_options`` of multiple_choice)."""
     if name not in METRICS:
-        raise ValueError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}")
-    return METRICS[name]()
+        raise ConfigError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}")
+    try:
+        return METRICS[name](**args)
+    except TypeError as err:  # an argument the metric does not take
+        raise ConfigError(f"metric {name!r} does not take metric_args {dict(args)}: {err}") from err
 
 
 __all__ = ["METRICS", "Answer", "CaptionMetrics", "ExactMatch", "GeneratedAnswers", "MultipleChoiceAccuracy",

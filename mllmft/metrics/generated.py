@@ -24,6 +24,7 @@ class Answer:
     prompt: str
     prediction: str
     references: tuple[str, ...]
+    options: tuple[str, ...] = ()  # multiple choice: the options' texts in letter order, when known
 
 
 class GeneratedAnswers(Metric):
@@ -40,10 +41,14 @@ class GeneratedAnswers(Metric):
         self.add_state("answers", default=[], dist_reduce_fx=None)
         self.last_per_sample: list[tuple[Answer, float]] = []
 
-    def update(self, indices, ids, prompts, predictions, references) -> None:
+    def update(self, indices, ids, prompts, predictions, references, options=None) -> None:
         indices = indices.tolist() if isinstance(indices, torch.Tensor) else list(indices)
-        self.answers.extend(Answer(int(i), str(d), p, y, tuple(r))
-                            for i, d, p, y, r in zip(indices, ids, prompts, predictions, references))
+        options = options if options is not None else [()] * len(indices)
+        for refs in references:
+            if isinstance(refs, str):  # a lone string would be scored as its characters
+                raise TypeError(f"references must be a list of strings per sample, got the string {refs!r}")
+        self.answers.extend(Answer(int(i), str(d), p, y, tuple(r), tuple(o))
+                            for i, d, p, y, r, o in zip(indices, ids, prompts, predictions, references, options))
 
     def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
         group = process_group or self.process_group

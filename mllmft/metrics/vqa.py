@@ -8,18 +8,21 @@ removed; lower case; number words -> digits ("none" -> "0"); articles dropped; c
 Accuracy of one prediction against n (usually 10) human answers: the mean over the n leave-one-out
 subsets of min(1, #matches among the other n-1 / 3), x 100 by the metric.
 
-Two conventions differ in when the prediction is normalised, and both are offered:
-* ``"always"`` (default; EvalAI's answer processor as lmms-eval uses it): the prediction is always
-  normalised.
-* ``"official"`` (the GT-Vision-Lab script): the prediction is normalised only when the human answers
-  disagree; otherwise the raw stripped strings are compared.
-In both, the human answers are normalised when they disagree (the data sets store them normalised).
+Two conventions are offered, chosen per data set (``metric_args: {mode: official}`` on a source):
+* ``"always"`` (default): EvalAI's answer processor (as lmms-eval's TextVQA and VizWiz tasks apply
+  it) on the prediction AND on every human answer: word tokenisation first (lower case, "," and "?"
+  deleted, "'s" split off as " 's"), then the normalisation above. Identical strings always match.
+* ``"official"`` (GT-Vision-Lab ``vqaEval.py``): prediction and answers are normalised only when the
+  human answers disagree; otherwise the raw stripped strings are compared ("Yes" vs ten "yes" is 0).
+With a single human answer there is no leave-one-out subset: the score is exact match of the two
+(normalised as the mode says).
 """
 
 from __future__ import annotations
 
 import re
 
+from mllmft.errors import ConfigError
 from mllmft.metrics.generated import Answer, GeneratedAnswers
 
 CONTRACTIONS = {
@@ -76,7 +79,19 @@ def process_digit_article(text: str) -> str:
 
 
 def normalize_vqa_answer(text: str) -> str:
+    """The official script's normalisation (punctuation, periods, digits, articles, contractions)."""
     return process_digit_article(process_punctuation(_clean(text)))
+
+
+def word_tokenize(text: str) -> str:
+    """EvalAI's first step: lower case, "," and "?" deleted (not spaced: "red,blue" -> "redblue"),
+    "'s" split off."""
+    return text.lower().replace(",", "").replace("?", "").replace("'s", " 's").strip()
+
+
+def evalai_answer(text: str) -> str:
+    """EvalAI's answer processor: word tokenisation, then the official normalisation."""
+    return normalize_vqa_answer(word_tokenize(text))
 
 
 def _clean(text: str) -> str:
@@ -85,21 +100,26 @@ def _clean(text: str) -> str:
 
 def vqa_accuracy(prediction: str, answers, mode: str = "always") -> float:
     """Accuracy in [0, 1] of one prediction against the human answers (leave-one-out, min(1, n/3))."""
-    if mode not in MODES:
-        raise ValueError(f"VQA accuracy mode {mode!r}; expected one of {MODES}")
+    check_mode(mode)
+    if isinstance(answers, str):  # a lone string would be read as its characters
+        raise TypeError(f"VQA accuracy needs a list of reference answers, got the string {answers!r}")
     gts = [_clean(a) for a in answers]
     if not gts:
         raise ValueError("VQA accuracy needs at least one reference answer")
-    disagree = len(set(gts)) > 1
     pred = _clean(prediction)
-    if mode == "always" or disagree:
-        pred = process_digit_article(process_punctuation(pred))
-    if disagree:
-        gts = [process_digit_article(process_punctuation(a)) for a in gts]
+    if mode == "always":
+        pred, gts = evalai_answer(pred), [evalai_answer(a) for a in gts]
+    elif len(set(gts)) > 1:  # official: normalise only when the humans disagree
+        pred, gts = normalize_vqa_answer(pred), [normalize_vqa_answer(a) for a in gts]
     if len(gts) == 1:  # a single reference: plain exact match (no leave-one-out subset exists)
         return float(pred == gts[0])
     accs = [min(1.0, sum(g == pred for j, g in enumerate(gts) if j != i) / 3.0) for i in range(len(gts))]
     return sum(accs) / len(accs)
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ConfigError(f"vqa_accuracy mode={mode!r}; expected one of {MODES}")
 
 
 class VQAAccuracy(GeneratedAnswers):
@@ -109,6 +129,7 @@ class VQAAccuracy(GeneratedAnswers):
 
     def __init__(self, mode: str = "always"):
         super().__init__()
+        check_mode(mode)
         self.mode = mode
 
     def score(self, answers: list[Answer]):

@@ -17,6 +17,7 @@ from lightning import Callback
 from mllmft.backbones import Backbone
 from mllmft.callbacks.anchor import Anchor
 from mllmft.callbacks.importance import ImportanceAccumulator
+from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
@@ -47,6 +48,7 @@ class AnchorPenalty(_AnchoredStrategy):
     def __init__(self, norm: str = "l2", lam: float = 1e-3, reduction: str = "tensor_mean"):
         if norm not in ("l1", "l2") or reduction not in REDUCTIONS:
             raise ConfigError(f"strategy norm={norm!r}, reduction={reduction!r}: expected l1|l2 and {REDUCTIONS}")
+        check_number("strategy.lam", lam, 0)
         self.norm, self.lam, self.reduction = norm, lam, reduction
         self.name = f"{norm}_sp"
 
@@ -96,6 +98,10 @@ class EWC(_AnchoredStrategy):
 
     def __init__(self, lam: float = 1.0, fisher_batches: int = 8, fisher_split: str = "train",
                  fisher_batch_size: int | None = None):
+        check_number("strategy.lam", lam, 0)
+        check_number("strategy.fisher_batches", fisher_batches, 1, integer=True)
+        if fisher_batch_size is not None:
+            check_number("strategy.fisher_batch_size", fisher_batch_size, 1, integer=True)
         self.lam = lam
         self.fisher_batches = fisher_batches
         self.fisher_split = fisher_split

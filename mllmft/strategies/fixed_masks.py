@@ -13,6 +13,7 @@ import torch
 from mllmft.backbones import Backbone
 from mllmft.callbacks.anchor import Anchor
 from mllmft.callbacks.weight_allocation import WeightAllocation
+from mllmft.checks import check_number
 from mllmft.strategies.base import TuningStrategy
 
 
@@ -31,8 +32,7 @@ class FixedWeightMask(TuningStrategy):
     needs_whole_parameters = True
 
     def __init__(self, freeze_ratio: float = 0.5, seed: int = 0):
-        if not 0.0 <= freeze_ratio <= 1.0:
-            raise ValueError(f"strategy.freeze_ratio={freeze_ratio} must be in [0, 1]")
+        check_number("strategy.freeze_ratio", freeze_ratio, 0, 1)
         self.freeze_ratio = freeze_ratio
         self.seed = seed
 

@@ -16,6 +16,7 @@ from lightning import Callback
 from mllmft.backbones import Backbone
 from mllmft.callbacks.gradient_mask import GradientMask
 from mllmft.callbacks.importance import ImportanceAccumulator
+from mllmft.checks import check_number
 from mllmft.strategies.base import TuningStrategy
 
 
@@ -42,6 +43,7 @@ class GMT(TuningStrategy):
     needs_whole_parameters = True
 
     def __init__(self, keep_ratio: float = 0.2):
+        check_number("strategy.keep_ratio", keep_ratio, 0, 1, low_open=True)
         self.keep_ratio = keep_ratio
 
     def attach(self, backbone: Backbone) -> None:
@@ -85,6 +87,8 @@ class SPU(TuningStrategy):
     def __init__(self, score_fraction: float = 0.25, keep_ratio: float = 0.1, param_filter: str | None = None):
         """``param_filter``: a regex on parameter names; trainable parameters that do not match are
         frozen (the original SPU trains the first MLP linear of each block: ``mlp\\.(gate|up)_proj``)."""
+        check_number("strategy.score_fraction", score_fraction, 0, 1, low_open=True)
+        check_number("strategy.keep_ratio", keep_ratio, 0, 1, low_open=True)
         self.score_fraction = score_fraction
         self.keep_ratio = keep_ratio
         self.param_filter = param_filter

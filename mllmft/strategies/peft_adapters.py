@@ -26,6 +26,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from mllmft.backbones import COMPONENTS, Backbone
+from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
@@ -127,6 +128,9 @@ class LoRA(PeftStrategy):
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05, init: bool | str = True,
                  use_dora: bool = False, use_rslora: bool = False, **scope_options):
         super().__init__(**scope_options)
+        check_number("strategy.r", r, 1, integer=True)
+        check_number("strategy.alpha", alpha, 0, low_open=True)
+        check_number("strategy.dropout", dropout, 0, 1, high_open=True)
         self.name = "dora" if use_dora else "lora"
         self.options = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=init,
                             use_dora=use_dora, use_rslora=use_rslora)

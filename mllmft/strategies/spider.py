@@ -14,6 +14,8 @@ from mllmft.backbones import Backbone
 from mllmft.callbacks.anchor import Anchor
 from mllmft.callbacks.importance import ImportanceAccumulator
 from mllmft.callbacks.weight_allocation import WeightAllocation
+from mllmft.checks import check_number
+from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
 MASKS = ("soft", "binary")
@@ -67,7 +69,8 @@ class SPIDER(TuningStrategy):
 
     def __init__(self, mask: str = "soft", eps: float = 1e-12):
         if mask not in MASKS:
-            raise ValueError(f"strategy.mask={mask!r}; expected one of {MASKS}")
+            raise ConfigError(f"strategy.mask={mask!r}; expected one of {MASKS}")
+        check_number("strategy.eps", eps, 0, low_open=True)
         self.mask = mask
         self.eps = eps
 
