@@ -18,7 +18,8 @@ def check_number(key: str, value, low: float | None = None, high: float | None =
     too_low = low is not None and (value <= low if low_open else value < low)
     too_high = high is not None and (value >= high if high_open else value > high)
     if too_low or too_high:
-        raise ConfigError(f"{key}={value!r}; expected a value{_interval(low, high, low_open, high_open)}")
+        raise ConfigError(f"{key}={value!r}; expected {'an integer' if integer else 'a value'}"
+                          f"{_interval(low, high, low_open, high_open)}")
 
 
 def _interval(low, high, low_open: bool, high_open: bool) -> str:

@@ -60,7 +60,6 @@ def check_settings(cfg: DictConfig, strategy) -> dict | None:
     check_hyperparameters(**{k: v for k, v in cfg.module.items() if k in _parameters(check_hyperparameters)})
     check_data_settings(**{k: v for k, v in cfg.data.items() if k in _parameters(check_data_settings)})
     check_hardware(strategy, cfg.hardware.lightning_strategy)
-    check_export(cfg.get("export"), strategy)
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 
@@ -82,6 +81,7 @@ def prepare(cfg: DictConfig) -> dict:
     apply_scope(backbone, cfg.scope)
     identity = run_identity(backbone, cfg.scope, strategy.name)  # before the strategy wraps or changes it
     strategy.attach(backbone)
+    check_export(cfg.get("export"), strategy)
     trains = strategy.trains and not cfg.get("evaluate_only", False)
     if trains and not any(p.requires_grad for p in backbone.model.parameters()):
         raise ConfigError(f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "

@@ -45,7 +45,7 @@ def test_spider_scope_trains_projector_and_last_two_layers(tiny_backbone):
 
 
 def test_scope_errors_are_clear(tiny_backbone):
-    with pytest.raises(ValueError, match="last_n_layers=9, but the llm has 4 layers"):
+    with pytest.raises(ValueError, match=r"last_n_layers=9; expected an integer in \[1, 4\]"):
         apply_scope(tiny_backbone, {"llm": {"train": True, "last_n_layers": 9}})
     with pytest.raises(ValueError, match="unknown components \\['decoder'\\]"):
         apply_scope(tiny_backbone, {"decoder": {"train": True}})

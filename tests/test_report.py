@@ -15,7 +15,8 @@ def test_report_groups_seeds_and_sorts_by_h(tmp_path, capsys):
     for i, r in enumerate(runs):
         (tmp_path / str(i)).mkdir()
         (tmp_path / str(i) / "results.json").write_text(json.dumps(r))
-    rows = summarise(runs)
+    rows, varying, warnings = summarise(runs)
+    assert varying == [] and warnings == []
     assert [r["strategy"] for r in rows] == ["spider", "full"]
     assert rows[1]["seeds"] == 2 and rows[1]["S_t"] == 72 and rows[1]["S_t_std"] > 0
     main([str(tmp_path), "--csv", str(tmp_path / "t.csv")])

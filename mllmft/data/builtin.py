@@ -41,9 +41,10 @@ class ShapesSource:
                  "count": "How many shapes are there?"}
 
     def __init__(self, name: str = "shapes", sizes: dict | None = None, seed: int = 0,
-                 image_size: int = 64, metric: str = "exact_match"):
+                 image_size: int = 64, metric: str = "exact_match", metric_args: dict | None = None):
         self.name = name
         self.metric = metric
+        self.metric_args = dict(metric_args or {})
         self.sizes = {"train": 4000, "val": 120, "test": 240, **(sizes or {})}
         self.seed = seed
         self.image_size = image_size
@@ -104,9 +105,10 @@ class DigitsSource:
     FRACTIONS = {"test": 0.2, "val": 0.08}
 
     def __init__(self, name: str = "digits", sizes: dict | None = None, image_size: int = 64,
-                 metric: str = "exact_match"):
+                 metric: str = "exact_match", metric_args: dict | None = None):
         self.name = name
         self.metric = metric
+        self.metric_args = dict(metric_args or {})
         self.sizes = sizes or {}
         self.image_size = image_size
 
