@@ -95,3 +95,23 @@ def test_fsdp2_two_cpu_processes(tmp_path, strategy):
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
+
+
+def test_user_mistakes_exit_2_with_one_line(tmp_path):
+    """A bad strategy knob (raised inside Hydra's instantiate) and bad data: exit 2, one line, no
+    traceback, and nothing evaluated first."""
+    proc = _run([BIN / "mllmft-train", *FAST, "strategy=spider", "strategy.mask=foo", "hydra.run.dir=run"], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "mllmft: error: strategy.mask='foo'; expected one of ('soft', 'binary')"
+    assert "Traceback" not in proc.stderr
+    Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
+    rows = [{"id": "a", "image": "img.png", "conversations": [{"from": "human", "value": "Q?"},
+                                                            {"from": "gpt", "value": "A"}]}]
+    (tmp_path / "data.jsonl").write_text(json.dumps(rows[0]) + "\n" + '{"id": "b", "image": null}\n')
+    proc = _run([BIN / "mllmft-train", *FAST, "data=llava_json", f"data.target.image_root={tmp_path}",
+                 *(f"data.target.{s}={tmp_path / 'data.jsonl'}" for s in ("train", "val", "test")),
+                 "data.num_workers=2", "hydra.run.dir=run2"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "data.jsonl:2): 'image' must be one file path (a string), got null" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "run2" / "predictions").exists()  # refused before the zero-shot test

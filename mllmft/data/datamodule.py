@@ -6,6 +6,7 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import lightning as L
@@ -153,13 +154,18 @@ class MLLMDataModule(L.LightningDataModule):
 
         if self.image_check == "none" and not self.length_check:
             return None
-        # decoding releases the GIL: threads overlap the I/O and decoding of large sets
+        # each file once (VQA sets ask several questions of an image, caption sets train on 5 captions
+        # of one); decoding releases the GIL, so threads overlap the I/O and decoding of large sets
+        first: dict[object, Record] = {}
+        for record in records:
+            first.setdefault(_image_key(record), record)
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            results = list(progress(pool.map(inspect, records), f"checking images of {where}", len(records)))
-        notes = Counter(note for _, note in results if note)
+            checked = dict(zip(first, progress(pool.map(inspect, first.values()), f"checking images of {where}",
+                                               len(first))))
+        notes = Counter(note for _, note in checked.values() if note)
         for note, count in sorted(notes.items()):
             log.warning("%s: %d image%s %s", where, count, "s" * (count > 1), NOTES[note])
-        return [size for size, _ in results]
+        return [checked[_image_key(r)][0] for r in records]
 
     def _check_lengths(self, where: str, records: list[Record], sizes, generate: bool) -> None:
         collator = make_collator(self.processor, self.max_length, generate)
@@ -247,6 +253,10 @@ def check_settings(batch_size: int = 1, eval_batch_size: int = 1, num_workers: i
         check_number(f"data.{key}", value, low, integer=True)
     if image_check not in IMAGE_CHECKS:
         raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+
+
+def _image_key(record: Record):
+    return str(record.image) if isinstance(record.image, (str, Path)) else id(record.image)
 
 
 def warn_duplicate_ids(where: str, records: list[Record]) -> None:

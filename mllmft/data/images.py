@@ -32,7 +32,8 @@ _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 def open_image(path: Path, where: str, max_pixels: int) -> Image.Image:
     """Open (header only, lazily decoded) and check the pixel count before anything is decoded."""
     if not path.is_file():
-        raise DataError(f"{where}: image file not found: {path}")
+        raise DataError(f"{where}: {'a directory, not an image file' if path.is_dir() else 'image file not found'}: "
+                        f"{path}")
     try:
         with warnings.catch_warnings():  # the cap below is the check; Pillow's warning is noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
