@@ -274,4 +274,3 @@ def refuse_outside_root(records: list[Record]) -> None:
         if record.outside_root():
             raise DataError(f"{record.where()}: image path {record.image} leaves the data root {record.image_root}; "
                             "move the file under it, or set data.allow_outside_root=true")
-
