@@ -70,15 +70,16 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
                           eval_batch_size=64, max_length=pretrain.get("max_length", 128))
     module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, data.test_sets, lr=pretrain["lr"],
                            warmup_ratio=pretrain.get("warmup_ratio", 0.05), max_new_tokens=8)
-    trainer = L.Trainer(max_steps=pretrain["max_steps"], accelerator=accelerator, devices=1,
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    # default_root_dir: the test's predictions file goes with the cached model, not into the cwd
+    trainer = L.Trainer(max_steps=pretrain["max_steps"], accelerator=accelerator, devices=1, default_root_dir=tmp,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
                         limit_val_batches=0, gradient_clip_val=1.0, callbacks=[RichProgressBar()],
                         use_distributed_sampler=False)
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
     score = test_scores(trainer, [source.name])[0][source.name]
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     backbone.model.save_pretrained(tmp)
     backbone.processor.save_pretrained(tmp)
     report = {"family": family, "upstream_set": source.name, "upstream_test_exact_match": score,

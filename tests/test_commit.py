@@ -54,11 +54,14 @@ def _toy_batches(n):
 
 
 def _fit_toy(lrs, steps, every_k=1, callbacks=()):
+    import tempfile
+
     module = _ToyModule(lrs)
     monitor = BalanceMonitor(every_k=every_k, ema=0.0)
     monitor.sides = {"enc": "encoder", "llm": "llm"}
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[monitor, *callbacks])
+                        enable_model_summary=False, callbacks=[monitor, *callbacks],
+                        default_root_dir=tempfile.mkdtemp(prefix="mllmft-toy-"))  # its κ plot, not in the cwd
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_toy_batches(steps), batch_size=None))
     return monitor, module
 
