@@ -28,7 +28,7 @@ from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
-from mllmft.strategies.base import check_hardware
+from mllmft.strategies.runner import StrategyRunner, check_engine
 
 log = logging.getLogger(__name__)
 RESULTS_SCHEMA = "mllmft.results/3"
@@ -59,7 +59,7 @@ def check_settings(cfg: DictConfig, strategy) -> dict | None:
     hardware, ``ckpt_path`` is a readable checkpoint (returned, to be matched once the model is built)."""
     check_hyperparameters(**{k: v for k, v in cfg.module.items() if k in _parameters(check_hyperparameters)})
     check_data_settings(**{k: v for k, v in cfg.data.items() if k in _parameters(check_data_settings)})
-    check_hardware(strategy, cfg.hardware.lightning_strategy)
+    check_engine(strategy, cfg.hardware.lightning_strategy)
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 
@@ -99,7 +99,8 @@ def prepare(cfg: DictConfig) -> dict:
         check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=trains, model_state=module.state_dict())
         del checkpoint  # Lightning reads it again where it restores it
     loggers = _instantiate_all(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + strategy.callbacks(),
+    runner = [StrategyRunner(strategy, backbone.components)] if strategy.acts_on_training else []
+    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks(),
                           logger=loggers or False)
     return {"backbone": backbone, "strategy": strategy, "datamodule": datamodule, "module": module,
             "trainer": trainer, "loggers": loggers}

@@ -9,9 +9,11 @@ import torch.nn.functional as F
 from test_run import CKPT, _StopAt
 
 from mllmft import api
-from mllmft.callbacks.balance import BalanceMonitor, answer_kl, answer_log_probs, balance_coefficient
-from mllmft.callbacks.side_lr import CoordinateDescentRule, KappaRule, SideLearningRates
 from mllmft.errors import ConfigError
+from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.commit_balance import BalanceMonitor, answer_kl, answer_log_probs, balance_coefficient
+from mllmft.strategies.commit_lr import CoordinateDescentRule, KappaRule, SideLearningRates
+from mllmft.strategies.runner import StrategyRunner
 
 COMMIT_STRATEGIES = ["commit", "commit_clr", "constant", "feature_cd", "language_cd", "commit_lora"]
 
@@ -53,14 +55,30 @@ def _toy_batches(n):
     return [batch] * n
 
 
+class _Measure(TuningStrategy):
+    """Only the balance measurement, run by the StrategyRunner as CoMMIT runs it."""
+
+    name = "measure"
+
+    def __init__(self, monitor):
+        self.monitor = monitor
+
+    def before_batch(self, ctx, batch):
+        self.monitor.before_batch(ctx, batch)
+
+    def after_batch(self, ctx, batch):
+        self.monitor.after_batch(ctx, batch)
+
+
 def _fit_toy(lrs, steps, every_k=1, callbacks=()):
     import tempfile
 
     module = _ToyModule(lrs)
     monitor = BalanceMonitor(every_k=every_k, ema=0.0)
     monitor.sides = {"enc": "encoder", "llm": "llm"}
+    runner = StrategyRunner(_Measure(monitor), components=None)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[monitor, *callbacks],
+                        enable_model_summary=False, callbacks=[runner, *callbacks],
                         default_root_dir=tempfile.mkdtemp(prefix="mllmft-toy-"))  # its κ plot, not in the cwd
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_toy_batches(steps), batch_size=None))
     return monitor, module

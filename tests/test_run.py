@@ -189,14 +189,15 @@ def test_captions_generate_longer_than_short_answers(compose, tiny_backbone):
     assert KarpathyCaptions("c", "/x", {}).max_new_tokens == 64
 
 
-@pytest.mark.parametrize("lightning_strategy", ["fsdp", "deepspeed_stage_2",
-                                                "{_target_: lightning.pytorch.strategies.ModelParallelStrategy}"])
-def test_strategies_needing_whole_parameters_refuse_sharded_training(compose, lightning_strategy):
+def test_engines_are_named_from_the_config_and_fsdp1_is_refused_where_shards_matter(compose):
     from mllmft.errors import ConfigError
     from mllmft.strategies import SPIDER, LoRA
-    from mllmft.strategies.base import check_hardware
+    from mllmft.strategies.runner import check_engine, engine_name
 
-    with pytest.raises(ConfigError, match="strategy=spider reads whole gradients"):
-        api.build(compose("strategy=spider", f"hardware.lightning_strategy={lightning_strategy}"))
-    check_hardware(LoRA(), "fsdp")  # adapters are ordinary parameters: allowed
-    check_hardware(SPIDER(), "ddp")
+    assert [engine_name(s) for s in ("auto", "ddp_fork", "fsdp", "deepspeed_stage_3",
+                                     {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"})] == [
+        "local", "local", "fsdp1", "deepspeed", "fsdp2"]
+    with pytest.raises(ConfigError, match="strategy=spider works on parameter shards through FSDP2 or DeepSpeed"):
+        api.build(compose("strategy=spider", "hardware.lightning_strategy=fsdp"))
+    check_engine(LoRA(), "fsdp")  # adapters are ordinary parameters: the optimizer alone trains them
+    check_engine(SPIDER(), "deepspeed_stage_3")

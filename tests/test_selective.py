@@ -1,7 +1,5 @@
 """SPIDER and the selective / regularisation strategies: tests that catch a wrong implementation."""
 
-import math
-from types import SimpleNamespace
 
 import lightning as L
 import numpy as np
@@ -10,10 +8,19 @@ import torch
 from torch import nn
 
 from mllmft import api
-from mllmft.callbacks.importance import ImportanceAccumulator
 from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask
+from mllmft.strategies.engines import LocalEngine
 from mllmft.strategies.gradient_masks import top_fraction_mask
+from mllmft.strategies.runner import StepContext
 from mllmft.strategies.spider import normalized_importance, spider_mask
+
+
+def _started(strategy, model):
+    """The strategy as the runner starts it on one device: captured, placed on its fragments."""
+    strategy.capture(model)
+    ctx = StepContext(LocalEngine(), LocalEngine().fragments(model), None, None, None)
+    strategy.start(ctx)
+    return ctx
 
 
 # --- the formulas, against an independent numpy transcription of the spec -----------------------
@@ -68,11 +75,11 @@ def test_gaussian_weights_and_gradients_give_about_half_movable():
 @pytest.mark.parametrize("cls", [MagnitudeMask, RandomMask])
 def test_fixed_masks_hold_exactly_the_configured_share(tiny_backbone, cls):
     strategy = cls(freeze_ratio=0.3)
-    strategy.attach(tiny_backbone)
+    _started(strategy, tiny_backbone.model)
     for name, movable in strategy.movable.items():
         assert (~movable).sum().item() == round(0.3 * movable.numel()), name
         if cls is MagnitudeMask and movable.any() and (~movable).any():
-            magnitude = strategy.anchor.theta0[name].abs()
+            magnitude = strategy.theta0[name].abs()
             assert magnitude[~movable].min() >= magnitude[movable].max()
 
 
@@ -84,30 +91,38 @@ def test_gmt_keeps_exactly_k_entries_even_with_ties():
 
 
 # --- regularisers ---------------------------------------------------------------------------------
-def test_l2_sp_gradient_is_the_analytic_one():
+@pytest.mark.parametrize("norm, reduction", [("l2", "tensor_mean"), ("l1", "tensor_mean"), ("l2", "sum"),
+                                             ("l1", "sum")])
+def test_anchor_penalty_gradient_is_autograds_of_the_penalty(norm, reduction):
+    """The gradient added before the step equals autograd's gradient of the written-out penalty."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
-    strategy = AnchorPenalty("l2", lam=0.1, reduction="tensor_mean")
-    strategy.attach(SimpleNamespace(model=model))
+    theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
+    strategy = AnchorPenalty(norm, lam=0.1, reduction=reduction)
+    ctx = _started(strategy, model)
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p))
-    strategy.extra_loss(SimpleNamespace(model=model), None, None).backward()
-    tensors = len(strategy.anchor.theta0)
-    for name, p, theta0 in strategy.anchor.named(model):
-        expected = 0.1 * 2 * (p - theta0) / (p.numel() * tensors)
-        assert torch.allclose(p.grad, expected, atol=1e-7), name
-    survey = AnchorPenalty("l2", lam=0.1, reduction="sum")
-    survey.attach(SimpleNamespace(model=model))
-    assert survey.extra_loss(SimpleNamespace(model=model), None, None).item() == 0.0  # at θ0
+            p.grad = torch.zeros_like(p)
+    ctx.logging = True
+    strategy.before_step(ctx)
+    terms = [((p - theta0[n]).abs() if norm == "l1" else (p - theta0[n]).square()) for n, p in model.named_parameters()]
+    if reduction == "tensor_mean":
+        penalty = 0.1 * torch.stack([t.mean() for t in terms]).mean()
+    else:
+        penalty = 0.1 * torch.stack([t.sum() for t in terms]).sum() * (0.5 if norm == "l2" else 1.0)
+    expected = torch.autograd.grad(penalty, list(model.parameters()))
+    for (name, p), g in zip(model.named_parameters(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-7), name
+    assert ctx.metrics["strategy/penalty"] == pytest.approx(penalty.item(), rel=1e-6)
 
 
 # --- full runs on the tiny LLaVA ------------------------------------------------------------------
 class AlwaysOneSPIDER(SPIDER):
     """SPIDER with M ≡ 1: must be plain fine-tuning, bit for bit."""
 
-    def _mask(self, name, param, theta0):
-        return torch.ones_like(param)
+    def masks(self, engine, theta0, accumulated, numels, theta0_coefficients=None):
+        return [torch.ones_like(a) for a in accumulated]
 
 
 def _fit(compose, *overrides):
@@ -128,9 +143,12 @@ def test_held_entries_stay_exactly_at_theta0(compose, strategy):
     parts = _fit(compose, f"strategy={strategy}", "trainer.max_steps=4")
     s, model = parts["strategy"], parts["backbone"].model
     moved = 0
-    for name, p, theta0 in s.anchor.named(model):
+    for name, p in model.named_parameters():
+        if name not in s.theta0:
+            continue
+        theta0, p = s.theta0[name], p.detach().reshape(-1)
         if strategy == "spider":
-            held = spider_mask(theta0, s.accumulator.get("signed", name)) == 0
+            held = spider_mask(theta0, s.accumulated[name]) == 0
         else:
             held = ~s.movable[name]
         assert torch.equal(p[held], theta0[held]), name
@@ -142,7 +160,7 @@ def test_gmt_and_spu_log_mask_density(compose):
     gmt = _fit(compose, "strategy=gmt", "trainer.max_steps=1", "trainer.log_every_n_steps=1")
     assert gmt["trainer"].callback_metrics["mask/density/llm"] == pytest.approx(0.2, abs=0.01)
     spu = _fit(compose, "strategy=spu", "trainer.max_steps=4", "strategy.score_fraction=0.5")
-    assert spu["strategy"].accumulator.window_steps == 2
+    assert spu["strategy"].window_steps == 2
     for name, mask in spu["strategy"].masks.items():
         assert mask.sum() == max(1, round(0.1 * mask.numel())), name
 
@@ -188,7 +206,7 @@ def test_ewc_fisher_is_the_mean_squared_upstream_gradient(compose):
     overrides = ("strategy=ewc", "strategy.fisher_batches=2", "strategy.fisher_batch_size=3",
                  "+data.upstream.shapes.sizes.train=12", "trainer.max_steps=1")
     parts = _fit(compose, *overrides)
-    fisher = parts["strategy"].fisher.state["sq"]
+    fisher = parts["strategy"].fisher
     fresh = api.build(compose(*overrides))  # same seed: the same θ0 and the same upstream batches
     model, dm = fresh["backbone"].model, fresh["datamodule"]
     model.eval()
@@ -201,20 +219,9 @@ def test_ewc_fisher_is_the_mean_squared_upstream_gradient(compose):
         for n, p in model.named_parameters():
             if p.grad is not None:
                 expected[n] = expected.get(n, 0) + p.grad.square() / 2
-    assert set(expected) == set(fisher)
+    assert set(expected) <= set(fisher)
     for n, value in expected.items():
-        assert torch.allclose(fisher[n], value, rtol=1e-4, atol=1e-10), n
-
-
-def test_importance_accumulator_statistics():
-    acc = ImportanceAccumulator(stats=("signed", "abs", "sq"), window_steps=2)
-    for g in (torch.tensor([1.0, -2.0]), torch.tensor([3.0, 1.0]), torch.tensor([100.0, 100.0])):
-        if acc.active:
-            acc.accumulate([("w", g)])
-    assert torch.equal(acc.get("signed", "w"), torch.tensor([4.0, -1.0]))
-    assert torch.equal(acc.get("abs", "w"), torch.tensor([4.0, 3.0]))
-    assert torch.equal(acc.get("sq", "w"), torch.tensor([10.0, 5.0]))
-    assert acc.steps == 2 and not acc.active and math.isclose(acc.nbytes(), 3 * 2 * 4)
+        assert torch.allclose(fisher[n], value.reshape(-1), rtol=1e-4, atol=1e-10), n
 
 
 class _SaveWeights(L.Callback):
@@ -230,8 +237,8 @@ def test_ddp_ranks_hold_identical_spider_weights(compose, tmp_path):
                   "trainer.max_steps=3")
     parts = api.build(cfg)
     parts["trainer"].callbacks.append(_SaveWeights(tmp_path))
+    theta0 = {k: v.clone() for k, v in parts["backbone"].model.state_dict().items()}
     parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    theta0 = parts["strategy"].anchor.theta0
-    assert any(not torch.equal(a[k], theta0[k]) for k in theta0)  # they trained
+    assert any(not torch.equal(a[k], theta0[k]) for k in a)  # they trained

@@ -1,10 +1,14 @@
-"""Regularisers that pull the weights toward θ0, in the same backward as the task loss.
+"""Regularisers that pull the weights toward θ0, applied as their exact gradient before the step.
 
 * ``l1_sp`` / ``l2_sp``: λ · mean over tensors of mean(|θ − θ0|) (resp. mean((θ − θ0)²)), the SPIDER
   authors' form (``reduction: tensor_mean``), or the survey's L2-SP (λ/2)·Σ‖θ − θ0‖²
   (``reduction: sum``; λ · Σ|θ − θ0| for L1).
 * ``ewc``: (λ/2) · Σ F · (θ − θ0)², F = diagonal empirical Fisher at θ0: the mean over N batches of
   UPSTREAM training data of the squared gradient of the loss, computed once before training.
+
+The penalty's gradient is elementwise in θ − θ0 (λ F (θ − θ0) for EWC), so it is added to each
+rank's part of the reduced gradient directly, with no autograd graph over the parameters: the same
+arithmetic on every engine, sharded or not. Its value is logged as ``strategy/penalty``.
 """
 
 from __future__ import annotations
@@ -12,34 +16,41 @@ from __future__ import annotations
 import logging
 
 import torch
-from lightning import Callback
 
-from mllmft.backbones import Backbone
-from mllmft.callbacks.anchor import Anchor
-from mllmft.callbacks.importance import ImportanceAccumulator
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies import tensor_stats
+from mllmft.strategies.base import TuningStrategy, tensor_nbytes
+from mllmft.strategies.theta0 import Theta0
 
 log = logging.getLogger(__name__)
 REDUCTIONS = ("tensor_mean", "sum")
 
 
 class _AnchoredStrategy(TuningStrategy):
-    needs_whole_parameters = True
+    def __init__(self):
+        self.theta0 = Theta0()
 
-    def attach(self, backbone: Backbone) -> None:
-        self.anchor = Anchor(backbone.model)
-        self._placed = False
+    def capture(self, model) -> None:
+        self.theta0.capture(model)
+
+    def start(self, ctx) -> None:
+        self.theta0.place(ctx.fragments)
+
+    def before_step(self, ctx) -> None:
+        terms = []
+        for f in ctx.fragments:
+            delta = f.values().float() - self.theta0[f.name].float()
+            if ctx.logging:
+                terms.append(self.penalty_terms(f, delta))
+            grad = f.grad()
+            if grad is not None:  # a tensor without gradient never moved from θ0: its penalty is 0
+                grad.add_(self.penalty_gradient(f, delta).to(grad.dtype))
+        if ctx.logging:
+            ctx.log({"strategy/penalty": self.penalty(tensor_stats.totals(ctx.engine, terms), ctx.fragments)})
 
     def state_nbytes(self) -> int:
-        return self.anchor.nbytes()
-
-    def _anchored(self, module):
-        if not self._placed:  # once the trainer has placed (and possibly cast) the model
-            self.anchor.follow(module.model)
-            self._placed = True
-        return self.anchor.named(module.model)
+        return self.theta0.nbytes()
 
 
 class AnchorPenalty(_AnchoredStrategy):
@@ -49,48 +60,25 @@ class AnchorPenalty(_AnchoredStrategy):
         if norm not in ("l1", "l2") or reduction not in REDUCTIONS:
             raise ConfigError(f"strategy norm={norm!r}, reduction={reduction!r}: expected l1|l2 and {REDUCTIONS}")
         check_number("strategy.lam", lam, 0)
+        super().__init__()
         self.norm, self.lam, self.reduction = norm, lam, reduction
         self.name = f"{norm}_sp"
 
-    def extra_loss(self, module, batch, outputs) -> torch.Tensor:
-        terms = []
-        for _, p, theta0 in self._anchored(module):
-            d = p - theta0
-            d = d.abs() if self.norm == "l1" else d.square()
-            terms.append(d.float().mean() if self.reduction == "tensor_mean" else d.float().sum())
-        total = torch.stack(terms)
-        if self.reduction == "tensor_mean":
-            return self.lam * total.mean()
-        return self.lam * total.sum() * (0.5 if self.norm == "l2" else 1.0)
+    def penalty_gradient(self, f, delta: torch.Tensor) -> torch.Tensor:
+        d = delta.sign() if self.norm == "l1" else delta
+        if self.reduction == "sum":
+            return d * self.lam  # ∂ λΣ|d| = λ sign(d); ∂ (λ/2)Σd² = λ d
+        tensors = len(self.theta0.parts)
+        return d * ((1.0 if self.norm == "l1" else 2.0) * self.lam / (tensors * f.numel))  # ∂ λ/T Σ_t mean_t
 
+    def penalty_terms(self, f, delta: torch.Tensor) -> torch.Tensor:
+        return delta.abs() if self.norm == "l1" else delta.square()
 
-class _UpstreamFisher(Callback):
-    """Before the first step: F = mean over N upstream batches of g² at θ0 (all ranks averaged)."""
-
-    def __init__(self, ewc: EWC):
-        self.ewc = ewc
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        fisher = self.ewc.fisher
-        if fisher.steps > 0:  # restored from a checkpoint
-            return
-        model = pl_module.model
-        names, params = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad))
-        loader = trainer.datamodule.upstream_train_dataloader(self.ewc.fisher_split, self.ewc.fisher_batch_size)
-        was_training = model.training
-        model.eval()
-        for i, batch in enumerate(loader):
-            if i == self.ewc.fisher_batches:
-                break
-            batch = pl_module.transfer_batch_to_device(batch, pl_module.device, 0)
-            loss = model(**batch["model_inputs"], labels=batch["labels"]).loss
-            # autograd.grad, not backward: DDP's gradient hooks must not fire outside a training step
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            fisher.accumulate(zip(names, grads))
-        model.train(was_training)
-        for name, total in fisher.state["sq"].items():
-            fisher.state["sq"][name] = trainer.strategy.reduce(total / fisher.steps, reduce_op="mean")
-        log.info("EWC: diagonal Fisher from %d upstream batches", fisher.steps)
+    def penalty(self, totals: torch.Tensor, fragments) -> float:
+        if self.reduction == "sum":
+            return float(totals.sum()) * self.lam * (0.5 if self.norm == "l2" else 1.0)
+        means = [t / f.numel for t, f in zip(totals.tolist(), fragments)]
+        return self.lam * sum(means) / max(1, len(means))
 
 
 class EWC(_AnchoredStrategy):
@@ -102,22 +90,56 @@ class EWC(_AnchoredStrategy):
         check_number("strategy.fisher_batches", fisher_batches, 1, integer=True)
         if fisher_batch_size is not None:
             check_number("strategy.fisher_batch_size", fisher_batch_size, 1, integer=True)
+        super().__init__()
         self.lam = lam
         self.fisher_batches = fisher_batches
         self.fisher_split = fisher_split
         self.fisher_batch_size = fisher_batch_size
+        self.fisher: dict[str, torch.Tensor] = {}  # fp32, beside each fragment
 
-    def attach(self, backbone: Backbone) -> None:
-        super().attach(backbone)
-        self.fisher = ImportanceAccumulator(stats=("sq",), window_steps=0)  # filled once, not per step
+    def start(self, ctx) -> None:
+        super().start(ctx)
+        if self.fisher:  # restored from a checkpoint
+            self.fisher = {f.name: self.fisher[f.name].to(f.values().device) for f in ctx.fragments}
+        else:
+            self.fisher = self.estimate_fisher(ctx)
+
+    def estimate_fisher(self, ctx) -> dict[str, torch.Tensor]:
+        """F = mean over ``fisher_batches`` upstream batches of g², g the batch gradient (averaged over
+        the data-parallel ranks, as a training step's is) at θ0, with the model in eval mode."""
+        module, model = ctx.module, ctx.module.model
+        loader = ctx.trainer.datamodule.upstream_train_dataloader(self.fisher_split, self.fisher_batch_size)
+        fisher = {f.name: torch.zeros(f.size, dtype=torch.float32, device=f.values().device) for f in ctx.fragments}
+        was_training = model.training
+        model.eval()
+        batches = 0
+        for batch in loader:
+            if batches == self.fisher_batches:
+                break
+            batch = module.transfer_batch_to_device(batch, module.device, 0)
+            loss = model(**batch["model_inputs"], labels=batch["labels"]).loss
+            for f, grad in zip(ctx.fragments, ctx.engine.gradients(loss, ctx.fragments)):
+                if grad is not None:
+                    fisher[f.name].addcmul_(grad.float(), grad.float())
+            batches += 1
+        model.train(was_training)
+        log.info("EWC: diagonal Fisher from %d upstream batches", batches)
+        return {name: total.div_(max(1, batches)) for name, total in fisher.items()}
+
+    def penalty_gradient(self, f, delta: torch.Tensor) -> torch.Tensor:
+        return delta * self.fisher[f.name] * self.lam  # ∂ (λ/2)ΣF d² = λ F d
+
+    def penalty_terms(self, f, delta: torch.Tensor) -> torch.Tensor:
+        return delta.square() * self.fisher[f.name]
+
+    def penalty(self, totals: torch.Tensor, fragments) -> float:
+        return 0.5 * self.lam * float(totals.sum())
 
     def state_nbytes(self) -> int:
-        return self.anchor.nbytes() + self.fisher.nbytes()
+        return super().state_nbytes() + tensor_nbytes(self.fisher)
 
-    def extra_loss(self, module, batch, outputs) -> torch.Tensor:
-        terms = [(self.fisher.state["sq"][name] * (p - theta0).float().square()).sum()
-                 for name, p, theta0 in self._anchored(module) if name in self.fisher.state["sq"]]
-        return 0.5 * self.lam * torch.stack(terms).sum()
+    def state_dict(self) -> dict:
+        return {"fisher": self.fisher}
 
-    def callbacks(self):
-        return [self.fisher, _UpstreamFisher(self)]
+    def load_state_dict(self, state: dict) -> None:
+        self.fisher = dict(state.get("fisher", {}))

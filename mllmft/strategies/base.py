@@ -1,4 +1,23 @@
-"""The tuning-strategy protocol: how the parameters the scope left trainable are updated."""
+"""The tuning-strategy protocol: how the parameters the scope left trainable are updated.
+
+A strategy is a small object built from ``conf/strategy/<name>.yaml`` that works on tensors. The
+``StrategyRunner`` callback (strategies/runner.py) calls it, on every engine, in this order:
+
+* ``attach(backbone)`` once, when the run is built: wrap (peft), freeze, decide what trains;
+* ``capture(model)`` when fitting starts, on the whole model before it is sharded and before a
+  checkpoint is restored: keep what must come from the loaded weights (θ0, a mask of |θ0|);
+* ``start(ctx)`` once the engine has placed the model (``ctx.fragments``: this rank's part of every
+  trainable tensor) and any checkpoint is restored: build per-tensor state beside each fragment;
+* per optimizer step: ``before_batch(ctx, batch)``, the forward with ``extra_loss``, backward,
+  ``before_step(ctx)`` on the reduced gradients, the optimizer step, ``after_step(ctx)`` on the
+  new weights (``writes_weights``: the runner then publishes them to the engine), ``after_batch``;
+* ``finish(ctx)`` when training ends (rank 0 draws its figures).
+
+Per-tensor statistics come from ``tensor_stats`` (a few scalars reduced through ``ctx.engine``),
+so the same code gives the same numbers on one device, under DDP, FSDP2 and DeepSpeed ZeRO-2/3.
+``state_dict`` holds what must survive a checkpoint, as this rank holds it: the runner puts it in
+the checkpoint (one device, DDP) or stores each rank's beside a sharded checkpoint.
+"""
 
 from __future__ import annotations
 
@@ -6,35 +25,49 @@ import torch
 from lightning import Callback
 
 from mllmft.backbones import Backbone
-from mllmft.errors import ConfigError
 
 
 class TuningStrategy:
-    """A small object built from ``conf/strategy/<name>.yaml``.
-
-    The run calls, in order: ``attach`` (after the scope has set ``requires_grad``), ``callbacks``
-    (added to the trainer's), and ``extra_loss`` on every training step. ``state_dict`` /
-    ``load_state_dict`` carry whatever must survive a checkpoint and resume.
-    """
-
     name: str = "base"
     trains: bool = True  # False: the run only evaluates
-    # True: its callbacks read or write whole gradients / parameters (θ0, masks, weight swaps), which
-    # sharded training (FSDP, DeepSpeed) does not give them; refused there at start-up
-    needs_whole_parameters: bool = False
+    writes_weights: bool = False  # after_step changes weights (the engine must publish them)
+    # engines it cannot run on, with the reason (a start-up error says it)
+    unsupported_engines: dict[str, str] = {}
 
     def attach(self, backbone: Backbone) -> None:
-        """Prepare the model (wrap, freeze, snapshot what the strategy needs)."""
+        """Prepare the model (wrap, freeze); called before the trainer exists."""
 
     def callbacks(self) -> list[Callback]:
+        """Extra Lightning callbacks (peft's own schedules); tensor work belongs in the hooks below."""
         return []
 
+    def capture(self, model: torch.nn.Module) -> None:
+        """Whole tensors of the loaded model, before sharding and checkpoint restore."""
+
+    def start(self, ctx) -> None:
+        """Per-fragment state, once fragments exist (after a restore: from the loaded state)."""
+
+    def before_batch(self, ctx, batch: dict) -> None:
+        pass
+
+    def before_step(self, ctx) -> None:
+        """Read or change the reduced gradients of ``ctx.fragments`` (before clipping and the step)."""
+
+    def after_step(self, ctx) -> None:
+        """Read or change the weights of ``ctx.fragments`` right after the optimizer step."""
+
+    def after_batch(self, ctx, batch: dict) -> None:
+        pass
+
     def extra_loss(self, module, batch: dict, outputs) -> torch.Tensor | None:
-        """A regulariser added to the task loss in the same backward, or None."""
+        """A term added to the task loss in the same backward (a function of the model's outputs)."""
         return None
 
+    def finish(self, ctx) -> None:
+        pass
+
     def state_nbytes(self) -> int:
-        """Bytes of persistent state the strategy keeps beside the model (θ0, statistics, masks)."""
+        """Bytes of persistent state this rank keeps beside the model (θ0, statistics, masks)."""
         return 0
 
     def state_dict(self) -> dict:
@@ -43,16 +76,14 @@ class TuningStrategy:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    @property
+    def acts_on_training(self) -> bool:
+        """Whether any hook of the runner does work (else the optimizer alone trains)."""
+        return any(getattr(type(self), hook) is not getattr(TuningStrategy, hook) for hook in HOOKS)
 
-SHARDED_TRAINING = ("deepspeed", "fsdp", "modelparallel")
+
+HOOKS = ("capture", "start", "before_batch", "before_step", "after_step", "after_batch", "finish")
 
 
-def check_hardware(strategy: TuningStrategy, lightning_strategy) -> None:
-    """Refuse, before anything is built, a tuning strategy the training strategy would silently break."""
-    target = lightning_strategy.get("_target_", "") if hasattr(lightning_strategy, "get") else lightning_strategy
-    sharded = any(k in str(target).lower().replace("_", "") for k in SHARDED_TRAINING)
-    if sharded and strategy.needs_whole_parameters:
-        raise ConfigError(
-            f"strategy={strategy.name} reads whole gradients and parameters in its callbacks, which "
-            f"hardware.lightning_strategy={target} shards; it is tested on one device and with DDP: use "
-            "hardware.lightning_strategy=ddp (or a peft / full / hft strategy)")
+def tensor_nbytes(*groups: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for group in groups for t in group.values())

@@ -18,10 +18,10 @@ import torch
 from lightning import Callback
 
 from mllmft.backbones import COMPONENTS, Backbone
-from mllmft.callbacks.balance import BalanceMonitor, answer_kl, answer_log_probs
-from mllmft.callbacks.side_lr import CoordinateDescentRule, KappaRule, SideLearningRates
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.commit_balance import BalanceMonitor, answer_kl, answer_log_probs
+from mllmft.strategies.commit_lr import CoordinateDescentRule, KappaRule, SideLearningRates
 from mllmft.strategies.full import FullFineTuning
 
 LR_RULES = ("kappa", "constant", "feature_cd", "language_cd")
@@ -30,8 +30,6 @@ LR_RULES = ("kappa", "constant", "feature_cd", "language_cd")
 class CoMMIT(TuningStrategy):
     """``lr_rule``: ``kappa`` (CoMMIT; CoMMIT-CLR when ``aux_lambda`` = 0), ``constant`` (κ logged,
     no scheduling), ``feature_cd`` / ``language_cd`` (coordinate descent favouring the encoder / LLM)."""
-
-    needs_whole_parameters = True
 
     def __init__(self, name: str = "commit", base: TuningStrategy | None = None, every_k: int = 10,
                  ema: float = 0.9, lr_rule: str = "kappa", lr_bounds: Sequence[float] = (0.5, 2.0),
@@ -55,6 +53,8 @@ class CoMMIT(TuningStrategy):
         else:
             rule = None
         self.side_lr = rule and SideLearningRates(rule, self._group_side, log_every=every_k)
+        self.writes_weights = self.base.writes_weights
+        self.unsupported_engines = self.base.unsupported_engines
 
     def _group_side(self, group_name: str) -> str:
         return "encoder" if group_name.split(".")[0] in self.encoder_side else "llm"
@@ -71,7 +71,33 @@ class CoMMIT(TuningStrategy):
                               "a scope that trains both (e.g. scope=connector_llm)")
 
     def callbacks(self) -> list[Callback]:
-        return [*self.base.callbacks(), self.monitor, *([self.side_lr] if self.side_lr else [])]
+        return [*self.base.callbacks(), *([self.side_lr] if self.side_lr else [])]
+
+    # the base strategy's hooks, then the measurement around each step
+    def capture(self, model) -> None:
+        self.base.capture(model)
+
+    def start(self, ctx) -> None:
+        self.monitor.check(ctx.trainer)
+        self.base.start(ctx)
+
+    def before_batch(self, ctx, batch: dict) -> None:
+        self.base.before_batch(ctx, batch)
+        self.monitor.before_batch(ctx, batch)
+
+    def before_step(self, ctx) -> None:
+        self.base.before_step(ctx)
+
+    def after_step(self, ctx) -> None:
+        self.base.after_step(ctx)
+
+    def after_batch(self, ctx, batch: dict) -> None:
+        self.base.after_batch(ctx, batch)
+        self.monitor.after_batch(ctx, batch)
+
+    def finish(self, ctx) -> None:
+        self.base.finish(ctx)
+        self.monitor.finish(ctx)
 
     def extra_loss(self, module, batch: dict, outputs) -> torch.Tensor | None:
         base = self.base.extra_loss(module, batch, outputs)

@@ -10,11 +10,9 @@ import zlib
 
 import torch
 
-from mllmft.backbones import Backbone
-from mllmft.callbacks.anchor import Anchor
-from mllmft.callbacks.weight_allocation import WeightAllocation
 from mllmft.checks import check_number
 from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.theta0 import Theta0
 
 
 def held_entries(theta0: torch.Tensor, freeze_ratio: float, how: str, generator: torch.Generator | None = None):
@@ -22,43 +20,51 @@ def held_entries(theta0: torch.Tensor, freeze_ratio: float, how: str, generator:
     k = round(freeze_ratio * theta0.numel())
     if how == "magnitude":
         return theta0.detach().abs().flatten().float().topk(k).indices
-    return torch.randperm(theta0.numel(), generator=generator)[:k].to(theta0.device)
+    return torch.randperm(theta0.numel(), generator=generator)[:k]
 
 
 class FixedWeightMask(TuningStrategy):
-    """Base of MagnitudeMask / RandomMask: ``movable[name]`` (bool) is 1 where the entry may train."""
+    """Base of MagnitudeMask / RandomMask: ``movable[name]`` (bool, this rank's part) is True where the
+    entry may train. The mask is chosen on the whole tensor when fitting starts, then cut to the part."""
 
     how = "magnitude"
-    needs_whole_parameters = True
+    writes_weights = True
 
     def __init__(self, freeze_ratio: float = 0.5, seed: int = 0):
         check_number("strategy.freeze_ratio", freeze_ratio, 0, 1)
         self.freeze_ratio = freeze_ratio
         self.seed = seed
+        self.theta0 = Theta0()
+        self.movable: dict[str, torch.Tensor] = {}
+        self._whole_masks: dict[str, torch.Tensor] = {}
 
-    def attach(self, backbone: Backbone) -> None:
-        self.anchor = Anchor(backbone.model)
-        self.movable = {}
-        for name, theta0 in self.anchor.theta0.items():
+    def capture(self, model) -> None:
+        self.theta0.capture(model)
+        self._whole_masks = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
             # one generator per tensor, seeded from its name: the mask does not depend on tensor order
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
-            movable = torch.ones(theta0.numel(), dtype=torch.bool, device=theta0.device)
+            theta0 = p.detach().cpu()
+            movable = torch.ones(theta0.numel(), dtype=torch.bool)
             movable[held_entries(theta0, self.freeze_ratio, self.how, generator)] = False
-            self.movable[name] = movable.view_as(theta0)
-        self.allocation = WeightAllocation(self.anchor, self._mask, backbone.components, self.name,
-                                           state_bytes=self.state_nbytes)
+            self._whole_masks[name] = movable
+
+    def start(self, ctx) -> None:
+        self.theta0.place(ctx.fragments)
+        self.movable = {f.name: f.part(self._whole_masks[f.name]).to(f.values().device) for f in ctx.fragments}
+        self._whole_masks = {}
+
+    def after_step(self, ctx) -> None:
+        for f in ctx.fragments:
+            values, movable = f.values(), self.movable[f.name]
+            values.lerp_(self.theta0[f.name].to(values.dtype), (~movable).to(values.dtype))
+            if ctx.logging:
+                ctx.mask_stats.add(f.name, movable)
 
     def state_nbytes(self) -> int:
-        return self.anchor.nbytes() + sum(m.numel() for m in self.movable.values())
-
-    def _mask(self, name: str, param: torch.Tensor, theta0: torch.Tensor) -> torch.Tensor:
-        movable = self.movable[name]
-        if movable.device != param.device:
-            movable = self.movable[name] = movable.to(param.device)
-        return movable
-
-    def callbacks(self):
-        return [self.allocation]
+        return self.theta0.nbytes() + sum(m.numel() for m in self.movable.values())
 
 
 class MagnitudeMask(FixedWeightMask):

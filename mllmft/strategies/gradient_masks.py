@@ -11,78 +11,52 @@ import math
 import re
 
 import torch
-from lightning import Callback
 
 from mllmft.backbones import Backbone
-from mllmft.callbacks.gradient_mask import GradientMask
-from mllmft.callbacks.importance import ImportanceAccumulator
 from mllmft.checks import check_number
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies import tensor_stats
+from mllmft.strategies.base import TuningStrategy, tensor_nbytes
+
+
+def keep_count(keep_ratio: float, numel: int) -> int:
+    return min(numel, max(1, round(keep_ratio * numel)))
 
 
 def top_fraction_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """1 on exactly k = max(1, round(keep_ratio · numel)) largest entries of ``scores``, 0 elsewhere.
+    """1 on exactly k = max(1, round(keep_ratio · numel)) largest entries of a whole tensor's
+    ``scores``, 0 elsewhere: those above the k-th value, then the first tied at it, so ties never
+    change the count (``tensor_stats.top_k_masks`` on fragments; this is its one-tensor form)."""
+    from mllmft.strategies.engines import LocalEngine
 
-    A k-th-value threshold (3-4x faster than topk on a CPU) plus the first tied entries at the
-    threshold, so ties never change the count."""
-    flat = scores.detach().flatten().float()
-    n = flat.numel()
-    k = max(1, round(keep_ratio * n))
-    if k >= n:
-        return torch.ones_like(scores, dtype=torch.bool)
-    threshold = flat.kthvalue(n - k + 1).values
-    mask = flat > threshold
-    missing = k - int(mask.sum())
-    if missing > 0:
-        mask[(flat == threshold).nonzero().squeeze(1)[:missing]] = True
-    return mask.view_as(scores)
+    flat = scores.detach().reshape(-1).float()
+    return tensor_stats.top_k_masks(LocalEngine(), [flat], [keep_count(keep_ratio, flat.numel())])[0].view_as(scores)
 
 
 class GMT(TuningStrategy):
+    """Every step, only the top ``keep_ratio`` of |g| of each tensor reaches the optimizer."""
+
     name = "gmt"
-    needs_whole_parameters = True
 
     def __init__(self, keep_ratio: float = 0.2):
         check_number("strategy.keep_ratio", keep_ratio, 0, 1, low_open=True)
         self.keep_ratio = keep_ratio
 
-    def attach(self, backbone: Backbone) -> None:
-        self.gradient_mask = GradientMask(lambda name, grad: top_fraction_mask(grad.abs(), self.keep_ratio),
-                                          backbone.components)
-
-    def callbacks(self):
-        return [self.gradient_mask]
-
-
-class _SPUMasks(Callback):
-    """Builds SPU's fixed masks when the scoring window closes; saved in checkpoints."""
-
-    def __init__(self, spu: SPU):
-        self.spu = spu
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.spu.accumulator.window_steps is None:
-            total = int(trainer.estimated_stepping_batches)
-            self.spu.accumulator.window_steps = max(1, math.ceil(self.spu.score_fraction * total))
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        acc = self.spu.accumulator
-        if self.spu.masks is None and acc.steps >= acc.window_steps:
-            self.spu.masks = {name: top_fraction_mask(total.abs(), self.spu.keep_ratio)
-                              for name, total in acc.state["signed"].items()}
-            acc.state["signed"] = {}  # the sums are no longer needed
-
-    def state_dict(self) -> dict:
-        return {"masks": self.spu.masks, "window_steps": self.spu.accumulator.window_steps}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.spu.masks = state_dict["masks"]
-        self.spu.accumulator.window_steps = state_dict["window_steps"]
+    def before_step(self, ctx) -> None:
+        fragments = [f for f in ctx.fragments if f.grad() is not None]
+        grads = [f.grad() for f in fragments]
+        masks = tensor_stats.top_k_masks(ctx.engine, [g.abs() for g in grads],
+                                         [keep_count(self.keep_ratio, f.numel) for f in fragments])
+        for f, grad, mask in zip(fragments, grads, masks):
+            grad.mul_(mask.to(grad.dtype))
+            if ctx.logging:
+                ctx.mask_stats.add(f.name, mask)
 
 
 class SPU(TuningStrategy):
+    """Score |Σ g| over the first ``score_fraction`` of the optimizer steps (plain steps), then only
+    the top ``keep_ratio`` of each tensor's scores take gradient for the rest of training."""
+
     name = "spu"
-    needs_whole_parameters = True
 
     def __init__(self, score_fraction: float = 0.25, keep_ratio: float = 0.1, param_filter: str | None = None):
         """``param_filter``: a regex on parameter names; trainable parameters that do not match are
@@ -92,7 +66,9 @@ class SPU(TuningStrategy):
         self.score_fraction = score_fraction
         self.keep_ratio = keep_ratio
         self.param_filter = param_filter
-        self.masks: dict[str, torch.Tensor] | None = None
+        self.window_steps: int | None = None
+        self.scores: dict[str, torch.Tensor] = {}  # Σ g during the window, fp32
+        self.masks: dict[str, torch.Tensor] | None = None  # afterwards, bool
 
     def attach(self, backbone: Backbone) -> None:
         if self.param_filter:
@@ -100,23 +76,43 @@ class SPU(TuningStrategy):
             for name, p in backbone.model.named_parameters():
                 if p.requires_grad and not pattern.search(name):
                     p.requires_grad_(False)
-        self.accumulator = ImportanceAccumulator(stats=("signed",), window_steps=None)
-        self.builder = _SPUMasks(self)
-        self.gradient_mask = GradientMask(self._mask, backbone.components)
 
-    def _mask(self, name: str, grad: torch.Tensor) -> torch.Tensor | None:
+    def start(self, ctx) -> None:
+        if self.window_steps is None:
+            self.window_steps = max(1, math.ceil(self.score_fraction * int(ctx.trainer.estimated_stepping_batches)))
         if self.masks is None:
-            return None  # still scoring: plain steps
-        mask = self.masks.get(name)
-        if mask is None:  # no gradient during scoring: nothing selected
-            return torch.zeros_like(grad)
-        if mask.device != grad.device:
-            mask = self.masks[name] = mask.to(grad.device)
-        return mask
+            self.scores = {f.name: self.scores[f.name].to(f.values().device) if f.name in self.scores
+                           else torch.zeros(f.size, dtype=torch.float32, device=f.values().device)
+                           for f in ctx.fragments}
+        else:
+            self.masks = {f.name: self.masks[f.name].to(f.values().device) for f in ctx.fragments}
+
+    def before_step(self, ctx) -> None:
+        if self.masks is None and ctx.step >= self.window_steps:  # the window has closed: choose
+            fragments = ctx.fragments
+            chosen = tensor_stats.top_k_masks(ctx.engine, [self.scores[f.name].abs() for f in fragments],
+                                              [keep_count(self.keep_ratio, f.numel) for f in fragments])
+            self.masks = {f.name: m for f, m in zip(fragments, chosen)}
+            self.scores = {}
+        for f in ctx.fragments:
+            grad = f.grad()
+            if grad is None:
+                continue
+            if self.masks is None:
+                self.scores[f.name].add_(grad.float())
+                continue
+            mask = self.masks[f.name]
+            grad.mul_(mask.to(grad.dtype))
+            if ctx.logging:
+                ctx.mask_stats.add(f.name, mask)
 
     def state_nbytes(self) -> int:
-        masks = sum(m.numel() for m in (self.masks or {}).values())
-        return self.accumulator.nbytes() + masks
+        return tensor_nbytes(self.scores) + sum(m.numel() for m in (self.masks or {}).values())
 
-    def callbacks(self):
-        return [self.accumulator, self.builder, self.gradient_mask]
+    def state_dict(self) -> dict:
+        return {"scores": self.scores, "masks": self.masks, "window_steps": self.window_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.window_steps = state.get("window_steps")
+        self.scores = dict(state.get("scores") or {})
+        self.masks = state.get("masks")

@@ -1,5 +1,6 @@
 """Mask diagnostics: density (share of entries that may move) and mean mask value, per component and
-per layer, logged during training and drawn as a per-layer density heatmap at the end."""
+per layer, logged during training and drawn as a per-layer density heatmap at the end. Counts are
+taken on each rank's fragments and reduced through the engine, so they are the whole tensors'."""
 
 from __future__ import annotations
 
@@ -21,21 +22,31 @@ def group_of(cmap: ComponentMap, name: str) -> str:
 class MaskStats:
     """Collects (nonzero, sum, numel) of masks during a step, then summarises them."""
 
-    def __init__(self, cmap: ComponentMap):
+    def __init__(self, cmap: ComponentMap, engine=None):
         self.cmap = cmap
+        self.engine = engine
         self.history: list[tuple[int, dict[str, float]]] = []  # (step, {layer group: density})
         self._counts: dict[str, torch.Tensor] = {}
 
+    @property
+    def pending(self) -> bool:
+        return bool(self._counts)
+
     def add(self, name: str, mask: torch.Tensor) -> None:
-        row = torch.stack([(mask > 0).sum().float(), mask.float().sum(),
-                           torch.tensor(float(mask.numel()), device=mask.device)])
+        row = torch.stack([(mask > 0).sum().double(), mask.double().sum(),
+                           torch.tensor(float(mask.numel()), dtype=torch.float64, device=mask.device)])
         for key in (self.cmap.component_of(name), group_of(self.cmap, name)):
             self._counts[key] = self._counts.get(key, 0) + row
 
     def summarise(self, step: int) -> dict[str, float]:
-        """{"mask/density/<group>": ..., "mask/mean/<group>": ...}; records the layer densities."""
+        """{"mask/density/<group>": ..., "mask/mean/<group>": ...}; records the layer densities.
+        Every rank must call it at the same steps (the counts are reduced)."""
         out, layers = {}, {}
-        for key, (nonzero, total, numel) in ((k, v.tolist()) for k, v in self._counts.items()):
+        keys = sorted(self._counts)
+        counts = torch.stack([self._counts[k] for k in keys]) if keys else torch.zeros(0, 3)
+        if self.engine is not None:
+            self.engine.all_reduce(counts)
+        for key, (nonzero, total, numel) in zip(keys, counts.tolist()):
             out[f"mask/density/{key}"] = nonzero / numel
             out[f"mask/mean/{key}"] = total / numel
             if ".layer" in key or key == "connector":

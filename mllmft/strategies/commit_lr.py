@@ -7,10 +7,11 @@ schedule (whatever scheduler sets it, cumulative or not) never sees them and the
 
 from __future__ import annotations
 
+import torch
 from lightning import Callback
 
-from mllmft.callbacks.balance import log_now
 from mllmft.errors import ConfigError
+from mllmft.strategies.commit_balance import log_now
 
 
 class KappaRule:
@@ -58,6 +59,7 @@ class SideLearningRates(Callback):
 
     def on_train_start(self, trainer, pl_module) -> None:
         for optimizer in trainer.optimizers:
+            optimizer = torch_optimizer(optimizer)
             self._handles += [optimizer.register_step_pre_hook(self._scale),
                               optimizer.register_step_post_hook(self._restore)]
 
@@ -83,3 +85,12 @@ class SideLearningRates(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if (trainer.global_step - 1) % self.log_every == 0 and self.last:
             log_now(trainer, {f"commit/lr/{name}": lr for name, lr in self.last.items()}, trainer.global_step - 1)
+
+
+def torch_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer that takes the step: DeepSpeed's ZeRO optimizers wrap one (over their flat
+    partitions, with the same parameter groups)."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+

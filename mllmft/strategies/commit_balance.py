@@ -12,6 +12,8 @@ Every K steps, on that step's batch, in eval mode and without gradients:
 
 Three extra forward passes per measurement, none on other steps; the parameter copy exists only
 between the two hooks of a measured step (unless the auxiliary term keeps it, see ``reference``).
+Copies and swaps are of this rank's fragments (published to the engine), so they shard with the
+model; the KL values, measured on each rank's batch, are averaged over ranks.
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from lightning import Callback
 
 from mllmft.data import IGNORE_INDEX
 from mllmft.errors import ConfigError
@@ -53,8 +54,9 @@ def balance_coefficient(d_encoder: float, d_llm: float, eps: float = 1e-12) -> f
     return 0.5 if total <= eps else d_encoder / total
 
 
-class BalanceMonitor(Callback):
-    """Measures κ every ``every_k`` optimizer steps (the step index counted from 0: steps 0, K, 2K...).
+class BalanceMonitor:
+    """Measures κ every ``every_k`` optimizer steps (the step index counted from 0: steps 0, K, 2K...),
+    from the strategy's ``before_batch`` / ``after_batch`` hooks (the StrategyRunner's context).
 
     ``sides`` maps each trainable parameter name to ``encoder`` or ``llm`` (built by the strategy
     from the component map). ``keep_reference``: keep the measured step's pre-update parameters until
@@ -78,49 +80,44 @@ class BalanceMonitor(Callback):
     def measuring(self, step: int) -> bool:
         return step % self.every_k == 0
 
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit" and trainer.accumulate_grad_batches != 1:
+    def check(self, trainer) -> None:
+        if trainer.accumulate_grad_batches != 1:
             raise ConfigError("CoMMIT measures each optimizer step on its own batch: set "
                               "trainer.accumulate_grad_batches=1 (raise data.batch_size instead)")
 
     # --- the measurement --------------------------------------------------------------------------
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    def before_batch(self, ctx, batch) -> None:
         self.reference_log_probs = None
-        if not self.measuring(trainer.global_step):
+        if not self.measuring(ctx.step):
             return
-        params = self._params(pl_module)
         if self.keep_reference and self.reference is not None:
-            with self._swapped(params, self.reference, names=self.reference):
-                self.reference_log_probs = self._log_probs(pl_module, batch)
-        self._before = {n: p.detach().clone() for n, p in params.items()}
-        self._log_p_prev = self._log_probs(pl_module, batch)
+            with self._swapped(ctx, self.reference, names=self.reference):
+                self.reference_log_probs = self._log_probs(ctx.module, batch)
+        self._before = {f.name: f.values().clone() for f in ctx.fragments if f.name in self.sides}
+        self._log_p_prev = self._log_probs(ctx.module, batch)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def after_batch(self, ctx, batch) -> None:
+        """After the step ``ctx.step`` (the one just taken)."""
         if self._before is None:
             return
-        params, before = self._params(pl_module), self._before
-        # the step just taken is trainer.global_step - 1
-        with self._swapped(params, before, names=self._side("llm")):
-            d_encoder = answer_kl(self._log_probs(pl_module, batch), self._log_p_prev)
-        with self._swapped(params, before, names=self._side("encoder")):
-            d_llm = answer_kl(self._log_probs(pl_module, batch), self._log_p_prev)
-        d = trainer.strategy.reduce(torch.stack([d_encoder, d_llm]).detach(), reduce_op="mean")
+        before = self._before
+        with self._swapped(ctx, before, names=self._side("llm")):
+            d_encoder = answer_kl(self._log_probs(ctx.module, batch), self._log_p_prev)
+        with self._swapped(ctx, before, names=self._side("encoder")):
+            d_llm = answer_kl(self._log_probs(ctx.module, batch), self._log_p_prev)
+        d = ctx.trainer.strategy.reduce(torch.stack([d_encoder, d_llm]).detach(), reduce_op="mean")
         d_encoder, d_llm = float(d[0]), float(d[1])
         raw = balance_coefficient(d_encoder, d_llm)
         self.kappa = raw if self.measurements == 0 else self.ema * self.kappa + (1 - self.ema) * raw
         self.measurements += 1
-        step = trainer.global_step - 1
-        record = {"step": step, "kappa": self.kappa, "kappa_raw": raw, "kl_encoder": d_encoder, "kl_llm": d_llm}
+        record = {"step": ctx.step, "kappa": self.kappa, "kappa_raw": raw, "kl_encoder": d_encoder, "kl_llm": d_llm}
         self.history.append(record)
-        log_now(trainer, {f"commit/{k}": float(v) for k, v in record.items() if k != "step"}, step)
+        log_now(ctx.trainer, {f"commit/{k}": float(v) for k, v in record.items() if k != "step"}, ctx.step)
         self.reference = before if self.keep_reference else None
         self._before = self._log_p_prev = None
 
     def _side(self, side: str) -> list[str]:
         return [n for n, s in self.sides.items() if s == side]
-
-    def _params(self, pl_module) -> dict[str, torch.nn.Parameter]:
-        return {n: p for n, p in pl_module.model.named_parameters() if n in self.sides}
 
     @torch.no_grad()
     def _log_probs(self, pl_module, batch) -> torch.Tensor:
@@ -135,24 +132,27 @@ class BalanceMonitor(Callback):
 
     @staticmethod
     @contextmanager
-    def _swapped(params: dict, values: dict, names: Iterable[str]):
-        """Temporarily give ``names`` the ``values``; the current ones come back afterwards."""
-        names = list(names)
+    def _swapped(ctx, values: dict, names: Iterable[str]):
+        """Temporarily give the fragments ``names`` the ``values``; the current ones come back afterwards."""
+        names = set(names)
+        fragments = [f for f in ctx.fragments if f.name in names]
         with torch.no_grad():
-            saved = {n: params[n].detach().clone() for n in names}
-            for n in names:
-                params[n].copy_(values[n])
+            saved = {f.name: f.values().clone() for f in fragments}
+            for f in fragments:
+                f.values().copy_(values[f.name])
+            ctx.engine.publish(fragments)
         try:
             yield
         finally:
             with torch.no_grad():
-                for n in names:
-                    params[n].copy_(saved[n])
+                for f in fragments:
+                    f.values().copy_(saved[f.name])
+                ctx.engine.publish(fragments)
 
     # --- results ----------------------------------------------------------------------------------
-    def on_fit_end(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and self.history:
-            plot_kappa(self.history, Path(trainer.default_root_dir) / "commit_kappa.png")
+    def finish(self, ctx) -> None:
+        if ctx.trainer.is_global_zero and self.history:
+            plot_kappa(self.history, Path(ctx.trainer.default_root_dir) / "commit_kappa.png")
 
     def state_dict(self) -> dict:
         return {"kappa": self.kappa, "measurements": self.measurements, "history": list(self.history),

@@ -1,0 +1,95 @@
+"""Lightning strategies for the sharded engines, as ``conf/hardware/*.yaml`` choose them.
+
+Both keep each rank's strategy state (θ0's companions: SPIDER's gradient sums, masks, EWC's Fisher)
+in its own file inside the sharded checkpoint directory, ``<checkpoint>/strategy_state/rank<r>.pt``,
+since Lightning writes the rest of a checkpoint's non-tensor state from rank 0 only; a resume reads
+each rank's file back (the same number of ranks is required and checked).
+
+``DeepSpeedStrategy`` also runs on the CPU (gloo, for tests): Lightning's refuses any accelerator
+but CUDA, though DeepSpeed's ZeRO-2/3 work there (shared/ENVIRONMENT.md). On CUDA it is Lightning's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
+from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
+
+from mllmft.errors import ConfigError
+
+STATE_DIR = "strategy_state"
+RUNNER_KEY = "StrategyRunner["
+
+
+def _split_off_runner_state(checkpoint: dict) -> dict:
+    callbacks = checkpoint.get("callbacks", {})
+    return {k: callbacks.pop(k) for k in [k for k in callbacks if str(k).startswith(RUNNER_KEY)]}
+
+
+def _save_rank_state(strategy, checkpoint: dict, directory: Path) -> None:
+    state = _split_off_runner_state(checkpoint)
+    folder = directory / STATE_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"world_size": strategy.world_size, "state": state}, folder / f"rank{strategy.global_rank}.pt")
+
+
+def _load_rank_state(strategy, checkpoint: dict, directory: Path) -> dict:
+    path = directory / STATE_DIR / f"rank{strategy.global_rank}.pt"
+    if not path.is_file():
+        return checkpoint
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved["world_size"] != strategy.world_size:
+        raise ConfigError(f"{directory} was saved by {saved['world_size']} ranks; this run has {strategy.world_size}: "
+                          "resume a sharded checkpoint with the same number of processes")
+    checkpoint.setdefault("callbacks", {}).update(saved["state"])
+    return checkpoint
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """FSDP2 (``fully_shard``, MLLMFineTuner.configure_model) data parallelism, with per-rank state."""
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        path = Path(self.broadcast(str(filepath)))
+        if self._save_distributed_checkpoint:
+            _save_rank_state(self, checkpoint, path)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        path = Path(self.broadcast(str(checkpoint_path)))
+        return _load_rank_state(self, super().load_checkpoint(path, weights_only), path)
+
+
+class DeepSpeedStrategy(LightningDeepSpeedStrategy):
+    """Lightning's DeepSpeed strategy, on CUDA or (for tests) on CPU processes, with per-rank state."""
+
+    def setup_environment(self) -> None:
+        if self.root_device.type == "cuda":
+            super().setup_environment()
+        else:  # skip the CUDA-only guard
+            DDPStrategy.setup_environment(self)
+
+    @property
+    def root_device(self) -> torch.device:
+        device = super().root_device
+        # DeepSpeed asks for an index even on the CPU
+        return torch.device("cpu", 0) if device.type == "cpu" else device
+
+    def setup_distributed(self) -> None:
+        if self.root_device.type == "cuda":
+            return super().setup_distributed()
+        from lightning.fabric.utilities.seed import reset_seed
+
+        reset_seed()
+        self.set_world_ranks()
+        self._init_deepspeed_distributed()
+
+    def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
+        path = Path(self.broadcast(str(filepath)))
+        _save_rank_state(self, checkpoint, path)
+        super().save_checkpoint(checkpoint, path, storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
+        path = Path(self.broadcast(str(checkpoint_path)))
+        return _load_rank_state(self, super().load_checkpoint(path, weights_only), path)

@@ -1,0 +1,250 @@
+"""Where each trainable tensor lives on this rank, for every training engine: the one place that knows.
+
+A strategy never touches ``param.grad`` or ``param.data``; it works on ``Fragment``s, this rank's
+contiguous run of a tensor's flattened elements (the whole tensor on one device and under DDP), and
+reduces per-tensor statistics with ``Engine.all_reduce`` (a no-op unless the tensor is sharded):
+
+* ``LocalEngine`` (one device, DDP): the fragment is the whole parameter; gradients are ``param.grad``
+  (already averaged over DDP ranks); every rank holds the same state.
+* ``FSDP2Engine`` (``fully_shard``, Lightning's ModelParallelStrategy): the parameter is a DTensor
+  sharded on dim 0; the fragment is its local shard, gradients the local shard of its DTensor grad.
+* ``DeepSpeedEngine`` (ZeRO-2 and ZeRO-3): the fragment is this rank's part of the fp32 master the
+  optimizer updates (ZeRO-2: the parameter's range in the rank's flat partition; ZeRO-3: its
+  partition), read and written through DeepSpeed's own mappings between backward and the step.
+  After weights are written, ``publish`` copies them where the next forward reads them (ZeRO-3: the
+  parameter's low-precision partition; ZeRO-2: the replicated parameter, all-gathered), since
+  DeepSpeed would otherwise refresh those only at its next step.
+
+Every rank must call ``all_reduce`` and ``publish`` the same number of times (they communicate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Fragment:
+    """This rank's part of one trainable parameter: elements [offset, offset + size) of the flattened
+    whole tensor of ``shape``. ``values()`` and ``grad()`` return 1-D views that can be written."""
+
+    name: str
+    param: nn.Parameter
+    shape: torch.Size
+    offset: int
+    size: int
+    _values: Callable[[], torch.Tensor]
+    _grad: Callable[[], torch.Tensor | None]
+
+    @property
+    def numel(self) -> int:
+        """Elements of the whole tensor (statistics are over these, on every rank)."""
+        return math.prod(self.shape)
+
+    def values(self) -> torch.Tensor:
+        """The weights the optimizer continues from (its master copy where it keeps one)."""
+        return self._values()
+
+    def grad(self) -> torch.Tensor | None:
+        """The gradient the optimizer is about to use (reduced over data-parallel ranks); None when
+        the parameter got none. Only between backward and the optimizer step."""
+        return self._grad()
+
+    def part(self, whole: torch.Tensor) -> torch.Tensor:
+        """This rank's part of a tensor of the whole parameter's shape (or of its flattening)."""
+        return whole.reshape(-1)[self.offset:self.offset + self.size]
+
+
+class LocalEngine:
+    """One device or DDP: every rank holds every tensor whole (DDP keeps them identical)."""
+
+    name = "local"
+    sharded = False
+
+    def __init__(self, trainer=None):
+        self.trainer = trainer
+
+    def fragments(self, model: nn.Module) -> list[Fragment]:
+        return [Fragment(n, p, p.shape, 0, p.numel(), _flat_data(p), _flat_grad(p))
+                for n, p in model.named_parameters() if p.requires_grad]
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def publish(self, fragments: list[Fragment]) -> None:
+        pass
+
+    def world_size(self) -> int:
+        return 1
+
+    def rank(self) -> int:
+        return 0
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+    def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
+        """This rank's part of the gradient of ``loss`` for each fragment, averaged over the
+        data-parallel ranks as a training step's is, outside a training step and leaving no
+        ``.grad`` behind (probes before training: EWC's Fisher). Every rank must call it."""
+        grads = torch.autograd.grad(loss, [f.param for f in fragments], allow_unused=True)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        out = []
+        for g in grads:  # under DDP, the reduction DDP would have done (autograd.grad bypasses it)
+            if g is not None and world > 1:
+                dist.all_reduce(g)
+                g.div_(world)
+            out.append(None if g is None else g.reshape(-1))
+        return out
+
+
+class _DistributedEngine(LocalEngine):
+    sharded = True
+    group = None
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        dist.all_reduce(tensor, group=self.group)
+        return tensor
+
+    def world_size(self) -> int:
+        return dist.get_world_size(self.group)
+
+    def rank(self) -> int:
+        return dist.get_rank(self.group)
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        gathered = [torch.zeros_like(tensor) for _ in range(self.world_size())]
+        dist.all_gather(gathered, tensor, group=self.group)
+        return gathered
+
+
+class FSDP2Engine(_DistributedEngine):
+    name = "fsdp2"
+
+    def __init__(self, trainer):
+        super().__init__(trainer)
+        self.group = None  # set from the parameters' mesh
+
+    def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
+        # the sharded parameters are not in the autograd graph (FSDP2 gathers them outside it):
+        # backward, which reduce-scatters into their .grad, then take the local parts and clear it
+        loss.backward()
+        out = [None if f.grad() is None else f.grad().clone() for f in fragments]
+        for f in fragments:
+            f.param.grad = None
+        return out
+
+    def fragments(self, model: nn.Module) -> list[Fragment]:
+        from torch.distributed.tensor import DTensor
+        from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+        out = []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if not isinstance(p, DTensor):
+                out.append(Fragment(name, p, p.shape, 0, p.numel(), _flat_data(p), _flat_grad(p)))
+                continue
+            self.group = p.device_mesh.get_group()
+            local_shape, global_offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+            row = math.prod(p.shape[1:])
+            out.append(Fragment(name, p, p.shape, global_offset[0] * row if global_offset else 0,
+                                math.prod(local_shape), _local_data(p), _local_grad(p)))
+        return out
+
+
+class DeepSpeedEngine(_DistributedEngine):
+    """ZeRO-2 and ZeRO-3 (``stage``). Offloaded optimizers keep the master on the CPU: the fragments
+    are there too, and ``publish`` moves what it writes to the parameter's device."""
+
+    name = "deepspeed"
+
+    def __init__(self, trainer, stage: int):
+        super().__init__(trainer)
+        self.stage = stage
+        self.group = None  # DeepSpeed's data-parallel group is the world here (no model parallelism)
+
+    def fragments(self, model: nn.Module) -> list[Fragment]:
+        if self.stage == 3:
+            return [self._zero3(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        return [self._zero2(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    @staticmethod
+    def _zero2(name: str, p: nn.Parameter) -> Fragment:
+        mapping = getattr(p, "_hp_mapping", None)
+        if mapping is None:  # none of this parameter is in this rank's partition
+            empty = torch.empty(0, device=p.device)
+            return Fragment(name, p, p.shape, 0, 0, lambda: empty, lambda: empty)
+
+        def grad() -> torch.Tensor:
+            flat = mapping.get_lp_grad_fragment(p._index_in_param_group).view(-1)
+            if flat.numel() == p.numel():  # a bf16 optimizer keeps the whole accumulated gradient
+                flat = flat.narrow(0, mapping.lp_fragment_address.start, mapping.lp_fragment_address.numel)
+            return flat
+
+        address = mapping.lp_fragment_address
+        return Fragment(name, p, p.shape, address.start, address.numel, lambda: mapping.get_hp_fragment(), grad)
+
+    def _zero3(self, name: str, p: nn.Parameter) -> Fragment:
+        from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_grad
+
+        partition = p.ds_tensor.numel()
+        offset = self.rank() * partition
+        size = max(0, min(partition, p.ds_numel - offset))
+        return Fragment(name, p, p.ds_shape, offset, size, lambda: safe_get_local_fp32_param(p)[:size],
+                        lambda: safe_get_local_grad(p)[:size])
+
+    def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
+        engine = self.trainer.model  # the DeepSpeedEngine: its backward reduces into the partitions
+        engine.backward(loss)
+        out = [f.grad().clone() if f.size else torch.empty(0, device=f.param.device) for f in fragments]
+        engine.optimizer.zero_grad()
+        return out
+
+    def publish(self, fragments: list[Fragment]) -> None:
+        if self.stage == 3:
+            for f in fragments:
+                if f.size:
+                    f.param.ds_tensor.data[:f.size].copy_(f.values())
+            return
+        # ZeRO-2: every rank holds every parameter whole; rebuild each from the ranks' fragments
+        for f in fragments:
+            whole = torch.zeros(f.numel, dtype=torch.float32, device=f.param.device)
+            if f.size:
+                f.part(whole).copy_(f.values())
+            self.all_reduce(whole)
+            f.param.data.copy_(whole.view_as(f.param))
+
+
+def engine_for(trainer) -> LocalEngine:
+    """The adapter for the trainer's Lightning strategy."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
+
+    strategy = trainer.strategy
+    if isinstance(strategy, DeepSpeedStrategy):
+        return DeepSpeedEngine(trainer, int(strategy.config["zero_optimization"]["stage"]))
+    if isinstance(strategy, ModelParallelStrategy):
+        return FSDP2Engine(trainer)
+    return LocalEngine(trainer)
+
+
+def _flat_data(p: nn.Parameter) -> Callable[[], torch.Tensor]:
+    return lambda: p.data.view(-1)
+
+
+def _flat_grad(p: nn.Parameter) -> Callable[[], torch.Tensor | None]:
+    return lambda: None if p.grad is None else p.grad.view(-1)
+
+
+def _local_data(p) -> Callable[[], torch.Tensor]:
+    return lambda: p.data._local_tensor.view(-1)
+
+
+def _local_grad(p) -> Callable[[], torch.Tensor | None]:
+    return lambda: None if p.grad is None else p.grad._local_tensor.view(-1)

@@ -1,0 +1,166 @@
+"""StrategyRunner: the one Lightning callback through which a tuning strategy acts on training.
+
+It owns the hooks (when gradients and weights may be read and written on each engine), the
+engine adapter (where each tensor lives on this rank), logging, the strategy's checkpoint state and
+the start-up check that the strategy runs on the chosen engine. The strategy itself only works on
+``StepContext.fragments`` (see strategies/base.py for the order of the calls).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from lightning import Callback
+
+from mllmft.backbones import ComponentMap
+from mllmft.errors import ConfigError
+from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.engines import Fragment, LocalEngine, engine_for
+from mllmft.strategies.mask_stats import MaskStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepContext:
+    """What a strategy hook sees. ``step``: the optimizer step being taken (before_*) or just taken
+    (after_*), counted from 0. ``logging``: whether this step's diagnostics are logged."""
+
+    engine: LocalEngine
+    fragments: list[Fragment]
+    components: ComponentMap
+    trainer: object
+    module: object
+    step: int = 0
+    logging: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    mask_stats: MaskStats | None = None
+
+    def log(self, values: dict[str, float]) -> None:
+        self.metrics.update(values)
+
+
+class StrategyRunner(Callback):
+    def __init__(self, strategy: TuningStrategy, components: ComponentMap):
+        self.strategy = strategy
+        self.components = components
+        self.ctx: StepContext | None = None
+        self._restored: dict | None = None
+        self._last_step = -1
+
+    @property
+    def state_key(self) -> str:
+        return f"StrategyRunner[{self.strategy.name}]"
+
+    # --- set-up -----------------------------------------------------------------------------------
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage != "fit":
+            return
+        check_engine(self.strategy, trainer.strategy.__class__.__name__)
+        self.strategy.capture(pl_module.model)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        engine = engine_for(trainer)
+        fragments = engine.fragments(pl_module.model)
+        self.ctx = StepContext(engine, fragments, self.components, trainer, pl_module,
+                               mask_stats=MaskStats(self.components, engine))
+        if self._restored is not None:
+            self.strategy.load_state_dict(self._restored)
+            self._restored = None
+        self.strategy.start(self.ctx)
+        self._last_step = trainer.global_step
+        numel = max(1, sum(f.numel for f in fragments))
+        log.info("%s under %s: %.2f bytes of strategy state per trainable parameter on this rank",
+                 self.strategy.name, engine.name, self.strategy.state_nbytes() / numel)
+
+    # --- every step ---------------------------------------------------------------------------------
+    def _at(self, trainer) -> StepContext:
+        ctx = self.ctx
+        ctx.step = trainer.global_step
+        ctx.logging = ctx.step % max(1, trainer.log_every_n_steps) == 0
+        return ctx
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.strategy.before_batch(self._at(trainer), batch)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if not _at_accumulation_boundary(trainer):
+            return  # DeepSpeed calls this hook on every micro-batch
+        self.strategy.before_step(self._at(trainer))
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        ctx = self.ctx
+        if trainer.global_step != self._last_step:  # an optimizer step was taken in this batch
+            self._last_step = trainer.global_step
+            ctx.step = trainer.global_step - 1
+            ctx.logging = ctx.step % max(1, trainer.log_every_n_steps) == 0
+            if self.strategy.writes_weights:
+                with torch.no_grad():
+                    self.strategy.after_step(ctx)
+                ctx.engine.publish(ctx.fragments)
+            else:
+                self.strategy.after_step(ctx)
+            self.strategy.after_batch(ctx, batch)
+            if ctx.logging and ctx.mask_stats.pending:
+                ctx.log(ctx.mask_stats.summarise(ctx.step))
+        if ctx.metrics:
+            numel = max(1, sum(f.numel for f in ctx.fragments))
+            pl_module.log_dict({**ctx.metrics, "strategy/state_bytes_per_param": self.strategy.state_nbytes() / numel},
+                               batch_size=len(batch["ids"]))
+            ctx.metrics = {}
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.ctx is None:
+            return
+        self.strategy.finish(self.ctx)
+        name = self.strategy.name
+        if trainer.is_global_zero and self.ctx.mask_stats.history:
+            path = self.ctx.mask_stats.save_heatmap(Path(trainer.default_root_dir) / f"{name}_mask_density.png",
+                                                    f"{name}: share of each layer's weights allowed to move")
+            log.info("mask density heatmap: %s", path)
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return self.strategy.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # fragments may not exist yet (DDP restores before the engine places the model): apply at start
+        if self.ctx is None:
+            self._restored = state_dict
+        else:
+            self.strategy.load_state_dict(state_dict)
+
+
+ENGINES = ("local", "fsdp2", "deepspeed")
+
+
+def engine_name(lightning_strategy) -> str:
+    """The engine a ``hardware.lightning_strategy`` value (a name or a ``_target_`` config) runs on:
+    local (one device, DDP), fsdp2, deepspeed, or fsdp1 (Lightning's FSDPStrategy)."""
+    target = lightning_strategy.get("_target_", "") if hasattr(lightning_strategy, "get") else lightning_strategy
+    key = str(target).lower().replace("_", "")
+    if "deepspeed" in key:
+        return "deepspeed"
+    if "modelparallel" in key or "fsdp2" in key:
+        return "fsdp2"
+    return "fsdp1" if "fsdp" in key else "local"
+
+
+def check_engine(strategy: TuningStrategy, lightning_strategy) -> None:
+    """Refuse, before anything is built, a tuning strategy the chosen engine cannot run."""
+    engine = engine_name(lightning_strategy)
+    if engine == "fsdp1" and strategy.acts_on_training:
+        raise ConfigError(f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
+                          "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "
+                          "use hardware=fsdp2 (or a deepspeed_* choice)")
+    reason = strategy.unsupported_engines.get(engine)
+    if reason:
+        raise ConfigError(f"strategy={strategy.name} does not run under {engine}: {reason}")
+
+
+def _at_accumulation_boundary(trainer) -> bool:
+    engine = getattr(trainer.strategy, "deepspeed_engine", None) if hasattr(trainer.strategy, "config") else None
+    return engine is None or engine.is_gradient_accumulation_boundary()
