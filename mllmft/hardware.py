@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
+from omegaconf import OmegaConf
 
 from mllmft.errors import ConfigError
 
@@ -64,6 +65,11 @@ class FSDP2Strategy(ModelParallelStrategy):
 class DeepSpeedStrategy(LightningDeepSpeedStrategy):
     """Lightning's DeepSpeed strategy, on CUDA or (for tests) on CPU processes, with per-rank state."""
 
+    def __init__(self, *args, config=None, **kwargs):
+        if OmegaConf.is_config(config):  # Lightning wants a plain dict (or a path)
+            config = OmegaConf.to_container(config, resolve=True)
+        super().__init__(*args, config=config, **kwargs)
+
     def setup_environment(self) -> None:
         if self.root_device.type == "cuda":
             super().setup_environment()
@@ -84,6 +90,14 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
         reset_seed()
         self.set_world_ranks()
         self._init_deepspeed_distributed()
+
+    def _initialize_deepspeed_inference(self, model) -> None:
+        super()._initialize_deepspeed_inference(model)
+        # Lightning removed every module hook first, transformers' output-capturing hooks too, which
+        # their modules still mark as installed: let transformers install them again on first use
+        for module in model.modules():
+            if getattr(module, "_output_capturing_hooks_installed", False):
+                module._output_capturing_hooks_installed = False
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))

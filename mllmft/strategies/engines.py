@@ -89,6 +89,11 @@ class LocalEngine:
     def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
         return [tensor]
 
+    def full_weights(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        """Every parameter whole, on the CPU (exports, tests). Every rank must call it."""
+        return {n: p.detach().cpu().clone() for n, p in model.named_parameters()
+                if p.requires_grad or not trainable_only}
+
     def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
         """This rank's part of the gradient of ``loss`` for each fragment, averaged over the
         data-parallel ranks as a training step's is, outside a training step and leaving no
@@ -127,9 +132,24 @@ class _DistributedEngine(LocalEngine):
 class FSDP2Engine(_DistributedEngine):
     name = "fsdp2"
 
+    def publish(self, fragments: list[Fragment]) -> None:
+        # the root unit keeps its parameters gathered after a forward without backward (the balance
+        # measurement's): drop every gathered copy, so that the next forward gathers the new shards
+        from torch.distributed.fsdp import FSDPModule
+
+        for module in self.trainer.lightning_module.model.modules():
+            if isinstance(module, FSDPModule):
+                module.reshard()
+
     def __init__(self, trainer):
         super().__init__(trainer)
         self.group = None  # set from the parameters' mesh
+
+    def full_weights(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        from torch.distributed.tensor import DTensor
+
+        return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+                for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
 
     def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
         # the sharded parameters are not in the autograd graph (FSDP2 gathers them outside it):
@@ -200,6 +220,18 @@ class DeepSpeedEngine(_DistributedEngine):
         return Fragment(name, p, p.ds_shape, offset, size, lambda: safe_get_local_fp32_param(p)[:size],
                         lambda: safe_get_local_grad(p)[:size])
 
+    def full_weights(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+        if self.stage != 3:
+            return super().full_weights(model, trainable_only)
+        import deepspeed
+
+        out = {}
+        for name, p in model.named_parameters():  # one tensor at a time: never the whole model at once
+            if p.requires_grad or not trainable_only:
+                with deepspeed.zero.GatheredParameters([p]):
+                    out[name] = p.detach().cpu().clone()
+        return out
+
     def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
         engine = self.trainer.model  # the DeepSpeedEngine: its backward reduces into the partitions
         engine.backward(loss)
@@ -209,17 +241,25 @@ class DeepSpeedEngine(_DistributedEngine):
 
     def publish(self, fragments: list[Fragment]) -> None:
         if self.stage == 3:
+            from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
             for f in fragments:
                 if f.size:
                     f.param.ds_tensor.data[:f.size].copy_(f.values())
-            return
-        # ZeRO-2: every rank holds every parameter whole; rebuild each from the ranks' fragments
+            # small parameters stay gathered between forwards (stage3_param_persistence_threshold):
+            # their whole copy is what the next forward reads
+            self._rebuild([f for f in fragments if f.param.ds_status == ZeroParamStatus.AVAILABLE])
+        else:  # ZeRO-2: every rank holds every parameter whole
+            self._rebuild(fragments)
+
+    def _rebuild(self, fragments: list[Fragment]) -> None:
+        """Each parameter whole again from the ranks' fragments (each element is on one rank)."""
         for f in fragments:
             whole = torch.zeros(f.numel, dtype=torch.float32, device=f.param.device)
             if f.size:
                 f.part(whole).copy_(f.values())
             self.all_reduce(whole)
-            f.param.data.copy_(whole.view_as(f.param))
+            f.param.data.copy_(whole.view(f.shape))
 
 
 def engine_for(trainer) -> LocalEngine:

@@ -1,0 +1,59 @@
+"""One rank of a multi-process engine test, launched by tests/test_engines.py as torchrun would be
+(RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment, so Lightning does not
+re-launch): trains every run of the spec in turn inside one process group, and writes the final
+trainable weights (rank 0) and each rank's strategy state per trainable parameter.
+
+    python tests/engine_worker.py spec.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from conftest import FAST, SMALL_LLAVA  # noqa: E402  (sets the offline environment)
+from mllmft import api  # noqa: E402
+from mllmft.strategies.engines import engine_for  # noqa: E402
+
+# the engine runs and their single-process references share these, so that their steps are comparable
+EQUAL_STEPS = ["trainer.max_steps=3", "data.batch_size=2", "trainer.limit_val_batches=0",
+               "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=1"]
+
+
+class SaveFinalWeights(L.Callback):
+    def __init__(self, out: Path):
+        self.out = out
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        engine = engine_for(trainer)
+        weights = engine.full_weights(pl_module.model, trainable_only=True)  # collective: every rank
+        numel = sum(f.numel for f in engine.fragments(pl_module.model))
+        stats = {"state_bytes": pl_module.strategy.state_nbytes(), "numel": numel, "engine": engine.name,
+                 "steps": trainer.global_step}
+        if hasattr(pl_module.strategy, "monitor"):  # CoMMIT: the balance measurements
+            stats["kappa"] = pl_module.strategy.monitor.history
+        (self.out.parent / f"{self.out.stem}.rank{trainer.global_rank}.json").write_text(json.dumps(stats))
+        if trainer.is_global_zero:
+            torch.save(weights, self.out)
+
+
+def main(spec_path: str) -> None:
+    torch.set_num_threads(1)
+    spec = json.loads(Path(spec_path).read_text())
+    out = Path(spec["out"])
+    for name, overrides in spec["runs"].items():
+        cfg = api.compose([*FAST, *SMALL_LLAVA, *EQUAL_STEPS, f"paths.cache_dir={out / 'cache'}",
+                           *spec["hardware"], *overrides], output_dir=out / name)
+        parts = api.build(cfg)
+        parts["trainer"].callbacks.append(SaveFinalWeights(out / f"{name}.pt"))
+        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main(sys.argv[1])

@@ -1,0 +1,151 @@
+"""Every strategy under every engine ends where a single process does on the same global batches.
+
+Each engine (DDP, FSDP2, DeepSpeed ZeRO-2, ZeRO-3; 2 CPU processes, gloo) is launched once and trains
+several strategies inside that launch (tests/engine_worker.py). The reference is one process with
+gradient accumulation over the two ranks' batches in turn (accumulate_grad_batches=2): the averaged
+gradient the ranks reduce is then the same sum of the same halves, bit for bit, so any difference in
+the final weights comes from the strategy's own per-tensor statistics under sharding. CoMMIT measures
+κ on each rank's batch and averages over ranks, which one process cannot reproduce: its reference is
+the DDP run. Gradient clipping is off (each engine sums the global norm in its own order).
+
+DeepSpeed ZeRO-3 computes the same gradients to ~1e-7, not bit for bit (its module hooks gather
+parameters around every forward and backward). That is within tolerance everywhere except the
+attention key biases: softmax is invariant to adding the same q·b to every key's logit, so their
+gradient is zero in exact arithmetic and what they get is round-off, which AdamW scales to steps of
+size lr whatever its sign. Their values mean nothing; they are left out of the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from engine_worker import EQUAL_STEPS
+from torch.utils.data import DataLoader, Sampler
+
+from mllmft import api
+from mllmft.data import make_collator
+from mllmft.data.datamodule import ResumableSampler
+
+WORKER = Path(__file__).with_name("engine_worker.py")
+ENGINES = {"ddp": ["hardware=ddp_cpu"], "fsdp2": ["hardware=fsdp2_cpu"], "zero2": ["hardware=deepspeed_zero2_cpu"],
+           "zero3": ["hardware=deepspeed_zero3_cpu"]}
+# in `make test`: these four under every engine, one launch per engine
+FAST = {"spider": ["strategy=spider"], "gmt": ["strategy=gmt"], "l2_sp": ["strategy=l2_sp", "strategy.lam=1.0"],
+        "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"]}
+SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude_mask": ["strategy=magnitude_mask"],
+        "random_mask": ["strategy=random_mask"], "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
+        "hft": ["strategy=hft"], "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
+        "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
+        "full": ["strategy=full"], "lora": ["strategy=lora", "strategy.init=gaussian", "scope=connector_llm"]}
+MEASURED_PER_RANK = ("commit",)  # reference: the DDP run
+TOLERANCE = 1e-5
+ZERO_GRADIENT = ".self_attn.k_proj.bias"  # ∂L/∂b_k ≡ 0 (see above)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
+    """Run the spec on ``world`` processes; {run: (final trainable weights, [per-rank stats])}."""
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "spec.json"
+    spec.write_text(json.dumps({"hardware": hardware, "runs": runs, "out": str(out)}))
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
+           "NODE_RANK": "0", "OMP_NUM_THREADS": "1"}
+    logs = [out / f"rank{r}.log" for r in range(world)]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(spec)], cwd=out, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+             for r, log in enumerate(logs)]
+    try:
+        codes = [p.wait(timeout=900) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    if any(codes):
+        raise AssertionError(f"{hardware} exited {codes}:\n" + logs[codes.index(next(c for c in codes if c))]
+                             .read_text()[-4000:])
+    return {name: (torch.load(out / f"{name}.pt", weights_only=True),
+                   [json.loads((out / f"{name}.rank{r}.json").read_text()) for r in range(world)]) for name in runs}
+
+
+class _RanksInTurn(Sampler):
+    """The batches ranks 0..world-1 of a DistributedSampler would take, one after another."""
+
+    def __init__(self, dataset, world: int, batch_size: int, seed: int):
+        self.samplers = [ResumableSampler(dataset, num_replicas=world, rank=r, shuffle=True, seed=seed)
+                         for r in range(world)]
+        self.batch_size = batch_size
+
+    def __iter__(self):
+        per_rank = [list(s) for s in self.samplers]
+        for start in range(0, len(per_rank[0]), self.batch_size):
+            for indices in per_rank:
+                yield indices[start:start + self.batch_size]
+
+    def __len__(self) -> int:
+        return len(self.samplers) * -(-len(self.samplers[0]) // self.batch_size)
+
+
+def reference(compose, overrides: list[str], world: int = 2) -> dict[str, torch.Tensor]:
+    parts = api.build(compose(*EQUAL_STEPS, *overrides, f"trainer.accumulate_grad_batches={world}"))
+    dm = parts["datamodule"]
+    dataset = dm.split(dm.target, "train")
+    dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=_RanksInTurn(dataset, world, dm.batch_size, dm.seed),
+                                             collate_fn=make_collator(dm.processor, dm.max_length))
+    parts["trainer"].fit(parts["module"], datamodule=dm)
+    return {n: p.detach().clone() for n, p in parts["backbone"].model.named_parameters() if p.requires_grad}
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a if not k.endswith(ZERO_GRADIENT))
+
+
+@pytest.fixture(scope="module")
+def engine_runs(tmp_path_factory):
+    return {engine: launch(tmp_path_factory.mktemp(engine), hardware, FAST) for engine, hardware in ENGINES.items()}
+
+
+@pytest.mark.parametrize("strategy", sorted(FAST))
+def test_every_engine_ends_where_one_process_does(engine_runs, compose, strategy):
+    if strategy in MEASURED_PER_RANK:
+        expected = engine_runs["ddp"][strategy][0]
+    else:
+        expected = reference(compose, FAST[strategy])
+    for engine, runs in engine_runs.items():
+        weights, stats = runs[strategy]
+        assert all(s["steps"] == 3 for s in stats), (engine, stats)
+        difference = _max_difference(weights, expected)
+        print(f"{strategy} under {engine}: max |w - w_ref| = {difference:.2e}")
+        assert difference <= TOLERANCE, (strategy, engine, difference)
+
+
+def test_spider_state_is_sharded(engine_runs):
+    """θ0 + Σ g = 8 bytes per trainable parameter, over 2 ranks: ≤ 4 + 1 % on each sharded engine."""
+    for engine in ("fsdp2", "zero2", "zero3"):
+        for rank in engine_runs[engine]["spider"][1]:
+            per_param = rank["state_bytes"] / rank["numel"]
+            assert per_param <= 8 / 2 * 1.01, (engine, per_param)
+    assert all(r["state_bytes"] / r["numel"] == 8 for r in engine_runs["ddp"]["spider"][1])  # DDP replicates
+
+
+@pytest.mark.slow
+def test_every_other_strategy_under_every_engine(tmp_path_factory, compose):
+    runs = {engine: launch(tmp_path_factory.mktemp(f"slow_{engine}"), hardware, SLOW)
+            for engine, hardware in ENGINES.items()}
+    for strategy, overrides in SLOW.items():
+        expected = reference(compose, overrides)
+        for engine, results in runs.items():
+            difference = _max_difference(results[strategy][0], expected)
+            print(f"{strategy} under {engine}: max |w - w_ref| = {difference:.2e}")
+            assert difference <= TOLERANCE, (strategy, engine, difference)
