@@ -15,8 +15,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-
 from conftest import FAST, SMALL_LLAVA  # noqa: E402  (sets the offline environment)
+
 from mllmft import api  # noqa: E402
 from mllmft.strategies.engines import engine_for  # noqa: E402
 

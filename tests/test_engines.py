@@ -5,8 +5,9 @@ several strategies inside that launch (tests/engine_worker.py). The reference is
 gradient accumulation over the two ranks' batches in turn (accumulate_grad_batches=2): the averaged
 gradient the ranks reduce is then the same sum of the same halves, bit for bit, so any difference in
 the final weights comes from the strategy's own per-tensor statistics under sharding. CoMMIT measures
-κ on each rank's batch and averages over ranks, which one process cannot reproduce: its reference is
-the DDP run. Gradient clipping is off (each engine sums the global norm in its own order).
+κ on each rank's batch and averages over ranks, and EWC's Fisher averages the ranks' gradients on
+their own upstream batches, which one process cannot reproduce: their reference is the DDP run.
+Gradient clipping is off (each engine sums the global norm in its own order).
 
 DeepSpeed ZeRO-3 computes the same gradients to ~1e-7, not bit for bit (its module hooks gather
 parameters around every forward and backward). That is within tolerance everywhere except the
@@ -43,8 +44,9 @@ SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude
         "random_mask": ["strategy=random_mask"], "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
         "hft": ["strategy=hft"], "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
         "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
-        "full": ["strategy=full"], "lora": ["strategy=lora", "strategy.init=gaussian", "scope=connector_llm"]}
-MEASURED_PER_RANK = ("commit",)  # reference: the DDP run
+        "full": ["strategy=full"],
+        "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"]}  # dropout: per rank
+MEASURED_PER_RANK = ("commit", "ewc")  # reference: the DDP run
 TOLERANCE = 1e-5
 ZERO_GRADIENT = ".self_attn.k_proj.bias"  # ∂L/∂b_k ≡ 0 (see above)
 
@@ -100,8 +102,9 @@ def reference(compose, overrides: list[str], world: int = 2) -> dict[str, torch.
     parts = api.build(compose(*EQUAL_STEPS, *overrides, f"trainer.accumulate_grad_batches={world}"))
     dm = parts["datamodule"]
     dataset = dm.split(dm.target, "train")
-    dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=_RanksInTurn(dataset, world, dm.batch_size, dm.seed),
-                                             collate_fn=make_collator(dm.processor, dm.max_length))
+    order = _RanksInTurn(dataset, world, dm.batch_size, dm.seed)
+    dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=order, collate_fn=make_collator(dm.processor,
+                                                                                                    dm.max_length))
     parts["trainer"].fit(parts["module"], datamodule=dm)
     return {n: p.detach().clone() for n, p in parts["backbone"].model.named_parameters() if p.requires_grad}
 
@@ -144,7 +147,7 @@ def test_every_other_strategy_under_every_engine(tmp_path_factory, compose):
     runs = {engine: launch(tmp_path_factory.mktemp(f"slow_{engine}"), hardware, SLOW)
             for engine, hardware in ENGINES.items()}
     for strategy, overrides in SLOW.items():
-        expected = reference(compose, overrides)
+        expected = runs["ddp"][strategy][0] if strategy in MEASURED_PER_RANK else reference(compose, overrides)
         for engine, results in runs.items():
             difference = _max_difference(results[strategy][0], expected)
             print(f"{strategy} under {engine}: max |w - w_ref| = {difference:.2e}")
