@@ -27,6 +27,8 @@ from mllmft.errors import CheckpointNotFoundError, ConfigError
 
 LIGHTNING_ALIASES = ("last", "best", "hpc", "registry")  # resolved by Lightning itself, checked when loaded
 DCP_METADATA = "meta.pt"  # a distributed (FSDP2) checkpoint is a directory; its non-tensor part is here
+# a DeepSpeed checkpoint is a directory too: <tag>/ holds the ranks' files, rank 0's with Lightning's state
+DEEPSPEED_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
 
 
 def architecture_hash(model: nn.Module) -> str:
@@ -67,9 +69,7 @@ def read_checkpoint(path: str | Path) -> dict:
     foreign file is a one-line error."""
     path = Path(path)
     if path.is_dir():
-        if not (path / DCP_METADATA).is_file():
-            raise ConfigError(f"ckpt_path={path} is a directory but not a distributed checkpoint (no {DCP_METADATA})")
-        path = path / DCP_METADATA
+        path = _state_file_of(path)
     elif not path.is_file():
         raise CheckpointNotFoundError(f"ckpt_path={path}: no such checkpoint file")
     try:
@@ -78,9 +78,22 @@ def read_checkpoint(path: str | Path) -> dict:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(f"ckpt_path={path} is not a readable checkpoint (truncated, corrupted, or not a "
                           f"weights-only Lightning checkpoint): {first}") from err
-    if not isinstance(checkpoint, dict) or (path.name != DCP_METADATA and "state_dict" not in checkpoint):
+    sharded = path.name in (DCP_METADATA, *DEEPSPEED_STATES)  # their tensors are elsewhere
+    if not isinstance(checkpoint, dict) or (not sharded and "state_dict" not in checkpoint):
         raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no state_dict)")
     return checkpoint
+
+
+def _state_file_of(directory: Path) -> Path:
+    """The file of a sharded checkpoint directory that holds Lightning's state (and our identity)."""
+    if (directory / DCP_METADATA).is_file():
+        return directory / DCP_METADATA
+    tag = (directory / "latest").read_text().strip() if (directory / "latest").is_file() else "checkpoint"
+    for name in DEEPSPEED_STATES:
+        if (directory / tag / name).is_file():
+            return directory / tag / name
+    raise ConfigError(f"ckpt_path={directory} is a directory but neither a distributed (FSDP2) checkpoint (no "
+                      f"{DCP_METADATA}) nor a DeepSpeed one (no {tag}/*model_states.pt)")
 
 
 def check_checkpoint(checkpoint: dict, identity: dict, path, resuming: bool,

@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from mllmft.errors import ConfigError
 
 STATE_DIR = "strategy_state"
+METADATA = "meta.pt"  # a distributed checkpoint's non-tensor part (Lightning's name)
 RUNNER_KEY = "StrategyRunner["
 
 
@@ -59,7 +60,31 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))
-        return _load_rank_state(self, super().load_checkpoint(path, weights_only), path)
+        if not (path / METADATA).is_file():  # a single-file checkpoint
+            return _load_rank_state(self, super().load_checkpoint(path, weights_only), path)
+        from torch.distributed.checkpoint import FileSystemReader, load
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        # Lightning's loader asks the checkpoint for every tensor of the model; ours hold the trainable
+        # ones only (MLLMFineTuner.on_save_checkpoint: the frozen rest comes from model.checkpoint)
+        saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
+        module = self.lightning_module
+        model_state = {k: v for k, v in get_model_state_dict(module).items() if f"state_dict.{k}" in saved}
+        load({"state_dict": model_state}, checkpoint_id=path)
+        module.load_state_dict(model_state, strict=False)
+        for i, optimizer in enumerate(self.optimizers):
+            key = f"optimizer_{i}"
+            state = {key: get_optimizer_state_dict(module, optimizer)}
+            load(state, checkpoint_id=path)
+            set_optimizer_state_dict(module, optimizer, optim_state_dict=state[key],
+                                     options=StateDictOptions(cpu_offload=True))
+        metadata = torch.load(path / METADATA, map_location="cpu", weights_only=weights_only)
+        return _load_rank_state(self, metadata, path)
 
 
 class DeepSpeedStrategy(LightningDeepSpeedStrategy):

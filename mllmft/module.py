@@ -193,13 +193,16 @@ class MLLMFineTuner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         frozen = {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
+        # the strategy's own state is the StrategyRunner's (a callback state, per rank when sharded)
         checkpoint["mllmft"] = {"backbone_source": self.backbone.source, "strategy": self.strategy.name,
-                                **(self.run_identity or {}), "strategy_state": self.strategy.state_dict()}
+                                **(self.run_identity or {})}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.run_identity is not None:
             check_checkpoint(checkpoint, self.run_identity, "the checkpoint", resuming=self.trainer.state.fn == "fit",
                              model_state=self.state_dict())
+        if "state_dict" not in checkpoint:  # FSDP2 / DeepSpeed restore the tensors themselves
+            return
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         unexpected = sorted(set(checkpoint["state_dict"]) - set(self.state_dict()))
         if unexpected:
@@ -210,4 +213,3 @@ class MLLMFineTuner(L.LightningModule):
         if missing:
             raise ConfigError(f"the checkpoint lacks {len(missing)} trainable parameters of this run "
                              f"(e.g. {missing[:3]}): was it made with another scope or strategy?")
-        self.strategy.load_state_dict(checkpoint.get("mllmft", {}).get("strategy_state", {}))

@@ -25,6 +25,17 @@ EQUAL_STEPS = ["trainer.max_steps=3", "data.batch_size=2", "trainer.limit_val_ba
                "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=1"]
 
 
+class StopAt(L.Callback):
+    """Interrupt training after ``step`` optimizer steps (a resume test's first half)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
 class SaveFinalWeights(L.Callback):
     def __init__(self, out: Path):
         self.out = out
@@ -46,12 +57,15 @@ def main(spec_path: str) -> None:
     torch.set_num_threads(1)
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
-    for name, overrides in spec["runs"].items():
+    for name, run in spec["runs"].items():
+        run = run if isinstance(run, dict) else {"overrides": run}  # {"overrides": [...], "stop_at": N}
         cfg = api.compose([*FAST, *SMALL_LLAVA, *EQUAL_STEPS, f"paths.cache_dir={out / 'cache'}",
-                           *spec["hardware"], *overrides], output_dir=out / name)
+                           *spec["hardware"], *run["overrides"]], output_dir=out / name)
         parts = api.build(cfg)
         parts["trainer"].callbacks.append(SaveFinalWeights(out / f"{name}.pt"))
-        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+        if "stop_at" in run:
+            parts["trainer"].callbacks.append(StopAt(run["stop_at"]))
+        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"], ckpt_path=cfg.get("ckpt_path"))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude
         "random_mask": ["strategy=random_mask"], "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
         "hft": ["strategy=hft"], "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
         "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
-        "full": ["strategy=full"],
-        "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"]}  # dropout: per rank
+        "full": ["strategy=full"],  # LoRA without dropout: each rank would draw its own
+        "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"]}
 MEASURED_PER_RANK = ("commit", "ewc")  # reference: the DDP run
 TOLERANCE = 1e-5
 ZERO_GRADIENT = ".self_attn.k_proj.bias"  # ∂L/∂b_k ≡ 0 (see above)
@@ -140,6 +140,26 @@ def test_spider_state_is_sharded(engine_runs):
             per_param = rank["state_bytes"] / rank["numel"]
             assert per_param <= 8 / 2 * 1.01, (engine, per_param)
     assert all(r["state_bytes"] / r["numel"] == 8 for r in engine_runs["ddp"]["spider"][1])  # DDP replicates
+
+
+CHECKPOINT_EVERY_STEP = ("+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+                         "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, "
+                         "every_n_train_steps: 1}")
+
+
+@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
+def test_resuming_a_sharded_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_path, engine):
+    """SPIDER's Σ g lives in each rank's shard: saved beside the sharded checkpoint, read back by each rank."""
+    spider, steps = ["strategy=spider", "trainer.max_steps=5"], 5  # 4 steps per epoch: the resume is mid-epoch 2
+    first = tmp_path / "first"
+    runs = {"whole": spider, "first": {"overrides": [*spider, CHECKPOINT_EVERY_STEP], "stop_at": 3},
+            "resumed": [*spider, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"]}
+    results = launch(tmp_path, ENGINES[engine], runs)
+    assert (first / "checkpoints" / "last.ckpt" / "strategy_state" / "rank1.pt").is_file()
+    assert [s["steps"] for s in results["first"][1]] == [3, 3] and [s["steps"] for s in results["resumed"][1]] == [5, 5]
+    whole, resumed = results["whole"][0], results["resumed"][0]
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole), engine
+    assert steps == 5
 
 
 @pytest.mark.slow
