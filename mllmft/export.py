@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 
 import peft
+import torch
 
 from mllmft.backbones import Backbone
 from mllmft.errors import ConfigError
@@ -42,13 +43,46 @@ def check_export(kind: str | None, strategy: TuningStrategy) -> None:
                           "use export=adapter")
 
 
-def export_model(backbone: Backbone, kind: str, out_dir: str | Path) -> Path:
-    """Write the export; ``merged`` merges adapters into the live model, so call it last."""
+def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None) -> Path:
+    """Write the export; ``merged`` merges adapters into the live model, so call it last. Under a
+    sharded engine every rank must call it: the weights are gathered tensor by tensor and rank 0
+    writes them from an unsharded copy of the model on the host."""
     out = Path(out_dir)
     model = backbone.model
+    if engine is not None and engine.sharded:
+        weights = engine.full_weights(model)
+        if engine.rank() != 0:
+            return out
+        model = unsharded_copy(model, weights)
     if kind == "merged" and isinstance(model, peft.PeftModel):
         model = model.merge_and_unload()
     model.save_pretrained(out)
     backbone.processor.save_pretrained(out)
     log.info("export=%s written to %s", kind, out)
     return out
+
+
+def unsharded_copy(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The same model (a peft one too) on the host, built on the meta device and given the gathered
+    weights; its buffers, which no engine shards, come from the live model."""
+    if isinstance(model, peft.PeftModel):
+        copy = peft.get_peft_model(_meta_copy(model.get_base_model()), model.peft_config[model.active_adapter])
+    else:
+        copy = _meta_copy(model)
+    copy.load_state_dict(weights, strict=False, assign=True)
+    for name, live in model.named_buffers():
+        owner, _, attr = name.rpartition(".")
+        copy.get_submodule(owner)._buffers[attr] = live.detach().cpu().clone()
+    if hasattr(copy, "tie_weights"):
+        copy.tie_weights()
+    missing = [n for n, p in copy.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"the gathered weights lack {len(missing)} parameters of the model (e.g. {missing[:3]})")
+    return copy
+
+
+def _meta_copy(model: torch.nn.Module) -> torch.nn.Module:
+    with torch.device("meta"):
+        copy = type(model)(model.config)
+    copy.generation_config = model.generation_config
+    return copy

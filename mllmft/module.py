@@ -21,6 +21,7 @@ from mllmft.errors import ConfigError
 from mllmft.metrics import build_metric
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
+from mllmft.strategies.engines import engine_for
 
 
 @contextmanager
@@ -30,6 +31,9 @@ def _root_unsharded(model):
     if not isinstance(model, FSDPModule):
         yield
         return
+    # FSDP2 decides which unit is the root at the first forward; generate() may call the vision blocks
+    # first (a zero-shot test before any training step), so settle it now (torch has no public call)
+    model._get_fsdp_state()._lazy_init()
     model.unshard()
     try:
         yield
@@ -152,9 +156,12 @@ class MLLMFineTuner(L.LightningModule):
     def generate(self, model_inputs: dict, max_new_tokens: int | None = None) -> list[str]:
         """Batched greedy decoding with the KV cache; prompts are left-padded by the collator."""
         tokenizer = self.backbone.processor.tokenizer
+        # Under FSDP2 and ZeRO-3 every forward gathers weights from every rank: a rank whose batch is
+        # done must keep stepping (synced_gpus) until all are, or the others wait for it forever.
+        synced = self._trainer is not None and self.trainer.world_size > 1 and engine_for(self.trainer).gathers_weights
         with _root_unsharded(self.model):
             output = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+                                         do_sample=False, pad_token_id=tokenizer.pad_token_id, synced_gpus=synced)
         new_tokens = output[:, model_inputs["input_ids"].shape[1]:]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 

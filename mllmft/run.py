@@ -28,6 +28,7 @@ from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
+from mllmft.strategies.engines import engine_for
 from mllmft.strategies.runner import StrategyRunner, check_engine
 
 log = logging.getLogger(__name__)
@@ -134,13 +135,16 @@ def run(cfg: DictConfig) -> dict:
     throughput = float(trainer.callback_metrics["test/samples_per_s"])
     results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started)
     results["eval_samples_per_s"] = round(throughput, 2)
+    out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir)
         write_results(results, out / "results.json")
         log.info("results written to %s", out / "results.json")
         print_results(results)
-        if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
-            results["export"] = str(export_model(parts["backbone"], cfg.export, out / "export"))
+    if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
+        # every rank takes part (a sharded model is gathered), rank 0 writes
+        exported = export_model(parts["backbone"], cfg.export, out / "export", engine_for(trainer))
+        if trainer.is_global_zero:
+            results["export"] = str(exported)
             write_results(results, out / "results.json")
     _log_summary(parts["loggers"], results)
     return results

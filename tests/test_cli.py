@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from tests.conftest import FAST, SMALL_LLAVA
@@ -87,14 +88,27 @@ def test_bad_input_is_one_clear_message(tmp_path, case):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("strategy", ["full", "lora"])
-def test_fsdp2_two_cpu_processes(tmp_path, strategy):
-    # ModelParallelStrategy re-launches the command per rank: run it as a command
-    proc = _run([sys.executable, "-m", "mllmft.train", *FAST, "hardware=fsdp2_cpu", f"strategy={strategy}",
-                 "scope=connector_llm", "trainer.max_steps=3", "hydra.run.dir=run"], tmp_path)
+@pytest.mark.parametrize("hardware, strategy", [("fsdp2_cpu", "spider"), ("fsdp2_cpu", "lora"),
+                                               ("deepspeed_zero3_cpu", "spider")])
+def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, hardware, strategy):
+    """The whole job on 2 processes (the launcher re-runs the command per rank): zero-shot test, fit,
+    test, results.json from rank 0, and an export gathered from the shards that plain transformers loads."""
+    from transformers import AutoModelForImageTextToText
+
+    from mllmft import api
+
+    proc = _run([sys.executable, "-m", "mllmft.train", *FAST, f"hardware={hardware}", f"strategy={strategy}",
+                 "scope=connector_llm", "trainer.max_steps=3", "zeroshot_test=true", "export=merged",
+                 "hydra.run.dir=run"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
+    assert {"E", "F", "O"} <= set(results["tradeoff"]["final"])
+    exported = dict(AutoModelForImageTextToText.from_pretrained(results["export"]).named_parameters())
+    base = dict(api.build(compose("scope=connector_llm"))["backbone"].model.named_parameters())  # same seed: θ0
+    assert set(exported) == set(base)
+    moved = [n for n in base if not torch.equal(exported[n], base[n])]
+    assert moved and all(not n.startswith("model.vision_tower.") for n in moved)  # the scope: connector + LLM
 
 
 def test_user_mistakes_exit_2_with_one_line(tmp_path):

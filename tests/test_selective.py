@@ -17,7 +17,7 @@ from mllmft.strategies.spider import normalized_importance, spider_mask
 
 def _started(strategy, model):
     """The strategy as the runner starts it on one device: captured, placed on its fragments."""
-    strategy.capture(model)
+    strategy.capture(LocalEngine().full_weights(model, trainable_only=True))
     ctx = StepContext(LocalEngine(), LocalEngine().fragments(model), None, None, None)
     strategy.start(ctx)
     return ctx

@@ -28,11 +28,13 @@ REDUCTIONS = ("tensor_mean", "sum")
 
 
 class _AnchoredStrategy(TuningStrategy):
+    captures_weights = True
+
     def __init__(self):
         self.theta0 = Theta0()
 
-    def capture(self, model) -> None:
-        self.theta0.capture(model)
+    def capture(self, weights) -> None:
+        self.theta0.capture(weights)
 
     def start(self, ctx) -> None:
         self.theta0.place(ctx.fragments)

@@ -4,8 +4,9 @@ A strategy is a small object built from ``conf/strategy/<name>.yaml`` that works
 ``StrategyRunner`` callback (strategies/runner.py) calls it, on every engine, in this order:
 
 * ``attach(backbone)`` once, when the run is built: wrap (peft), freeze, decide what trains;
-* ``capture(model)`` when fitting starts, on the whole model before it is sharded and before a
-  checkpoint is restored: keep what must come from the loaded weights (θ0, a mask of |θ0|);
+* ``capture(weights)`` when fitting starts, if ``captures_weights``: the trainable tensors whole (on
+  the host, gathered if the model is already sharded) before a checkpoint is restored: keep what
+  must come from the loaded weights (θ0, a mask of |θ0|);
 * ``start(ctx)`` once the engine has placed the model (``ctx.fragments``: this rank's part of every
   trainable tensor) and any checkpoint is restored: build per-tensor state beside each fragment;
 * per optimizer step: ``before_batch(ctx, batch)``, the forward with ``extra_loss``, backward,
@@ -31,6 +32,7 @@ class TuningStrategy:
     name: str = "base"
     trains: bool = True  # False: the run only evaluates
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)
+    captures_weights: bool = False  # capture() wants the loaded trainable weights
     # engines it cannot run on, with the reason (a start-up error says it)
     unsupported_engines: dict[str, str] = {}
 
@@ -41,8 +43,8 @@ class TuningStrategy:
         """Extra Lightning callbacks (peft's own schedules); tensor work belongs in the hooks below."""
         return []
 
-    def capture(self, model: torch.nn.Module) -> None:
-        """Whole tensors of the loaded model, before sharding and checkpoint restore."""
+    def capture(self, weights: dict[str, torch.Tensor]) -> None:
+        """{name: whole tensor} of the trainable weights as loaded (before any checkpoint restore)."""
 
     def start(self, ctx) -> None:
         """Per-fragment state, once fragments exist (after a restore: from the loaded state)."""

@@ -54,6 +54,7 @@ class CoMMIT(TuningStrategy):
             rule = None
         self.side_lr = rule and SideLearningRates(rule, self._group_side, log_every=every_k)
         self.writes_weights = self.base.writes_weights
+        self.captures_weights = self.base.captures_weights
         self.unsupported_engines = self.base.unsupported_engines
 
     def _group_side(self, group_name: str) -> str:
@@ -74,8 +75,8 @@ class CoMMIT(TuningStrategy):
         return [*self.base.callbacks(), *([self.side_lr] if self.side_lr else [])]
 
     # the base strategy's hooks, then the measurement around each step
-    def capture(self, model) -> None:
-        self.base.capture(model)
+    def capture(self, weights) -> None:
+        self.base.capture(weights)
 
     def start(self, ctx) -> None:
         self.monitor.check(ctx.trainer)

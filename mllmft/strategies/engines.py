@@ -66,6 +66,7 @@ class LocalEngine:
 
     name = "local"
     sharded = False
+    gathers_weights = False  # whether every forward gathers parameters from every rank
 
     def __init__(self, trainer=None):
         self.trainer = trainer
@@ -131,6 +132,7 @@ class _DistributedEngine(LocalEngine):
 
 class FSDP2Engine(_DistributedEngine):
     name = "fsdp2"
+    gathers_weights = True
 
     def publish(self, fragments: list[Fragment]) -> None:
         # the root unit keeps its parameters gathered after a forward without backward (the balance
@@ -188,6 +190,7 @@ class DeepSpeedEngine(_DistributedEngine):
     def __init__(self, trainer, stage: int):
         super().__init__(trainer)
         self.stage = stage
+        self.gathers_weights = stage == 3
         self.group = None  # DeepSpeed's data-parallel group is the world here (no model parallelism)
 
     def fragments(self, model: nn.Module) -> list[Fragment]:

@@ -29,6 +29,7 @@ class FixedWeightMask(TuningStrategy):
 
     how = "magnitude"
     writes_weights = True
+    captures_weights = True
 
     def __init__(self, freeze_ratio: float = 0.5, seed: int = 0):
         check_number("strategy.freeze_ratio", freeze_ratio, 0, 1)
@@ -38,15 +39,12 @@ class FixedWeightMask(TuningStrategy):
         self.movable: dict[str, torch.Tensor] = {}
         self._whole_masks: dict[str, torch.Tensor] = {}
 
-    def capture(self, model) -> None:
-        self.theta0.capture(model)
+    def capture(self, weights) -> None:
+        self.theta0.capture(weights)
         self._whole_masks = {}
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
+        for name, theta0 in weights.items():
             # one generator per tensor, seeded from its name: the mask does not depend on tensor order
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
-            theta0 = p.detach().cpu()
             movable = torch.ones(theta0.numel(), dtype=torch.bool)
             movable[held_entries(theta0, self.freeze_ratio, self.how, generator)] = False
             self._whole_masks[name] = movable

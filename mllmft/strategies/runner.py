@@ -60,7 +60,8 @@ class StrategyRunner(Callback):
         if stage != "fit":
             return
         check_engine(self.strategy, trainer.strategy.__class__.__name__)
-        self.strategy.capture(pl_module.model)
+        if self.strategy.captures_weights:  # whole, even if a zero-shot test has sharded the model already
+            self.strategy.capture(engine_for(trainer).full_weights(pl_module.model, trainable_only=True))
 
     def on_train_start(self, trainer, pl_module) -> None:
         engine = engine_for(trainer)

@@ -63,6 +63,7 @@ class SPIDER(TuningStrategy):
 
     name = "spider"
     writes_weights = True
+    captures_weights = True
 
     def __init__(self, mask: str = "soft", eps: float = 1e-12):
         if mask not in MASKS:
@@ -74,8 +75,8 @@ class SPIDER(TuningStrategy):
         self.accumulated: dict[str, torch.Tensor] = {}  # Σ g, fp32, beside each fragment
         self._theta0_coefficients: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def capture(self, model) -> None:
-        self.theta0.capture(model)
+    def capture(self, weights) -> None:
+        self.theta0.capture(weights)
 
     def start(self, ctx) -> None:
         self.theta0.place(ctx.fragments)

@@ -9,7 +9,6 @@ keep θ0 in bf16: 2 bytes per parameter). The whole copies exist only in between
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 class Theta0:
@@ -17,8 +16,8 @@ class Theta0:
         self._whole: dict[str, torch.Tensor] = {}
         self.parts: dict[str, torch.Tensor] = {}
 
-    def capture(self, model: nn.Module) -> None:
-        self._whole = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+    def capture(self, weights: dict[str, torch.Tensor]) -> None:
+        self._whole = dict(weights)
         self.parts = {}
 
     def place(self, fragments) -> None:
