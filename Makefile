@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,eval,data,deepspeed]"
+	$(BIN)/pip install --quiet -e ".[dev,eval,data,deepspeed,slurm]"
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -29,7 +29,7 @@ test-full: $(STAMP)
 
 # on a machine with CUDA (after installing the CUDA build of torch 2.13.0)
 test-gpu: $(STAMP)
-	$(BIN)/pytest -q -m "" tests/test_gpu.py $(ARGS)
+	$(BIN)/pytest -q -s -m "" tests/test_gpu.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mllmft tests bench

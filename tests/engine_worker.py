@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import lightning as L
@@ -37,15 +39,28 @@ class StopAt(L.Callback):
 
 
 class SaveFinalWeights(L.Callback):
+    """At the end of training: the final weights (rank 0), and each rank's state bytes, median step
+    time (after 2 warm-up steps) and peak CUDA memory."""
+
     def __init__(self, out: Path):
         self.out = out
+        self.step_times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.step_times.append(time.perf_counter() - self._start)
 
     def on_train_end(self, trainer, pl_module) -> None:
         engine = engine_for(trainer)
         weights = engine.full_weights(pl_module.model, trainable_only=True)  # collective: every rank
         numel = sum(f.numel for f in engine.fragments(pl_module.model))
+        timed = self.step_times[2:] or self.step_times
         stats = {"state_bytes": pl_module.strategy.state_nbytes(), "numel": numel, "engine": engine.name,
-                 "steps": trainer.global_step}
+                 "steps": trainer.global_step, "step_s": statistics.median(timed) if timed else 0.0,
+                 "peak_memory": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0}
         if hasattr(pl_module.strategy, "monitor"):  # CoMMIT: the balance measurements
             stats["kappa"] = pl_module.strategy.monitor.history
         (self.out.parent / f"{self.out.stem}.rank{trainer.global_rank}.json").write_text(json.dumps(stats))
@@ -62,6 +77,8 @@ def main(spec_path: str) -> None:
         cfg = api.compose([*FAST, *SMALL_LLAVA, *EQUAL_STEPS, f"paths.cache_dir={out / 'cache'}",
                            *spec["hardware"], *run["overrides"]], output_dir=out / name)
         parts = api.build(cfg)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         parts["trainer"].callbacks.append(SaveFinalWeights(out / f"{name}.pt"))
         if "stop_at" in run:
             parts["trainer"].callbacks.append(StopAt(run["stop_at"]))

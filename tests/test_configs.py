@@ -84,3 +84,32 @@ def test_config_groups_are_documented_in_readme():
     for group in ("model", "scope", "strategy", "data", "hardware"):
         for option in _options(group):
             assert f"`{option}`" in readme, f"README does not mention {group}={option}"
+
+
+@pytest.mark.parametrize("option, stage, offload", [("deepspeed_zero2", 2, None), ("deepspeed_zero3", 3, None),
+                                                    ("deepspeed_zero2_offload", 2, "cpu"),
+                                                    ("deepspeed_zero3_offload", 3, "cpu"),
+                                                    ("deepspeed_zero2_cpu", 2, None), ("deepspeed_zero3_cpu", 3, None)])
+def test_deepspeed_choices_carry_their_config(compose, option, stage, offload):
+    from mllmft.hardware import DeepSpeedStrategy
+
+    cfg = compose(f"hardware={option}", "hardware.lightning_strategy.config.zero_optimization.reduce_bucket_size=7")
+    strategy = instantiate(cfg.hardware.lightning_strategy)  # builds without a GPU (DeepSpeed starts at fit)
+    assert isinstance(strategy, DeepSpeedStrategy)
+    zero = strategy.config["zero_optimization"]
+    assert zero["stage"] == stage and zero["reduce_bucket_size"] == 7  # overridable from the command line
+    assert zero.get("offload_optimizer", {}).get("device") == offload
+    if option == "deepspeed_zero3_offload":
+        assert zero["offload_param"]["device"] == "cpu"
+
+
+def test_slurm_launcher_composes_one_job_per_sweep_point():
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        overrides = ["hydra/launcher=slurm", "hardware=deepspeed_zero3", "hardware.devices=8", "hardware.num_nodes=2"]
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 8, 8)  # one task per GPU

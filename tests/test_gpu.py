@@ -28,3 +28,33 @@ def test_gpu_strategies_in_bf16(compose, strategy):
     results = run(compose("hardware=gpu", "hardware.precision=bf16-true", f"strategy={strategy}",
                           "scope=connector_llm", "trainer.max_steps=3", *export))
     assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
+
+
+GPU_ENGINES = ["deepspeed_zero2", "deepspeed_zero3", "fsdp2"]
+GPU_STRATEGIES = {"spider": ["strategy=spider"], "lora": ["strategy=lora", "scope=connector_llm"],
+                  "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=2"],
+                  "magnitude_mask": ["strategy=magnitude_mask"], "full": ["strategy=full"]}
+
+
+def test_strategies_under_sharded_engines_in_bf16(tmp_path):
+    """spider, lora, commit and magnitude_mask under ZeRO-2, ZeRO-3 and FSDP2 on CUDA, bf16-mixed, on 2
+    GPUs when there are 2 (else 1): per-rank peak memory and step time ÷ full's, printed side by side."""
+    from test_engines import launch
+
+    world = min(2, torch.cuda.device_count())
+    lines = []
+    for engine in GPU_ENGINES:
+        hardware = [f"hardware={engine}", f"hardware.devices={world}", "hardware.precision=bf16-mixed",
+                    "trainer.max_steps=6"]
+        results = launch(tmp_path / engine, hardware, GPU_STRATEGIES, world=world)
+        full = max(r["step_s"] for r in results["full"][1])
+        for strategy, (_, ranks) in results.items():
+            assert all(r["steps"] == 6 for r in ranks), (engine, strategy)
+            peak = max(r["peak_memory"] for r in ranks) / 2**20
+            step = max(r["step_s"] for r in ranks) / full
+            state = max(r["state_bytes"] for r in ranks) / ranks[0]["numel"]
+            lines.append(f"{engine:16s} {strategy:15s} {peak:10.1f} MB {step:8.2f}x full {state:8.2f} B/param")
+        if world == 2:  # SPIDER's 8 bytes per parameter, shared by the ranks
+            assert max(r["state_bytes"] / r["numel"] for r in results["spider"][1]) <= 4 * 1.01
+    print(f"\n{world} GPU(s), bf16-mixed, per rank: peak memory, step time ÷ full, strategy state")
+    print("\n".join(lines))

@@ -1,0 +1,128 @@
+"""Per-rank strategy state and step time of every strategy under every engine, side by side in one run.
+
+    python bench/sharded_state.py                               # 2 CPU processes, the bench tiny LLaVA
+    python bench/sharded_state.py --engines ddp_cpu fsdp2_cpu --strategies full spider --steps 20
+    python bench/sharded_state.py --engines deepspeed_zero3 fsdp2 --devices 8   # a GPU node
+
+Each engine is launched once (``--devices`` processes, as torchrun would: Lightning does not re-launch)
+and trains every strategy in turn on the same batches. Printed per strategy and engine: the strategy's
+persistent state on each rank in bytes per trainable parameter (the largest rank), and the median
+step time (after warm-up; batch start to batch end: forward, backward, the strategy's work, the
+optimizer step) divided by full fine-tuning's under the same engine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(var, "1")
+
+STRATEGIES = ["full", "spider", "magnitude_mask", "gmt", "spu", "l2_sp", "ewc", "commit", "lora"]
+ENGINES = ["ddp_cpu", "fsdp2_cpu", "deepspeed_zero2_cpu", "deepspeed_zero3_cpu"]
+MODEL = ["model.pretrain=null", "model.tiny.text_hidden=256", "model.tiny.vision_hidden=128",
+         "model.tiny.text_layers=6", "model.tiny.vision_layers=4", "model.tiny.heads=4"]
+SCOPE = {"commit": "connector_llm", "lora": "connector_llm"}  # CoMMIT balances both sides; LoRA adapts the LLM
+
+
+def worker(spec_path: str) -> None:
+    import lightning as L
+    import torch
+
+    from mllmft import api
+
+    class StepTimer(L.Callback):
+        def __init__(self, warmup: int):
+            self.warmup, self.times, self._start = warmup, [], 0.0
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            self._start = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if batch_idx >= self.warmup:
+                self.times.append(time.perf_counter() - self._start)
+
+    spec = json.loads(Path(spec_path).read_text())
+    rank = int(os.environ["RANK"])
+    torch.set_num_threads(spec["threads"])
+    for strategy in spec["strategies"]:
+        cfg = api.compose([*MODEL, f"strategy={strategy}", f"scope={SCOPE.get(strategy, 'all')}",
+                           f"hardware={spec['engine']}", f"hardware.devices={spec['devices']}", "logger=none", "callbacks=none", "print_config=false",
+                           f"trainer.max_steps={spec['steps'] + spec['warmup']}", "trainer.limit_val_batches=0",
+                           "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+                           f"data.batch_size={spec['batch_size']}", "trainer.log_every_n_steps=1000000"],
+                          output_dir=Path(spec["out"]) / strategy)
+        parts = api.build(cfg)
+        timer = StepTimer(spec["warmup"])
+        parts["trainer"].callbacks.append(timer)
+        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+        # whole tensors' sizes (a ZeRO-3 parameter's own shape is its empty placeholder's)
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in parts["backbone"].model.parameters()
+                        if p.requires_grad)
+        result = {"step_s": statistics.median(timer.times), "trainable": trainable,
+                  "state_bytes": parts["strategy"].state_nbytes()}
+        (Path(spec["out"]) / f"{strategy}.rank{rank}.json").write_text(json.dumps(result))
+
+
+def launch(engine: str, args, out: Path) -> dict[str, list[dict]]:
+    out.mkdir(parents=True, exist_ok=True)
+    spec = out / "spec.json"
+    spec.write_text(json.dumps({"engine": engine, "strategies": args.strategies, "steps": args.steps,
+                                "warmup": args.warmup, "batch_size": args.batch_size, "devices": args.devices,
+                                "threads": args.threads, "out": str(out)}))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(args.devices),
+           "NODE_RANK": "0"}
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", str(spec)], cwd=out,
+                              env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=(out / f"rank{r}.log").open("w"), stderr=subprocess.STDOUT)
+             for r in range(args.devices)]
+    if any(p.wait() for p in procs):
+        sys.exit(f"{engine} failed: see {out}/rank*.log")
+    return {s: [json.loads((out / f"{s}.rank{r}.json").read_text()) for r in range(args.devices)]
+            for s in args.strategies}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--engines", nargs="+", default=ENGINES, help="hardware choices (conf/hardware)")
+    parser.add_argument("--strategies", nargs="+", default=STRATEGIES)
+    parser.add_argument("--devices", type=int, default=2, help="processes per engine")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process")
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker)
+    args.strategies = ["full", *[s for s in args.strategies if s != "full"]]
+    root = Path(tempfile.mkdtemp(prefix="mllmft-sharded-bench-"))
+    results = {engine: launch(engine, args, root / engine) for engine in args.engines}
+    print(f"\n{args.devices} processes per engine, batch {args.batch_size} per rank, {args.steps} timed steps; "
+          "state: bytes per trainable parameter on the largest rank; step: median ÷ full's under that engine")
+    print(f"{'strategy':16s}" + "".join(f" {e:>26s}" for e in args.engines))
+    print(f"{'':16s}" + "".join(f" {'state B/param   step ÷ full':>26s}" for _ in args.engines))
+    for strategy in args.strategies:
+        cells = []
+        for engine in args.engines:
+            ranks = results[engine][strategy]
+            state = max(r["state_bytes"] for r in ranks) / ranks[0]["trainable"]
+            step = max(r["step_s"] for r in ranks) / max(r["step_s"] for r in results[engine]["full"])
+            cells.append(f" {state:14.2f} {step:11.2f}")
+        print(f"{strategy:16s}" + "".join(cells))
+
+
+if __name__ == "__main__":
+    main()
