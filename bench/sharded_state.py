@@ -56,7 +56,8 @@ def worker(spec_path: str) -> None:
     torch.set_num_threads(spec["threads"])
     for strategy in spec["strategies"]:
         cfg = api.compose([*MODEL, f"strategy={strategy}", f"scope={SCOPE.get(strategy, 'all')}",
-                           f"hardware={spec['engine']}", f"hardware.devices={spec['devices']}", "logger=none", "callbacks=none", "print_config=false",
+                           f"hardware={spec['engine']}", f"hardware.devices={spec['devices']}", "logger=none",
+                           "callbacks=none", "print_config=false",
                            f"trainer.max_steps={spec['steps'] + spec['warmup']}", "trainer.limit_val_batches=0",
                            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                            f"data.batch_size={spec['batch_size']}", "trainer.log_every_n_steps=1000000"],
