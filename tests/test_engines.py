@@ -40,6 +40,7 @@ ENGINES = {"ddp": ["hardware=ddp_cpu"], "fsdp2": ["hardware=fsdp2_cpu"], "zero2"
 # in `make test`: these four under every engine, one launch per engine
 FAST = {"spider": ["strategy=spider"], "gmt": ["strategy=gmt"], "l2_sp": ["strategy=l2_sp", "strategy.lam=1.0"],
         "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"]}
+BF16 = {"spider_bf16": ["strategy=spider", "hardware.precision=bf16-mixed"]}  # against fp32: a tolerance
 SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude_mask": ["strategy=magnitude_mask"],
         "random_mask": ["strategy=random_mask"], "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
         "hft": ["strategy=hft"], "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
@@ -116,7 +117,28 @@ def _max_difference(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def engine_runs(tmp_path_factory):
-    return {engine: launch(tmp_path_factory.mktemp(engine), hardware, FAST) for engine, hardware in ENGINES.items()}
+    return {engine: launch(tmp_path_factory.mktemp(engine), hardware, {**FAST, **BF16})
+            for engine, hardware in ENGINES.items()}
+
+
+def relative_deviation(weights: dict, expected: dict, theta0: dict) -> float:
+    """‖w − w_ref‖ / ‖w_ref − θ0‖: the share of the reference's update the run did differently."""
+    difference = sum(float((weights[k].float() - expected[k].float()).square().sum()) for k in expected)
+    update = sum(float((expected[k].float() - theta0[k].float()).square().sum()) for k in expected)
+    return (difference / update) ** 0.5
+
+
+def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_runs, compose):
+    """bf16-mixed: autocast over fp32 weights (DDP, FSDP2; measured 0.061 of the update after 3 steps),
+    DeepSpeed's bf16 weights with an fp32 master (ZeRO-2/3: measured 0.117, as bf16-true on one device).
+    θ0 in the parameters' dtype, Σ g in fp32, both sharded."""
+    theta0 = {n: p.detach() for n, p in api.build(compose())["backbone"].model.named_parameters() if p.requires_grad}
+    for engine, runs in engine_runs.items():
+        deviation = relative_deviation(runs["spider_bf16"][0], runs["spider"][0], theta0)
+        per_param = max(r["state_bytes"] / r["numel"] for r in runs["spider_bf16"][1])
+        print(f"spider bf16-mixed under {engine}: update deviation {deviation:.3f}, {per_param:.2f} B/param/rank")
+        assert deviation <= (0.25 if engine.startswith("zero") else 0.10), (engine, deviation)
+        assert per_param <= (8 if engine == "ddp" else 4) * 1.01, (engine, per_param)
 
 
 @pytest.mark.parametrize("strategy", sorted(FAST))

@@ -174,6 +174,21 @@ def test_spider_logs_diagnostics_and_draws_the_heatmap(compose, tmp_path):
     assert (tmp_path / "run" / "spider_mask_density.png").is_file()
 
 
+def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
+    """‖w_bf16 − w_fp32‖ / ‖w_fp32 − θ0‖ after 5 steps: measured 0.043 (bf16-mixed), 0.11 (bf16-true)."""
+    from test_engines import relative_deviation
+
+    runs = {p: _fit(compose, "strategy=spider", "trainer.max_steps=5", f"hardware.precision={p}")
+            for p in ("32", "bf16-mixed", "bf16-true")}
+    theta0 = {n: p.detach() for n, p in api.build(compose())["backbone"].model.named_parameters() if p.requires_grad}
+    weights = {p: {n: t.detach() for n, t in r["backbone"].model.named_parameters() if n in theta0}
+               for p, r in runs.items()}
+    assert relative_deviation(weights["bf16-mixed"], weights["32"], theta0) <= 0.10
+    assert relative_deviation(weights["bf16-true"], weights["32"], theta0) <= 0.25
+    assert {t.dtype for t in runs["bf16-true"]["strategy"].theta0.parts.values()} == {torch.bfloat16}
+    assert {t.dtype for t in runs["bf16-true"]["strategy"].accumulated.values()} == {torch.float32}
+
+
 def test_spider_state_is_six_bytes_per_parameter_in_bf16(compose):
     parts = _fit(compose, "strategy=spider", "hardware.precision=bf16-true", "trainer.max_steps=1",
                  "trainer.log_every_n_steps=1")

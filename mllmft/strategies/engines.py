@@ -28,6 +28,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+REBUILD_BUCKET = 2**26  # elements (256 MB of fp32) per all-reduce when DeepSpeed's parameters are rebuilt
+
 
 @dataclass
 class Fragment:
@@ -256,12 +258,26 @@ class DeepSpeedEngine(_DistributedEngine):
             self._rebuild(fragments)
 
     def _rebuild(self, fragments: list[Fragment]) -> None:
-        """Each parameter whole again from the ranks' fragments (each element is on one rank)."""
+        """Each parameter whole again from the ranks' fragments (each element is on one rank), in
+        buckets of at most REBUILD_BUCKET elements: one all-reduce per bucket, not per tensor."""
+        bucket: list[Fragment] = []
         for f in fragments:
-            whole = torch.zeros(f.numel, dtype=torch.float32, device=f.param.device)
+            if bucket and sum(b.numel for b in bucket) + f.numel > REBUILD_BUCKET:
+                self._rebuild_bucket(bucket)
+                bucket = []
+            bucket.append(f)
+        if bucket:
+            self._rebuild_bucket(bucket)
+
+    @torch.no_grad()
+    def _rebuild_bucket(self, fragments: list[Fragment]) -> None:
+        flat = torch.zeros(sum(f.numel for f in fragments), dtype=torch.float32, device=fragments[0].param.device)
+        wholes = flat.split([f.numel for f in fragments])
+        for f, whole in zip(fragments, wholes):
             if f.size:
                 f.part(whole).copy_(f.values())
-            self.all_reduce(whole)
+        self.all_reduce(flat)
+        for f, whole in zip(fragments, wholes):
             f.param.data.copy_(whole.view(f.shape))
 
 

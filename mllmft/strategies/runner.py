@@ -101,7 +101,7 @@ class StrategyRunner(Callback):
             if self.strategy.writes_weights:
                 with torch.no_grad():
                     self.strategy.after_step(ctx)
-                ctx.engine.publish(ctx.fragments)
+                    ctx.engine.publish(ctx.fragments)
             else:
                 self.strategy.after_step(ctx)
             self.strategy.after_batch(ctx, batch)
