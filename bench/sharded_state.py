@@ -21,41 +21,29 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 
+from strategy_overhead import MODEL as BENCH_MODEL  # noqa: E402  (the bench model: ~4.8 M parameters)
+
 STRATEGIES = ["full", "spider", "magnitude_mask", "gmt", "spu", "l2_sp", "ewc", "commit", "lora"]
 ENGINES = ["ddp_cpu", "fsdp2_cpu", "deepspeed_zero2_cpu", "deepspeed_zero3_cpu"]
-MODEL = ["model.pretrain=null", "model.tiny.text_hidden=256", "model.tiny.vision_hidden=128",
-         "model.tiny.text_layers=6", "model.tiny.vision_layers=4", "model.tiny.heads=4"]
 SCOPE = {"commit": "connector_llm", "lora": "connector_llm"}  # CoMMIT balances both sides; LoRA adapts the LLM
 
 
 def worker(spec_path: str) -> None:
-    import lightning as L
     import torch
+    from strategy_overhead import StepTimer  # the same timing, beside this file
 
     from mllmft import api
-
-    class StepTimer(L.Callback):
-        def __init__(self, warmup: int):
-            self.warmup, self.times, self._start = warmup, [], 0.0
-
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            self._start = time.perf_counter()
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if batch_idx >= self.warmup:
-                self.times.append(time.perf_counter() - self._start)
 
     spec = json.loads(Path(spec_path).read_text())
     rank = int(os.environ["RANK"])
     torch.set_num_threads(spec["threads"])
     for strategy in spec["strategies"]:
-        cfg = api.compose([*MODEL, f"strategy={strategy}", f"scope={SCOPE.get(strategy, 'all')}",
+        cfg = api.compose([*BENCH_MODEL, f"strategy={strategy}", f"scope={SCOPE.get(strategy, 'all')}",
                            f"hardware={spec['engine']}", f"hardware.devices={spec['devices']}", "logger=none",
                            "callbacks=none", "print_config=false",
                            f"trainer.max_steps={spec['steps'] + spec['warmup']}", "trainer.limit_val_batches=0",

@@ -33,8 +33,6 @@ class TuningStrategy:
     trains: bool = True  # False: the run only evaluates
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)
     captures_weights: bool = False  # capture() wants the loaded trainable weights
-    # engines it cannot run on, with the reason (a start-up error says it)
-    unsupported_engines: dict[str, str] = {}
 
     def attach(self, backbone: Backbone) -> None:
         """Prepare the model (wrap, freeze); called before the trainer exists."""

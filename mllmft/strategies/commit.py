@@ -55,7 +55,6 @@ class CoMMIT(TuningStrategy):
         self.side_lr = rule and SideLearningRates(rule, self._group_side, log_every=every_k)
         self.writes_weights = self.base.writes_weights
         self.captures_weights = self.base.captures_weights
-        self.unsupported_engines = self.base.unsupported_engines
 
     def _group_side(self, group_name: str) -> str:
         return "encoder" if group_name.split(".")[0] in self.encoder_side else "llm"

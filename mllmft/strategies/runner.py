@@ -135,9 +135,6 @@ class StrategyRunner(Callback):
             self.strategy.load_state_dict(state_dict)
 
 
-ENGINES = ("local", "fsdp2", "deepspeed")
-
-
 def engine_name(lightning_strategy) -> str:
     """The engine a ``hardware.lightning_strategy`` value (a name or a ``_target_`` config) runs on:
     local (one device, DDP), fsdp2, deepspeed, or fsdp1 (Lightning's FSDPStrategy)."""
@@ -151,17 +148,14 @@ def engine_name(lightning_strategy) -> str:
 
 
 def check_engine(strategy: TuningStrategy, lightning_strategy) -> None:
-    """Refuse, before anything is built, a tuning strategy the chosen engine cannot run."""
-    engine = engine_name(lightning_strategy)
-    if engine == "fsdp1" and strategy.acts_on_training:
+    """Refuse, before anything is built, a tuning strategy the chosen engine cannot run: every strategy
+    runs on one device, DDP, FSDP2 and DeepSpeed; FSDP1 only those that leave training to the optimizer."""
+    if engine_name(lightning_strategy) == "fsdp1" and strategy.acts_on_training:
         raise ConfigError(f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
                           "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "
                           "use hardware=fsdp2 (or a deepspeed_* choice)")
-    reason = strategy.unsupported_engines.get(engine)
-    if reason:
-        raise ConfigError(f"strategy={strategy.name} does not run under {engine}: {reason}")
 
 
 def _at_accumulation_boundary(trainer) -> bool:
-    engine = getattr(trainer.strategy, "deepspeed_engine", None) if hasattr(trainer.strategy, "config") else None
+    engine = getattr(trainer.strategy, "deepspeed_engine", None)
     return engine is None or engine.is_gradient_accumulation_boundary()
