@@ -56,29 +56,37 @@ def _toy_batches(n):
 
 
 class _Measure(TuningStrategy):
-    """Only the balance measurement, run by the StrategyRunner as CoMMIT runs it."""
+    """Only the balance measurement (and side learning rates), run by the StrategyRunner as CoMMIT runs them."""
 
     name = "measure"
 
-    def __init__(self, monitor):
-        self.monitor = monitor
+    def __init__(self, monitor, side_lr=None):
+        self.monitor, self.side_lr = monitor, side_lr
+
+    def start(self, ctx):
+        if self.side_lr:
+            self.side_lr.start(ctx)
 
     def before_batch(self, ctx, batch):
         self.monitor.before_batch(ctx, batch)
+
+    def before_step(self, ctx):
+        if self.side_lr:
+            self.side_lr.before_step(ctx)
 
     def after_batch(self, ctx, batch):
         self.monitor.after_batch(ctx, batch)
 
 
-def _fit_toy(lrs, steps, every_k=1, callbacks=()):
+def _fit_toy(lrs, steps, every_k=1, side_lr=None):
     import tempfile
 
     module = _ToyModule(lrs)
     monitor = BalanceMonitor(every_k=every_k, ema=0.0)
     monitor.sides = {"enc": "encoder", "llm": "llm"}
-    runner = StrategyRunner(_Measure(monitor), components=None)
+    runner = StrategyRunner(_Measure(monitor, side_lr), components=None)
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[runner, *callbacks],
+                        enable_model_summary=False, callbacks=[runner],
                         default_root_dir=tempfile.mkdtemp(prefix="mllmft-toy-"))  # its κ plot, not in the cwd
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_toy_batches(steps), batch_size=None))
     return monitor, module
@@ -116,13 +124,23 @@ def test_kappa_rule_raises_the_lagging_side_within_bounds():
         KappaRule(monitor, low=1.5, high=2.0)
 
 
-def test_side_learning_rates_scale_the_step_and_leave_the_schedule_alone():
+def test_side_learning_rates_scale_the_step():
     rule = KappaRule(SimpleNamespace(kappa=0.25), low=0.1, high=10.0)  # encoder × 1.5, llm × 0.5
     side_lr = SideLearningRates(rule, lambda name: "encoder" if name == "connector" else "llm")
-    _, module = _fit_toy((0.1, 0.1), steps=1, callbacks=[side_lr])
-    optimizer = module.trainer.optimizers[0]
-    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.1]  # restored after the step
+    _, module = _fit_toy((0.1, 0.1), steps=1, side_lr=side_lr)
     assert side_lr.last == pytest.approx({"connector": 0.15, "llm": 0.05})
+    moved_enc, moved_llm = 1 - module.model.enc.item(), 1 - module.model.llm.item()  # equal gradients, SGD
+    assert moved_enc / moved_llm == pytest.approx(3.0)
+
+
+def test_side_learning_rates_leave_the_schedule_alone(compose):
+    """The schedule's lrs are the base of every step's multipliers, and never see them."""
+    plain = api.build(compose("strategy=constant", "scope=connector_llm", "trainer.max_steps=4"))
+    scaled = api.build(compose("strategy=feature_cd", "scope=connector_llm", "trainer.max_steps=4"))
+    for parts in (plain, scaled):
+        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    schedules = [p["trainer"].lr_scheduler_configs[0].scheduler.get_last_lr() for p in (plain, scaled)]
+    assert schedules[0] == schedules[1]
 
 
 def test_coordinate_descent_alternates_sides():

@@ -71,7 +71,7 @@ class CoMMIT(TuningStrategy):
                               "a scope that trains both (e.g. scope=connector_llm)")
 
     def callbacks(self) -> list[Callback]:
-        return [*self.base.callbacks(), *([self.side_lr] if self.side_lr else [])]
+        return self.base.callbacks()
 
     # the base strategy's hooks, then the measurement around each step
     def capture(self, weights) -> None:
@@ -80,6 +80,8 @@ class CoMMIT(TuningStrategy):
     def start(self, ctx) -> None:
         self.monitor.check(ctx.trainer)
         self.base.start(ctx)
+        if self.side_lr:
+            self.side_lr.start(ctx)
 
     def before_batch(self, ctx, batch: dict) -> None:
         self.base.before_batch(ctx, batch)
@@ -87,6 +89,8 @@ class CoMMIT(TuningStrategy):
 
     def before_step(self, ctx) -> None:
         self.base.before_step(ctx)
+        if self.side_lr:
+            self.side_lr.before_step(ctx)
 
     def after_step(self, ctx) -> None:
         self.base.after_step(ctx)

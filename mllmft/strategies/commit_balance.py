@@ -112,7 +112,7 @@ class BalanceMonitor:
         self.measurements += 1
         record = {"step": ctx.step, "kappa": self.kappa, "kappa_raw": raw, "kl_encoder": d_encoder, "kl_llm": d_llm}
         self.history.append(record)
-        log_now(ctx.trainer, {f"commit/{k}": float(v) for k, v in record.items() if k != "step"}, ctx.step)
+        ctx.log_now({f"commit/{k}": float(v) for k, v in record.items() if k != "step"}, ctx.step)
         self.reference = before if self.keep_reference else None
         self._before = self._log_p_prev = None
 
@@ -163,12 +163,6 @@ class BalanceMonitor:
         self.measurements = state["measurements"]
         self.history = list(state["history"])
         self.reference = state.get("reference")
-
-
-def log_now(trainer, metrics: dict[str, float], step: int) -> None:
-    """Straight to the loggers: every measurement is logged, whatever trainer.log_every_n_steps."""
-    for logger in trainer.loggers:
-        logger.log_metrics(metrics, step=step)
 
 
 def plot_kappa(history: list[dict[str, float]], path: Path) -> None:

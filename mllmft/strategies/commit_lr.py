@@ -1,17 +1,15 @@
 """Per-side learning rates on top of the base schedule: the encoder side's and the LLM side's
 parameter groups get multipliers chosen each step by a rule (CoMMIT's κ rule, coordinate descent).
 
-The multipliers are applied in an optimizer step pre-hook and undone in its post-hook, so the base
-schedule (whatever scheduler sets it, cumulative or not) never sees them and they never compound.
+The multipliers are applied to the lrs the schedule set for the step, before the step; the schedule
+recomputes every lr from its base lrs at its next step, so it never sees them and they never compound.
 """
 
 from __future__ import annotations
 
 import torch
-from lightning import Callback
 
 from mllmft.errors import ConfigError
-from mllmft.strategies.commit_balance import log_now
 
 
 class KappaRule:
@@ -46,45 +44,34 @@ class CoordinateDescentRule:
         return {"encoder": float(active == "encoder"), "llm": float(active == "llm")}
 
 
-class SideLearningRates(Callback):
-    """Scale each parameter group's lr by its side's multiplier. ``group_side(group_name)`` says which
-    side a group (named after its component by ``param_groups``) is on."""
+class SideLearningRates:
+    """Scale each parameter group's lr by its side's multiplier, from the strategy's ``before_step``:
+    the lr of a step is the schedule's lr for it × the multiplier. The schedule sets every lr afresh
+    from its base lrs at each of its steps, so multipliers never compound and the schedule never sees
+    them. ``group_side(group_name)`` says which side a group (named after its component by
+    ``param_groups``) is on."""
 
     def __init__(self, rule, group_side, log_every: int = 10):
         self.rule, self.group_side, self.log_every = rule, group_side, log_every
         self.last: dict[str, float] = {}  # group name -> lr actually used at the last step (logged)
-        self._handles: list = []
-        self._base: list[float] = []
-        self._step = 0
+        self.optimizer = None
+        self._schedule = None
+        self._constant: list[float] = []
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        for optimizer in trainer.optimizers:
-            optimizer = torch_optimizer(optimizer)
-            self._handles += [optimizer.register_step_pre_hook(self._scale),
-                              optimizer.register_step_post_hook(self._restore)]
+    def start(self, ctx) -> None:
+        self.optimizer = torch_optimizer(ctx.trainer.optimizers[0])
+        configs = ctx.trainer.lr_scheduler_configs
+        self._schedule = configs[0].scheduler if configs else None
+        self._constant = [g["lr"] for g in self.optimizer.param_groups]  # without a schedule
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._step = trainer.global_step
-
-    def _scale(self, optimizer, args, kwargs) -> None:
-        multipliers = self.rule(self._step)
-        self._base = [g["lr"] for g in optimizer.param_groups]
-        for group in optimizer.param_groups:
-            group["lr"] = group["lr"] * multipliers[self.group_side(group.get("name", ""))]
-            self.last[group.get("name", "")] = group["lr"]
-
-    def _restore(self, optimizer, args, kwargs) -> None:
-        for group, lr in zip(optimizer.param_groups, self._base):
-            group["lr"] = lr
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if (trainer.global_step - 1) % self.log_every == 0 and self.last:
-            log_now(trainer, {f"commit/lr/{name}": lr for name, lr in self.last.items()}, trainer.global_step - 1)
+    def before_step(self, ctx) -> None:
+        scheduled = self._schedule.get_last_lr() if self._schedule is not None else self._constant
+        multipliers = self.rule(ctx.step)
+        for group, lr in zip(self.optimizer.param_groups, scheduled):
+            name = group.get("name", "")
+            group["lr"] = self.last[name] = lr * multipliers[self.group_side(name)]
+        if ctx.step % self.log_every == 0:
+            ctx.log_now({f"commit/lr/{name}": lr for name, lr in self.last.items()}, ctx.step)
 
 
 def torch_optimizer(optimizer) -> torch.optim.Optimizer:

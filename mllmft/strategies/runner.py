@@ -40,7 +40,13 @@ class StepContext:
     mask_stats: MaskStats | None = None
 
     def log(self, values: dict[str, float]) -> None:
+        """Logged with the step's other metrics (every ``trainer.log_every_n_steps`` steps)."""
         self.metrics.update(values)
+
+    def log_now(self, values: dict[str, float], step: int) -> None:
+        """Straight to the loggers, whatever ``trainer.log_every_n_steps`` (a measurement every K steps)."""
+        for logger in self.trainer.loggers:
+            logger.log_metrics(values, step=step)
 
 
 class StrategyRunner(Callback):
