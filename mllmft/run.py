@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -107,8 +108,11 @@ def prepare(cfg: DictConfig) -> dict:
             "trainer": trainer, "loggers": loggers}
 
 
-def run(cfg: DictConfig) -> dict:
-    """Zero-shot test (optional), fit, test on target + upstream; returns and writes results.json."""
+def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
+    """Zero-shot test (optional), fit, test on target + upstream; returns and writes results.json.
+
+    ``update(parts)`` replaces the fit with another change of the model (mllmft-merge's merge); what
+    it returns goes into ``results["run"]``."""
     started = time.time()
     if cfg.get("print_config", True):
         L.pytorch.utilities.rank_zero_only(print_config)(cfg)
@@ -118,22 +122,26 @@ def run(cfg: DictConfig) -> dict:
     scores, details = {}, {}
     # mllmft-eval sets evaluate_only: a checkpoint of any strategy (a peft one too) is tested, not trained
     trains = parts["strategy"].trains and not cfg.get("evaluate_only", False)
-    if trains and cfg.zeroshot_test:
+    changes = trains or update is not None
+    if changes and cfg.zeroshot_test:
         module.test_phase = "zeroshot"
         trainer.test(module, datamodule=datamodule, verbose=False)
         scores["zeroshot"], _, details["zeroshot"] = test_scores(trainer, names)
-    steps = 0
-    if trains:
+    steps, run_info = 0, {}
+    if update is not None:
+        run_info = update(parts)
+    elif trains:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # from the logged metrics: under ddp_fork/spawn the fit ran in child processes
         steps = int(trainer.callback_metrics.get("trainer/steps", 0))
     # an evaluation-only run may still start from a training checkpoint
     module.test_phase = "final"
     trainer.test(module, datamodule=datamodule, verbose=False,
-                 ckpt_path=None if trains else cfg.get("ckpt_path"))
+                 ckpt_path=None if changes else cfg.get("ckpt_path"))
     scores["final"], samples, details["final"] = test_scores(trainer, names)
     throughput = float(trainer.callback_metrics["test/samples_per_s"])
     results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started)
+    results["run"].update(run_info)
     results["eval_samples_per_s"] = round(throughput, 2)
     out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
