@@ -51,10 +51,10 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def progress(items: Iterable, description: str, total: int) -> Iterator:
-    """A progress bar on a terminal for start-up checks that can take a while; silent elsewhere
-    (logs, tests) and for small jobs."""
-    if total < 500 or not sys.stderr.isatty():
+def progress(items: Iterable, description: str, total: int, min_total: int = 500) -> Iterator:
+    """A progress bar on a terminal for work that can take a while; silent elsewhere (logs, tests) and
+    for fewer than ``min_total`` items."""
+    if total < min_total or not sys.stderr.isatty():
         yield from items
         return
     from rich.progress import track

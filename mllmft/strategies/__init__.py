@@ -7,6 +7,7 @@ from mllmft.strategies.fixed_masks import MagnitudeMask, RandomMask
 from mllmft.strategies.full import FullFineTuning
 from mllmft.strategies.gradient_masks import GMT, SPU
 from mllmft.strategies.hft import HFT
+from mllmft.strategies.model_dowser import ModelDowser
 from mllmft.strategies.peft_adapters import (
     IA3,
     AdaLoRA,
@@ -20,5 +21,5 @@ from mllmft.strategies.spider import SPIDER
 from mllmft.strategies.zeroshot import ZeroShot
 
 __all__ = ["EWC", "GMT", "HFT", "IA3", "SPIDER", "SPU", "AdaLoRA", "AnchorPenalty", "CoMMIT", "FullFineTuning", "LoRA",
-           "MagnitudeMask", "PeftStrategy",
+           "MagnitudeMask", "ModelDowser", "PeftStrategy",
            "PrefixTuning", "PromptTuning", "RandomMask", "TuningStrategy", "VeRA", "ZeroShot"]
