@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from mllmft.backbones import Backbone
 from mllmft.config import CONF_DIR
+from mllmft.merges import MergeMethod
 from mllmft.run import build_backbone
 from mllmft.strategies import TuningStrategy
 
@@ -32,7 +33,8 @@ def _cases():
 @pytest.mark.parametrize("group, option", _cases())
 def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, option):
     added = "+" if group in ADDED_GROUPS else ""  # groups used inside data configs, not in train.yaml
-    cfg = compose(f"{added}{group}={option}", *REQUIRED.get((group, option), []))
+    config_name = "merge" if group == "merge" else "train"  # mllmft-merge's own group
+    cfg = compose(f"{added}{group}={option}", *REQUIRED.get((group, option), []), config_name=config_name)
     OmegaConf.to_container(cfg, resolve=(group not in ("logger", "callbacks")))  # hydra: nodes need a run
     if group == "model":
         if cfg.model.checkpoint:  # a real checkpoint: not on this machine, so a clear, immediate error
@@ -45,6 +47,9 @@ def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, opt
         assert source.name == option and source.metric
     elif group == "strategy":
         assert isinstance(instantiate(cfg.strategy), TuningStrategy)
+    elif group == "merge":
+        method = instantiate(cfg.merge)
+        assert isinstance(method, MergeMethod) and method.name == option
     elif group == "data":
         dm = instantiate(cfg.data, _partial_=True)(processor=tiny_backbone.processor)
         if option in ("digits", "shapes"):  # real data sets are read in test_readers.py, from fixtures
