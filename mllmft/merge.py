@@ -30,7 +30,7 @@ def merge_update(cfg: DictConfig):
 
     def update(parts: dict) -> dict:
         started = time.perf_counter()
-        method = instantiate(cfg.merge)
+        method = parts["merge"] = instantiate(cfg.merge)
         backbone = parts["backbone"]
         finetuned = FinetunedWeights.open(cfg.finetuned, backbone, parts["module"].run_identity)
         method.prepare(parts, finetuned)

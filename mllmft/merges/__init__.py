@@ -1,6 +1,9 @@
 """Post-hoc merging of a fine-tuned model into its base, chosen by ``conf/merge/<name>.yaml``."""
 
 from mllmft.merges.base import FinetunedWeights, MergeMethod, merge_into
+from mllmft.merges.grafting import Grafting
+from mllmft.merges.model_tailor import ModelTailor
 from mllmft.merges.task_vectors import DARE, TIES, TaskArithmetic, WiSEFT
 
-__all__ = ["DARE", "TIES", "FinetunedWeights", "MergeMethod", "TaskArithmetic", "WiSEFT", "merge_into"]
+__all__ = ["DARE", "TIES", "FinetunedWeights", "Grafting", "MergeMethod", "ModelTailor", "TaskArithmetic", "WiSEFT",
+           "merge_into"]

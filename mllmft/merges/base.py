@@ -23,9 +23,12 @@ log = logging.getLogger(__name__)
 
 class MergeMethod:
     """``merge(name, theta0, theta_ft) -> merged`` for one tensor (fp32 in, any dtype out); methods
-    that need data first get ``prepare(parts, finetuned)`` (the run's parts: backbone, datamodule...)."""
+    that need data first get ``prepare(parts, finetuned)`` (the run's parts: backbone, datamodule...),
+    which may write tensors into the model itself (Model Tailor merges block by block, each on the
+    inputs of the blocks merged before it) and name them in ``written``."""
 
     name = "base"
+    written: frozenset[str] | set[str] = frozenset()
 
     def prepare(self, parts: dict, finetuned: FinetunedWeights) -> None:
         pass
@@ -110,6 +113,9 @@ def merge_into(model: nn.Module, method: MergeMethod, finetuned: FinetunedWeight
     for name, param in model.named_parameters():
         theta_ft = finetuned.get(name)
         if theta_ft is None:
+            continue
+        if name in method.written:
+            changed += 1
             continue
         merged = method.merge(name, param.detach().float(), theta_ft.to(param.device).float())
         param.copy_(merged.to(param.dtype))

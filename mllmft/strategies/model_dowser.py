@@ -34,17 +34,10 @@ from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.dowser_probe import PSI_MODES, probe_scores, synthetic_sequences
+from mllmft.strategies.tensor_stats import lowest_entries
 
 log = logging.getLogger(__name__)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def lowest_entries(scores: torch.Tensor, ratio: float) -> torch.Tensor:
-    """True on exactly round(ratio · numel) lowest-scoring entries (ties: the earlier position)."""
-    flat = scores.reshape(-1)
-    mask = torch.zeros(flat.numel(), dtype=torch.bool)
-    mask[flat.argsort(stable=True)[:round(ratio * flat.numel())]] = True
-    return mask.view_as(scores)
 
 
 class ModelDowser(TuningStrategy):

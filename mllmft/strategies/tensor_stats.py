@@ -84,3 +84,12 @@ def _ties_on_lower_ranks(engine, ties: torch.Tensor) -> torch.Tensor:
 
 def _device(tensors: list[torch.Tensor]) -> torch.device:
     return tensors[0].device if tensors else torch.device("cpu")
+
+
+def lowest_entries(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """True on exactly round(ratio · numel) lowest-scoring entries of a whole tensor (any sign; ties:
+    the earlier position), e.g. Model-Dowser's trainable entries; ``lowest_entries(-s, r)`` the highest."""
+    flat = scores.reshape(-1)
+    mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
+    mask[flat.argsort(stable=True)[:round(ratio * flat.numel())]] = True
+    return mask.view_as(scores)
