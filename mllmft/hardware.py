@@ -11,12 +11,15 @@ but CUDA, though DeepSpeed's ZeRO-2/3 work there (shared/ENVIRONMENT.md). On CUD
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from lightning.pytorch.strategies import DDPStrategy, ModelParallelStrategy
 from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeedStrategy
 from omegaconf import OmegaConf
+from torch import nn
 
 from mllmft.errors import ConfigError
 
@@ -132,3 +135,23 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))
         return _load_rank_state(self, super().load_checkpoint(path, weights_only), path)
+
+
+def compute_device(model: nn.Module) -> torch.device:
+    """This rank's GPU when there is one, else the model's own device: for work on the model before
+    Lightning moves it (Model-Dowser's probe, the data-driven merges)."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return next(model.parameters()).device
+
+
+@contextmanager
+def on_compute_device(model: nn.Module):
+    """The model on ``compute_device`` in eval mode (no dropout: deterministic), put back after."""
+    home, was_training = next(model.parameters()).device, model.training
+    device = compute_device(model)
+    model.to(device).eval()
+    try:
+        yield device
+    finally:
+        model.to(home).train(was_training)

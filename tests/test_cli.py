@@ -63,6 +63,27 @@ def test_eval_entry_point_on_an_exported_checkpoint(tmp_path, tiny_backbone):
     assert results["run"]["strategy"] == "zeroshot" and results["run"]["backbone_source"].endswith("export")
 
 
+def test_merge_sweep_from_a_training_checkpoint_spans_the_two_runs(tmp_path):
+    """The WiSE-FT sweep of the issue on a run directory with only checkpoints/last.ckpt: α = 0 scores
+    as the base model and α = 1 as the fine-tuned one, set by set; no ``finetuned``: one line, exit 2."""
+    checkpoints = ["callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor"]  # no logger here
+    train = _run([BIN / "mllmft-train", *FAST, *checkpoints, "trainer.max_steps=3", "module.lr=1e-2",
+                  "zeroshot_test=true", "hydra.run.dir=run"], tmp_path)
+    assert train.returncode == 0, train.stderr[-3000:]
+    trained = json.loads((tmp_path / "run" / "results.json").read_text())
+    proc = _run([BIN / "mllmft-merge", "-m", *FAST, "merge=wise_ft", "merge.alpha=0,1", f"finetuned={tmp_path / 'run'}",
+                 "hydra.sweep.dir=sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    merged = {json.loads(r.read_text())["run"]["merge"]["alpha"]: json.loads(r.read_text())
+              for r in (tmp_path / "sweep").glob("*/results.json")}
+    assert set(merged) == {0, 1}
+    assert merged[1]["run"]["merge"]["finetuned"].endswith("last.ckpt")
+    assert merged[0]["scores"]["final"] == trained["scores"]["zeroshot"]
+    assert merged[1]["scores"]["final"] == trained["scores"]["final"]
+    missing = _run([BIN / "mllmft-merge", *FAST, "hydra.run.dir=none"], tmp_path)
+    assert missing.returncode == 2 and "finetuned" in missing.stderr and "Traceback" not in missing.stderr
+
+
 @pytest.mark.parametrize("case", ["unknown_strategy", "missing_image", "empty_answer"])
 def test_bad_input_is_one_clear_message(tmp_path, case):
     Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.png")

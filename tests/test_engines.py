@@ -45,6 +45,8 @@ SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude
         "random_mask": ["strategy=random_mask"], "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
         "hft": ["strategy=hft"], "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
         "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
+        "model_dowser": ["strategy=model_dowser", "scope=llm_last_n", "scope.llm.last_n_layers=2",
+                         "strategy.sequences=4", "strategy.length=8", "strategy.passes=2"],
         "full": ["strategy=full"],  # LoRA without dropout: each rank would draw its own
         "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"]}
 MEASURED_PER_RANK = ("commit", "ewc")  # reference: the DDP run

@@ -174,7 +174,7 @@ DOWSER = ["strategy=model_dowser", "scope=llm_last_n", "scope.llm.last_n_layers=
 def test_model_dowser_trains_exactly_rho_and_frozen_entries_never_move(compose):
     parts = api.build(compose(*DOWSER, "trainer.max_steps=4"))
     strategy, model = parts["strategy"], parts["backbone"].model
-    assert strategy.probed and strategy._whole_masks
+    assert strategy.probed and strategy._whole_masks and strategy.summary()["probe_seconds"] > 0
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
     parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
     params = dict(model.named_parameters())

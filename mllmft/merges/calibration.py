@@ -1,36 +1,13 @@
 """What the data-driven merges (Model Tailor, Grafting) share: a few training-style batches of the
-target set, moved once to the device the merge computes on."""
+target set, moved once to the device the merge computes on (``hardware.on_compute_device``)."""
 
 from __future__ import annotations
-
-import os
-from contextlib import contextmanager
 
 import torch
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from torch import nn
 
 from mllmft.errors import ConfigError
-
-
-def compute_device(model: nn.Module) -> torch.device:
-    """This rank's GPU when there is one (the merge runs before Lightning moves the model), else the
-    model's own device."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return next(model.parameters()).device
-
-
-@contextmanager
-def on_compute_device(model: nn.Module):
-    """The model on ``compute_device`` in eval mode (no dropout: the merge is deterministic), put back after."""
-    home, was_training = next(model.parameters()).device, model.training
-    device = compute_device(model)
-    model.to(device).eval()
-    try:
-        yield device
-    finally:
-        model.to(home).train(was_training)
 
 
 def target_batches(datamodule, split: str, samples: int, device: torch.device, what: str) -> list[dict]:

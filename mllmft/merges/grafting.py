@@ -22,8 +22,9 @@ import torch
 from mllmft.checks import check_number
 from mllmft.console import progress
 from mllmft.errors import ConfigError
+from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
-from mllmft.merges.calibration import batch_loss, on_compute_device, target_batches
+from mllmft.merges.calibration import batch_loss, target_batches
 from mllmft.strategies.tensor_stats import lowest_entries
 
 log = logging.getLogger(__name__)

@@ -27,8 +27,9 @@ from torch import nn
 
 from mllmft.checks import check_number
 from mllmft.console import progress
+from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
-from mllmft.merges.calibration import on_compute_device, target_batches
+from mllmft.merges.calibration import target_batches
 from mllmft.strategies.tensor_stats import lowest_entries
 
 

@@ -70,6 +70,10 @@ class TuningStrategy:
         """Bytes of persistent state this rank keeps beside the model (θ0, statistics, masks)."""
         return 0
 
+    def summary(self) -> dict:
+        """What results.json records under ``run.strategy_info`` (e.g. Model-Dowser's probe time)."""
+        return {}
+
     def state_dict(self) -> dict:
         return {}
 

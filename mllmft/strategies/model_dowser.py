@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ from mllmft.backbones import Backbone
 from mllmft.checkpoint_match import weights_fingerprint
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
+from mllmft.hardware import on_compute_device
 from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.dowser_probe import PSI_MODES, probe_scores, synthetic_sequences
 from mllmft.strategies.tensor_stats import lowest_entries
@@ -62,6 +64,8 @@ class ModelDowser(TuningStrategy):
         self.masks: dict[str, torch.Tensor] = {}  # this rank's part, bool
         self._whole_masks: dict[str, torch.Tensor] = {}
         self.probed = False  # whether this run probed (False: the cache served)
+        self.probe_seconds = 0.0
+        self.scores_path: str | None = None
 
     # --- before training: probe (or read the cache), choose the masks --------------------------------
     def attach(self, backbone: Backbone) -> None:
@@ -88,6 +92,7 @@ class ModelDowser(TuningStrategy):
         fingerprint = weights_fingerprint(backbone.model)
         path = self.cache_dir / "model_dowser" / f"{backbone.family}-{fingerprint}-{key}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.scores_path = str(path)
         with open(path.with_suffix(".lock"), "w") as lock:  # parallel jobs (or ranks) probe once
             fcntl.flock(lock, fcntl.LOCK_EX)
             if path.is_file():
@@ -102,19 +107,15 @@ class ModelDowser(TuningStrategy):
 
     def _probe(self, backbone: Backbone, scored: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
         model = backbone.model
-        home = next(model.parameters()).device
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else home
         generator = torch.Generator().manual_seed(self.seed)
-        model.to(device)
-        try:
+        started = time.perf_counter()
+        with on_compute_device(model):  # the GPU when there is one: fitting has not started yet
             batches = synthetic_sequences(model, backbone.processor.tokenizer, self.sequences, self.length,
                                           self.batch_size, generator)
             scores = probe_scores(model, scored, batches, self.passes, self.psi, generator)
-        finally:
-            model.to(home)
-        self.probed = True
-        log.info("Model-Dowser: probed %d linears on %d synthetic sequences x %d passes", len(scored),
-                 self.sequences, self.passes)
+        self.probed, self.probe_seconds = True, round(time.perf_counter() - started, 3)
+        log.info("Model-Dowser: probed %d linears on %d synthetic sequences x %d passes in %.1f s", len(scored),
+                 self.sequences, self.passes, self.probe_seconds)
         return scores
 
     # --- training: the static gradient mask -----------------------------------------------------------
@@ -130,6 +131,10 @@ class ModelDowser(TuningStrategy):
             grad.mul_(mask.to(grad.dtype))
             if ctx.logging:
                 ctx.mask_stats.add(f.name, mask)
+
+    def summary(self) -> dict:
+        return {"probed": self.probed, "probe_seconds": self.probe_seconds, "scores": self.scores_path,
+                "trainable_share": self.ratio}
 
     def state_nbytes(self) -> int:
         return sum(m.numel() for m in self.masks.values())  # bool: 1 byte per masked parameter
