@@ -252,3 +252,16 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
         for name, mask in merger.masks.items():
             assert int(mask.sum()) == round(0.1 * mask.numel())
             assert torch.equal(model[name][~mask], theta0[name][~mask])
+
+
+def test_a_finetuned_result_of_another_model_is_one_clear_error(finetuned):
+    """θ_ft from a Qwen2-VL run merged into the tiny LLaVA: refused before any evaluation, naming it."""
+    import tests.conftest as conftest
+    from mllmft.errors import ConfigError
+
+    out = finetuned["llava"]
+    cfg = api.compose([*conftest.FAST, *conftest.SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}",
+                       f"finetuned={finetuned['qwen2_vl'] / 'run'}"], config_name="merge", output_dir=out / "wrong")
+    with pytest.raises(ConfigError, match="holds a 'qwen2_vl' model, not a 'llava' one"):
+        run(cfg, update=merge_update(cfg))
+    assert not (out / "wrong" / "results.json").exists()
