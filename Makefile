@@ -10,12 +10,13 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=
 
 install: $(STAMP)
 
-# torch first and exactly 2.13.0 (the CPU wheel), then the project with its extras.
-$(STAMP): pyproject.toml
+# torch first (constraints.txt: 2.13.0, the CPU wheel), then the project with its extras, every
+# package at its known-good version from constraints.txt (pyproject.toml states ranges).
+$(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[dev,eval,data,deepspeed,slurm]"
+	$(BIN)/pip install --quiet -c constraints.txt torch
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,eval,data,deepspeed,slurm]"
 	touch $(STAMP)
 
 train: $(STAMP)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+# mllmft/conf: in a checkout a link to the repository's conf/, in a wheel the configs themselves
+CONF_DIR = (Path(__file__).parent / "conf").resolve()
 
 
 def _wandb_offline() -> bool:
