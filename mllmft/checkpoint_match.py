@@ -117,6 +117,11 @@ def check_checkpoint(checkpoint: dict, identity: dict, path, resuming: bool,
         raise ConfigError(f"ckpt_path={path} was trained with strategy={saved.get('strategy')}; this run resumes it "
                           f"with strategy={identity['strategy']}: set strategy={saved.get('strategy')}")
     if model_state is not None and "state_dict" in checkpoint:
+        unknown = [name for name in checkpoint["state_dict"] if name not in model_state]
+        if unknown:  # loading with strict=False would drop them silently: the base model, not the run's
+            raise ConfigError(f"ckpt_path={path} holds {len(unknown)} tensors this run's model does not have (e.g. "
+                              f"{unknown[0]}): it was trained with strategy={saved.get('strategy')}; set "
+                              f"strategy={saved.get('strategy')} with the run's knobs to load it")
         for name, tensor in checkpoint["state_dict"].items():
             if name in model_state and tuple(tensor.shape) != tuple(model_state[name].shape):
                 raise ConfigError(f"ckpt_path={path}: tensor {name} has shape {list(tensor.shape)}, this run's "

@@ -6,7 +6,7 @@ import netrc
 import os
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 # mllmft/conf: in a checkout a link to the repository's conf/, in a wheel the configs themselves
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
@@ -24,9 +24,59 @@ def _wandb_offline() -> bool:
         return True
 
 
+# overrides that say where a run writes or how it prints, not what it is
+_NOT_A_KNOB = ("hydra.", "paths.", "logger", "callbacks", "print_config", "finetuned", "ckpt_path", "export")
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _multirun(hydra) -> bool:
+    from hydra.types import RunMode
+
+    return hydra.mode == RunMode.MULTIRUN
+
+
+def _run_name(model: str, strategy: str) -> str:
+    """``<model>-<strategy>`` and the command line's knobs, e.g. ``tiny_llava-spider module.lr=3e-4 seed=1``:
+    every job of a sweep gets its own name."""
+    hydra = _hydra()
+    overrides = [] if hydra is None else [o for o in hydra.overrides.task
+                                          if not o.lstrip("+~").startswith(_NOT_A_KNOB)
+                                          and not o.startswith(("strategy=", "model="))]
+    return " ".join([f"{model}-{strategy}", *overrides])
+
+
+def _run_group(task_name: str) -> str:
+    """A sweep's jobs share a group (the task and the sweep's directory), an experiment's its name;
+    otherwise the task (train, eval, merge)."""
+    hydra = _hydra()
+    if hydra is None:
+        return task_name
+    if _multirun(hydra):
+        return f"{task_name}/{Path(hydra.sweep.dir).name}"
+    experiment = hydra.runtime.choices.get("experiment")
+    return f"{task_name}/{experiment}" if experiment and experiment != "null" else task_name
+
+
+def is_first_job() -> bool:
+    """Outside a sweep, or its job 0: what prints the config once per sweep."""
+    hydra = _hydra()
+    return hydra is None or not _multirun(hydra) or hydra.job.num == 0
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config as plain values, every interpolation resolved (results.json, the loggers' hparams)."""
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("wandb_offline"):
-        OmegaConf.register_new_resolver("wandb_offline", _wandb_offline)
+    for name, resolver in (("wandb_offline", _wandb_offline), ("run_name", _run_name), ("run_group", _run_group)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 register_resolvers()

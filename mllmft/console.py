@@ -1,9 +1,14 @@
-"""What a run prints: the resolved config at start, the score table at the end."""
+"""What a run prints: the resolved config and the trainable parameters at start, the score table at
+the end; and not the libraries' notices that say nothing about the run."""
 
 from __future__ import annotations
 
+import io
+import logging
 import sys
+import warnings
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import rich
 from omegaconf import DictConfig, OmegaConf
@@ -14,14 +19,76 @@ CONFIG_ORDER = ("model", "scope", "strategy", "data", "hardware", "trainer", "mo
                 "logger", "paths")
 
 
-def print_config(cfg: DictConfig) -> None:
+def config_tree(cfg: DictConfig) -> Tree:
     tree = Tree("config", guide_style="dim")
     keys = [k for k in CONFIG_ORDER if k in cfg] + [k for k in cfg if k not in CONFIG_ORDER]
     for key in keys:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
         tree.add(f"[bold]{key}[/bold]").add(text.rstrip() or "null")
-    rich.print(tree)
+    return tree
+
+
+def print_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
+    """Under Hydra: the group choices and the command line's overrides, a few lines, and the whole
+    resolved tree saved as ``<run dir>/config_tree.txt`` (beside Hydra's .hydra/config.yaml).
+    Elsewhere (the notebook API): the whole tree."""
+    from hydra.core.hydra_config import HydraConfig
+
+    tree = config_tree(cfg)
+    if not HydraConfig.initialized() or run_dir is None:
+        rich.print(tree)
+        return
+    hydra = HydraConfig.get()
+    choices = {g: c for g, c in hydra.runtime.choices.items()
+               if not g.startswith("hydra") and g != "local" and c not in (None, "null")}
+    choices = {g: choices[g] for g in sorted(choices, key=lambda g: (CONFIG_ORDER + (g,)).index(g))}
+    rich.print("[bold]" + " ".join(f"{g}={c}" for g, c in choices.items()) + "[/bold]")
+    if hydra.overrides.task:
+        rich.print("overrides: " + " ".join(hydra.overrides.task))
+    path = Path(run_dir) / "config_tree.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = rich.console.Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(tree)
+    path.write_text(console.file.getvalue())
+    rich.print(f"the resolved config: {path}")
+
+
+def print_parameters(counts: dict[str, dict[str, int]], strategy: str) -> None:
+    """Total and trainable parameters per component (in place of Lightning's model summary)."""
+    table = Table(title=f"parameters (strategy={strategy})")
+    for col in ("component", "total", "trainable", "%"):
+        table.add_column(col, justify="left" if col == "component" else "right")
+    everything = {k: sum(c[k] for c in counts.values()) for k in ("total", "trainable")}
+    for component, c in [*counts.items(), ("all", everything)]:
+        share = 100 * c["trainable"] / c["total"] if c["total"] else 0.0
+        table.add_row(component, f"{c['total']:,}", f"{c['trainable']:,}", f"{share:.1f}")
+    rich.print(table)
+
+
+class _DropLibraryNotices(logging.Filter):
+    NOTICES = ("litlogger",)  # Lightning's advertisement, printed by every Trainer
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(n in record.getMessage() for n in self.NOTICES)
+
+
+def quiet_library_notices() -> None:
+    """Silence what the libraries print on every run that says nothing about it."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropLibraryNotices) for f in rank_zero.filters):
+        rank_zero.addFilter(_DropLibraryNotices())
+    if logging.getLogger().handlers:  # Hydra's handlers (console + run log) show Lightning's lines once
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            library = logging.getLogger(name)
+            library.handlers = [h for h in library.handlers if type(h) is not logging.StreamHandler]
+            library.propagate = True
+    if not sys.stderr.isatty():  # transformers' weight-loading bar, in a log file: one line of noise per load
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    # Lightning 2.6 on torch 2.13, once per Trainer: not ours to fix, nothing to act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 
 def print_results(results: dict) -> None:
@@ -33,7 +100,8 @@ def print_results(results: dict) -> None:
         table.add_column(f"{name}{' (target)' if name == target else ''}", justify="right")
     for col in ("S_t", "S_u", "H"):
         table.add_column(col, justify="right")
-    rows = [("zero-shot", "zeroshot"), ("fine-tuned", "final")]
+    changed = "merged" if "merge" in results["run"] else "fine-tuned" if results.get("global_steps") else "evaluated"
+    rows = [("zero-shot", "zeroshot"), (changed, "final")]
     for label, key in rows:
         scores, trade = results["scores"].get(key), results["tradeoff"].get(key)
         if scores is None:

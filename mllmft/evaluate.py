@@ -12,12 +12,13 @@ from omegaconf import DictConfig
 
 from mllmft.cli import user_errors_exit
 from mllmft.config import CONF_DIR
-from mllmft.run import run
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval")
 @user_errors_exit
 def main(cfg: DictConfig) -> None:
+    from mllmft.run import run  # torch and Lightning after Hydra parsed: --help is fast
+
     run(cfg)
 
 

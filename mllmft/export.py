@@ -56,6 +56,9 @@ def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None
         model = unsharded_copy(model, weights)
     if kind == "merged" and isinstance(model, peft.PeftModel):
         model = model.merge_and_unload()
+    if kind == "adapter":  # the base as the user named it (a hub id or a path), not where it was read from
+        for config in model.peft_config.values():
+            config.base_model_name_or_path = backbone.source
     model.save_pretrained(out)
     backbone.processor.save_pretrained(out)
     log.info("export=%s written to %s", kind, out)

@@ -19,8 +19,6 @@ from omegaconf import DictConfig
 
 from mllmft.cli import user_errors_exit
 from mllmft.config import CONF_DIR
-from mllmft.merges import FinetunedWeights, merge_into
-from mllmft.run import metric_value, run
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +27,8 @@ def merge_update(cfg: DictConfig):
     """The change mllmft-merge makes where mllmft-train would fit: read θ_ft, merge it into θ0."""
 
     def update(parts: dict) -> dict:
+        from mllmft.merges import FinetunedWeights, merge_into
+
         started = time.perf_counter()
         method = parts["merge"] = instantiate(cfg.merge)
         backbone = parts["backbone"]
@@ -47,6 +47,8 @@ def merge_update(cfg: DictConfig):
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="merge")
 @user_errors_exit
 def main(cfg: DictConfig) -> float | None:
+    from mllmft.run import metric_value, run  # torch and Lightning after Hydra parsed: --help is fast
+
     results = run(cfg, update=merge_update(cfg))
     name = cfg.get("optimized_metric")
     return metric_value(results, name) if name else None

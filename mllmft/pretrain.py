@@ -8,7 +8,6 @@ with ``save_pretrained``, so every later run loads it through the same code path
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -19,13 +18,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import lightning as L
+from filelock import FileLock
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import OmegaConf
 
 from mllmft.backbones import build_tiny
 from mllmft.data import MLLMDataModule
 from mllmft.module import MLLMFineTuner, test_scores
+from mllmft.progress import PlainProgress, StepProgressBar
 from mllmft.scope import apply_scope
 from mllmft.strategies import FullFineTuning
 
@@ -52,8 +52,7 @@ def pretrained_tiny(family: str, tiny: Mapping, pretrain: Mapping, cache_dir: st
     if (out / "pretrain.json").is_file():
         return out
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / f".{out.name}.lock", "w") as lock:  # parallel sweep jobs train it once
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(root / f".{out.name}.lock"):  # parallel sweep jobs train it once
         if not (out / "pretrain.json").is_file():
             _train_and_save(family, tiny, pretrain, out, accelerator)
     return out
@@ -73,9 +72,11 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     # default_root_dir: the test's predictions file goes with the cached model, not into the cwd
+    label = f"pre-training tiny {family}"
     trainer = L.Trainer(max_steps=pretrain["max_steps"], accelerator=accelerator, devices=1, default_root_dir=tmp,
                         logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        limit_val_batches=0, gradient_clip_val=1.0, callbacks=[RichProgressBar()],
+                        limit_val_batches=0, gradient_clip_val=1.0,
+                        callbacks=[StepProgressBar(label), PlainProgress(train_label=label)],
                         use_distributed_sampler=False)
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)

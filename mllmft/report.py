@@ -37,6 +37,8 @@ def load_runs(paths: list[Path]) -> tuple[list[dict], list[str]]:
     for f in files:
         try:
             run = json.loads(f.read_text(encoding="utf-8"))
+            if isinstance(run, dict) and run.get("status") == "partial":
+                raise ValueError("an unfinished run (status partial: the zero-shot test only)")
             if not isinstance(run, dict) or not isinstance(run.get("tradeoff", {}).get("final"), dict):
                 raise ValueError("not an mllmft results file (no tradeoff.final)")
             for key in ("run", "target", "upstream"):

@@ -16,15 +16,17 @@ from pathlib import Path
 
 import lightning as L
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from mllmft.backbones import Backbone, build_tiny, load_pretrained
 from mllmft.checkpoint_match import LIGHTNING_ALIASES, check_checkpoint, plain_scope, read_checkpoint, run_identity
-from mllmft.console import print_config, print_results
+from mllmft.config import is_first_job, resolved
+from mllmft.console import print_config, print_parameters, print_results, quiet_library_notices
 from mllmft.data.datamodule import check_settings as check_data_settings
 from mllmft.errors import ConfigError
 from mllmft.export import check_export, export_model
+from mllmft.loggers import log_hyperparameters, log_images, log_summary
 from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, test_scores
 from mllmft.pretrain import pretrained_tiny
@@ -114,11 +116,15 @@ def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
     ``update(parts)`` replaces the fit with another change of the model (mllmft-merge's merge); what
     it returns goes into ``results["run"]``."""
     started = time.time()
-    if cfg.get("print_config", True):
-        L.pytorch.utilities.rank_zero_only(print_config)(cfg)
+    quiet_library_notices()
+    if cfg.get("print_config", True) and is_first_job():  # a sweep's jobs: each in its .hydra/config.yaml
+        rank_zero_only(print_config)(cfg, cfg.paths.output_dir)
     parts = prepare(cfg)
     module, trainer, datamodule = parts["module"], parts["trainer"], parts["datamodule"]
+    rank_zero_only(print_parameters)(parts["backbone"].parameter_counts(), parts["strategy"].name)
+    log_hyperparameters(parts["loggers"], cfg, parts)
     names = datamodule.test_set_names
+    out = Path(cfg.paths.output_dir)
     scores, details = {}, {}
     # mllmft-eval sets evaluate_only: a checkpoint of any strategy (a peft one too) is tested, not trained
     trains = parts["strategy"].trains and not cfg.get("evaluate_only", False)
@@ -127,6 +133,8 @@ def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
         module.test_phase = "zeroshot"
         trainer.test(module, datamodule=datamodule, verbose=False)
         scores["zeroshot"], _, details["zeroshot"] = test_scores(trainer, names)
+        if trainer.is_global_zero:  # kept if the run stops before its end (status "partial")
+            write_results(make_results(cfg, parts, scores, details, {}, 0, time.time() - started), out / "results.json")
     steps, run_info = 0, {}
     if update is not None:
         run_info = update(parts)
@@ -143,7 +151,6 @@ def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
     results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started)
     results["run"].update(run_info)
     results["eval_samples_per_s"] = round(throughput, 2)
-    out = Path(cfg.paths.output_dir)
     if trainer.is_global_zero:
         write_results(results, out / "results.json")
         log.info("results written to %s", out / "results.json")
@@ -154,7 +161,9 @@ def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
         if trainer.is_global_zero:
             results["export"] = str(exported)
             write_results(results, out / "results.json")
-    _log_summary(parts["loggers"], results)
+    log_summary(parts["loggers"], results)
+    if trainer.is_global_zero:
+        log_images(parts["loggers"], out, steps)
     return results
 
 
@@ -166,11 +175,13 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samp
     if "zeroshot" in scores:
         z = scores["zeroshot"]
         tradeoff["zeroshot"] = tradeoff_scores(z[target], [z[u] for u in upstream])
-    f = scores["final"]
-    tradeoff["final"] = tradeoff_scores(f[target], [f[u] for u in upstream], tradeoff.get("zeroshot"))
+    if "final" in scores:
+        f = scores["final"]
+        tradeoff["final"] = tradeoff_scores(f[target], [f[u] for u in upstream], tradeoff.get("zeroshot"))
     backbone = parts["backbone"]
     results = {
         "schema": RESULTS_SCHEMA,
+        "status": "complete" if "final" in scores else "partial",  # partial: the zero-shot test only
         "run": {"model": cfg.model.name, "family": backbone.family, "backbone_source": backbone.source,
                 "strategy": parts["strategy"].name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
                 "seed": cfg.seed, "output_dir": str(cfg.paths.output_dir),
@@ -186,7 +197,7 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samp
         "global_steps": steps,
         "wall_time_s": round(seconds, 2),
         # every knob of the run, resolved: what mllmft-report groups runs by (all but the seed)
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": resolved(cfg),
     }
     return without_nan(results, upstream=bool(upstream))
 
@@ -227,15 +238,3 @@ def metric_value(results: dict, name: str) -> float:
     final = results["tradeoff"]["final"]
     value = final[name] if name in final else results["scores"]["final"][name]
     return float("nan") if value is None else value  # a sweeper compares numbers
-
-
-def _log_summary(loggers: list[Logger], results: dict) -> None:
-    flat = {f"results/{k}": v for k, v in results["tradeoff"]["final"].items()}
-    for phase, per_set in results["scores"].items():
-        flat.update({f"results/{phase}/{k}": v for k, v in per_set.items()})
-    for component, counts in results["trainable_parameters"].items():
-        flat[f"model/params/{component}/trainable"] = counts["trainable"]
-    flat = {k: v for k, v in flat.items() if v is not None}  # null: not measured (see null_reasons)
-    for logger in loggers:
-        logger.log_metrics(flat, step=results["global_steps"])
-        logger.save()

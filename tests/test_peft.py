@@ -1,5 +1,6 @@
 """peft strategies: scope x adapter targets, a training step per family and method, exports."""
 
+import json
 from pathlib import Path
 
 import peft
@@ -123,6 +124,8 @@ def test_adapter_export_loads_with_peft(compose):
     logits, answers = _generate(parts["module"], parts["backbone"].processor, records)
     out = export_model(parts["backbone"], "adapter", parts["trainer"].default_root_dir + "/export")
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == parts["backbone"].source  # as named, not a cache path
     base = build_tiny(cfg.model.family, cfg.model.tiny).model  # the same random base (seeded)
     parts["module"].model = peft.PeftModel.from_pretrained(base, out)
     logits2, answers2 = _generate(parts["module"], parts["backbone"].processor, records)

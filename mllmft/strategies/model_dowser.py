@@ -17,7 +17,6 @@ mask. Selective family. shared/specs/model_dowser.md; the choices where it leave
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -93,8 +93,7 @@ class ModelDowser(TuningStrategy):
         path = self.cache_dir / "model_dowser" / f"{backbone.family}-{fingerprint}-{key}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         self.scores_path = str(path)
-        with open(path.with_suffix(".lock"), "w") as lock:  # parallel jobs (or ranks) probe once
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with FileLock(path.with_suffix(".lock")):  # parallel jobs (or ranks) probe once
             if path.is_file():
                 log.info("Model-Dowser: scores from %s", path)
                 return load_file(str(path))

@@ -1,0 +1,72 @@
+"""``mllmft-chat``: ask a model one question about one image, from the command line.
+
+    mllmft-chat image=cat.png prompt="What shape is this?"                 # the configured model
+    mllmft-chat model.checkpoint=logs/train/runs/<run>/export image=... prompt=...   # an export, HF dir, hub id
+    mllmft-chat adapter=<run>/export image=... prompt=...                  # a peft adapter on the base
+    mllmft-chat ckpt_path=<run>/checkpoints/last.ckpt image=... prompt=... # a training checkpoint
+
+The prompt goes through the family's chat template with the image, as in testing; the answer is greedy.
+A training checkpoint must belong to this model, scope and strategy (a peft run's: ``strategy=lora``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from mllmft.cli import user_errors_exit
+from mllmft.config import CONF_DIR
+
+
+def answer(cfg: DictConfig) -> str:
+    """The model's answer to ``cfg.prompt`` about ``cfg.image``."""
+    import torch
+    from hydra.utils import instantiate
+
+    from mllmft.checkpoint_match import check_checkpoint, read_checkpoint, run_identity
+    from mllmft.data import make_collator
+    from mllmft.data.images import MAX_IMAGE_PIXELS
+    from mllmft.data.record import Record, Turn
+    from mllmft.errors import ConfigError
+    from mllmft.module import MLLMFineTuner
+    from mllmft.run import build_backbone
+    from mllmft.scope import apply_scope
+
+    if not str(cfg.prompt).strip():
+        raise ConfigError("prompt= is empty")
+    strategy = instantiate(cfg.strategy)
+    backbone = build_backbone(cfg.model, cfg.paths.cache_dir, cfg.hardware.accelerator)
+    apply_scope(backbone, cfg.scope)
+    identity = run_identity(backbone, cfg.scope, strategy.name)
+    strategy.attach(backbone)
+    if cfg.get("adapter"):
+        import peft
+
+        if not (Path(cfg.adapter) / "adapter_config.json").is_file():
+            raise ConfigError(f"adapter={cfg.adapter}: no adapter_config.json there (an export=adapter directory)")
+        backbone.model = peft.PeftModel.from_pretrained(backbone.model, cfg.adapter)
+    module = MLLMFineTuner(backbone, strategy, cfg.scope, test_sets={"chat": "exact_match"},
+                           max_new_tokens=cfg.max_new_tokens, run_identity=identity)
+    if cfg.get("ckpt_path"):
+        checkpoint = read_checkpoint(cfg.ckpt_path)
+        check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=False, model_state=module.state_dict())
+        module.load_state_dict(checkpoint["state_dict"], strict=False)  # trainable tensors; the rest is the base
+    record = Record(id="chat", image=Path(cfg.image), turns=(Turn("user", str(cfg.prompt)), Turn("assistant", "")),
+                    task="vqa", answers=("",), origin="the command line")
+    image = record.load_image(MAX_IMAGE_PIXELS)
+    batch = make_collator(backbone.processor, cfg.data.max_length, generate=True)([(0, record, image)])
+    module.eval()
+    with torch.no_grad():
+        return module.generate(batch["model_inputs"])[0]
+
+
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="chat")
+@user_errors_exit
+def main(cfg: DictConfig) -> None:
+    print(answer(cfg))
+
+
+if __name__ == "__main__":
+    main()
