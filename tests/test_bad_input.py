@@ -327,3 +327,40 @@ def test_results_without_upstream_sets_are_valid_json_with_null_and_a_reason(com
     assert written["null_reasons"]["tradeoff.final.S_u"] == "no upstream set to measure it on"
     assert written["config"]["module"]["lr"] == 1e-3 and written["config"]["seed"] == 42  # every knob, resolved
     assert not list((tmp_path / "run").glob(".results.json*"))  # written atomically, no temporary left
+
+
+def _with_test_split(tmp_path, rows, **kwargs):
+    source = _dataset(tmp_path, rows)
+    return LlavaJsonSource("custom", source.image_root, test=source.files["train"], **kwargs)
+
+
+def test_a_set_is_scored_by_its_records_task(tmp_path):
+    """Captions are scored as captions; a set mixing tasks is refused with one line unless its metric
+    is set; a metric set in the config wins."""
+    assert _with_test_split(tmp_path, [_row(i, task="caption") for i in range(3)]).metric == "caption"
+    assert _with_test_split(tmp_path, [_row(i) for i in range(3)]).metric == "exact_match"
+    assert _with_test_split(tmp_path, [_row(0)], task="multiple_choice").metric == "multiple_choice"
+    mixed = [_row(0, task="caption"), _row(1, task="vqa")]
+    with pytest.raises(DataError, match=r"mix the tasks \['caption', 'vqa'\]"):
+        _with_test_split(tmp_path, mixed).metric
+    assert _with_test_split(tmp_path, mixed, metric="vqa_accuracy").metric == "vqa_accuracy"
+
+
+def test_messages_and_images_records_read_as_conversations(tmp_path):
+    """ms-swift's / TRL's format gives the same record as LLaVA's; several images, none, or a system
+    message are refused with one line naming the record."""
+    llava = _dataset(tmp_path, [_row(0)]).records("train")[0]
+    swift = {"id": "r0", "images": ["img.png"], "messages": [{"role": "user", "content": "<image>\nColour?"},
+                                                            {"role": "assistant", "content": "red"}]}
+    trl = {"id": "r0", "images": ["img.png"], "messages": [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}
+    for row in (swift, trl):
+        record = _dataset(tmp_path, [row]).records("train")[0]
+        assert (record.turns, record.answers, record.image) == (llava.turns, llava.answers, llava.image)
+    for change, message in (({"images": ["img.png", "img.png"]}, "2 images"), ({"images": []}, "0 images"),
+                            ({"messages": [{"role": "system", "content": "Be brief."}, *swift["messages"]]},
+                             "system message")):
+        with pytest.raises(DataError, match=message) as err:
+            _dataset(tmp_path, [{**swift, **change}]).records("train")
+        assert "'r0'" in str(err.value)

@@ -3,6 +3,7 @@ import json
 import pytest
 from PIL import Image
 
+from mllmft import api
 from mllmft.data import DataError, DigitsSource, MLLMDataModule, Record, ShapesSource, Turn, read_llava_json
 from mllmft.data.record import single_turn
 
@@ -111,3 +112,16 @@ def test_test_sets_are_target_then_upstream(tiny_backbone):
     assert dm.test_set_names == ["digits", "shapes"]
     loaders = dm.test_dataloader()
     assert [len(loader.dataset) for loader in loaders] == [6, 5]
+
+
+def test_the_readmes_upstream_overrides_add_sets(compose, tmp_path):
+    """README "Bring your own data": a built-in set and a LLaVA JSON set added as upstream sets."""
+    from tests.test_bad_input import _dataset, _row
+
+    own = _dataset(tmp_path, [_row(i, task="caption") for i in range(2)])
+    cfg = compose("~data.upstream.shapes", "+data.upstream.shapes2={_target_: mllmft.data.ShapesSource, name: shapes2}",
+                  f"+data.upstream.mine={{_target_: mllmft.data.LlavaJsonSource, name: mine, "
+                  f"image_root: {own.image_root}, test: {own.files['train']}}}")
+    parts = api.build(cfg)
+    assert parts["datamodule"].test_set_names == ["digits", "shapes2", "mine"]
+    assert parts["datamodule"].test_sets["mine"]["name"] == "caption"  # by its records' task

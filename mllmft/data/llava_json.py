@@ -9,6 +9,15 @@ A file is a JSON list or JSONL of objects::
      "options": ["kite", "dog"],              # optional, multiple choice: the options' texts (A, B, ...)
      "task": "vqa"}                           # optional: caption | vqa | multiple_choice
 
+or, as ms-swift and TRL write them, ``messages`` + ``images``::
+
+    {"id": "0001", "images": ["coco/000000123.jpg"],
+     "messages": [{"role": "user", "content": "<image>What is the man holding?"},
+                  {"role": "assistant", "content": "A kite."}]}
+
+(``content`` may also be TRL's list of parts, ``[{"type": "image"}, {"type": "text", "text": "..."}]``).
+One image per record: a record with several is refused with its count, and so is a system message.
+
 ``image`` is relative to ``image_root`` and must stay inside it (``data.allow_outside_root=true``
 lifts that). The ``<image>`` placeholder is removed from the text: the backbone's chat template
 puts the image where its family expects it. Every field's type is checked; a key this reader does
@@ -27,7 +36,7 @@ from mllmft.errors import DataError
 
 log = logging.getLogger(__name__)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
-KEYS = {"id", "image", "conversations", "answers", "options", "task"}
+KEYS = {"id", "image", "conversations", "messages", "images", "answers", "options", "task"}
 
 
 def read_llava_json(path: str | Path, image_root: str | Path, default_task: str = "vqa") -> list[Record]:
@@ -84,6 +93,19 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise DataError(f"{origin}: 'id' must be a string or an integer, got {_short(rid)}")
     where = f"record {str(rid)!r} ({origin})"
+    image, turns = _messages_record(row, where) if "messages" in row else _conversations_record(row, where)
+    last_answer = (turns[-1].text,) if turns and turns[-1].role == "assistant" else ()
+    answers = string_list(row.get("answers"), "answers", where) or last_answer
+    options = string_list(row.get("options"), "options", where)
+    task = row.get("task", default_task)
+    record = Record(id=str(rid), image=image_root / image, turns=tuple(turns), task=task, answers=answers,
+                    origin=origin, options=options, image_root=image_root)
+    record.validate()
+    return record
+
+
+def _conversations_record(row: dict, where: str) -> tuple[str, list[Turn]]:
+    """LLaVA's ``image`` + ``conversations`` of ``{from, value}``."""
     if "image" not in row:
         raise DataError(f"{where}: no 'image' field (text-only records are not supported)")
     if not isinstance(row["image"], str) or not row["image"].strip():
@@ -103,14 +125,52 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
         if not isinstance(value, str):
             raise DataError(f"{where}: turn {i}'s 'value' must be a string, got {_short(value)}")
         turns.append(Turn(role, value.replace("<image>", "").strip()))
-    last_answer = (turns[-1].text,) if turns and turns[-1].role == "assistant" else ()
-    answers = string_list(row.get("answers"), "answers", where) or last_answer
-    options = string_list(row.get("options"), "options", where)
-    task = row.get("task", default_task)
-    record = Record(id=str(rid), image=image_root / row["image"], turns=tuple(turns), task=task, answers=answers,
-                    origin=origin, options=options, image_root=image_root)
-    record.validate()
-    return record
+    return row["image"], turns
+
+
+def _messages_record(row: dict, where: str) -> tuple[str, list[Turn]]:
+    """ms-swift's / TRL's ``images`` + ``messages`` of ``{role, content}``."""
+    images = row.get("images")
+    if isinstance(images, str):
+        images = [images]
+    if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
+        raise DataError(f"{where}: 'images' must be a list of file paths, got {_short(images)}")
+    if len(images) != 1:
+        raise DataError(f"{where}: {len(images)} images; records with "
+                        f"{'no image' if not images else 'several images'} are not supported (one image per record)")
+    messages = row["messages"]
+    if not isinstance(messages, list):
+        raise DataError(f"{where}: 'messages' must be a list of turns, got {_short(messages)}")
+    turns = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise DataError(f"{where}: message {i} must be an object with 'role' and 'content', got {_short(message)}")
+        role = message.get("role")
+        if role == "system":
+            raise DataError(f"{where}: message {i} is a system message, which this reader does not support "
+                            "(put its instruction in the first user message)")
+        if role not in ("user", "assistant"):
+            raise DataError(f"{where}: message {i} has role {role!r}; expected 'user' or 'assistant'")
+        turns.append(Turn(role, _content_text(message.get("content"), f"{where}: message {i}")))
+    return images[0], turns
+
+
+def _content_text(content, where: str) -> str:
+    """A message's text: a string with ``<image>`` placeholders, or TRL's list of parts."""
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
+                raise DataError(f"{where}: a content part must be {{'type': 'text' | 'image', ...}}, "
+                                f"got {_short(part)}")
+            if part["type"] == "text":
+                if not isinstance(part.get("text"), str):
+                    raise DataError(f"{where}: a text part needs a string 'text', got {_short(part)}")
+                parts.append(part["text"])
+        content = " ".join(parts)
+    if not isinstance(content, str):
+        raise DataError(f"{where}: 'content' must be a string or a list of parts, got {_short(content)}")
+    return content.replace("<image>", "").strip()
 
 
 def string_list(value, field: str, where: str) -> tuple[str, ...]:
@@ -129,14 +189,23 @@ def _short(value, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# the metric a set is scored with when its config names none, by its records' task
+TASK_METRICS = {"vqa": "exact_match", "caption": "caption", "multiple_choice": "multiple_choice"}
+
+
 class LlavaJsonSource:
-    """A data set of LLaVA conversation files, one file per split (a split may be left out)."""
+    """A data set of LLaVA conversation files, one file per split (a split may be left out).
+
+    Its metric is ``metric`` when set, else the one of its test records' task (``task`` in a record,
+    or the set's ``task``): captions are scored as captions. A set whose test records mix tasks is
+    refused unless ``metric`` says how to score them all (one score per set)."""
 
     def __init__(self, name: str, image_root: str, train: str | None = None, val: str | None = None,
                  test: str | None = None, task: str = "vqa", sizes: dict | None = None,
-                 metric: str = "exact_match", metric_args: dict | None = None):
+                 metric: str | None = None, metric_args: dict | None = None):
         self.name = name
-        self.metric = metric  # exact_match | vqa_accuracy | multiple_choice | caption
+        self._metric = metric  # exact_match | vqa_accuracy | multiple_choice | caption; None: by the task
+        self._records: dict[str, list[Record]] = {}
         self.metric_args = dict(metric_args or {})  # e.g. {mode: official} for vqa_accuracy
         self.image_root = image_root
         self.files = {"train": train, "val": val, "test": test}
@@ -146,10 +215,22 @@ class LlavaJsonSource:
     def has_split(self, split: str) -> bool:
         return bool(self.files.get(split))
 
+    @property
+    def metric(self) -> str:
+        if self._metric is not None:
+            return self._metric
+        tasks = sorted({r.task for r in self.records("test")}) if self.has_split("test") else [self.task]
+        if len(tasks) > 1:
+            raise DataError(f"data set {self.name!r}: its test records mix the tasks {tasks}, and a set gets one "
+                            "score: put each task in a set of its own (data.upstream.<name>), or set its metric")
+        return TASK_METRICS[tasks[0]]
+
     def records(self, split: str) -> list[Record]:
-        file = self.files[split]
-        if file is None:
-            raise DataError(f"data set {self.name!r} has no {split!r} file; set it in its data config")
-        records = read_llava_json(file, self.image_root, self.task)
-        limit = self.sizes.get(split)
-        return records[:limit] if limit else records
+        if split not in self._records:  # read once: the metric reads the test split too
+            file = self.files[split]
+            if file is None:
+                raise DataError(f"data set {self.name!r} has no {split!r} file; set it in its data config")
+            records = read_llava_json(file, self.image_root, self.task)
+            limit = self.sizes.get(split)
+            self._records[split] = records[:limit] if limit else records
+        return self._records[split]
