@@ -342,7 +342,7 @@ def test_a_set_is_scored_by_its_records_task(tmp_path):
     assert _with_test_split(tmp_path, [_row(0)], task="multiple_choice").metric == "multiple_choice"
     mixed = [_row(0, task="caption"), _row(1, task="vqa")]
     with pytest.raises(DataError, match=r"mix the tasks \['caption', 'vqa'\]"):
-        _with_test_split(tmp_path, mixed).metric
+        _ = _with_test_split(tmp_path, mixed).metric
     assert _with_test_split(tmp_path, mixed, metric="vqa_accuracy").metric == "vqa_accuracy"
 
 
