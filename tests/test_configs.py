@@ -15,7 +15,7 @@ from mllmft.merges import MergeMethod
 from mllmft.run import build_backbone
 from mllmft.strategies import TuningStrategy
 
-ADDED_GROUPS = ("source", "datamodule")
+ADDED_GROUPS = ("source", "datamodule", "upstream")
 # Groups whose files need values a user must supply.
 REQUIRED = {("data", "llava_json"): ["data.target.image_root=/x", "data.target.train=/x/t.json",
                                      "data.target.val=/x/v.json", "data.target.test=/x/s.json"]}

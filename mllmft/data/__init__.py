@@ -3,6 +3,7 @@ from mllmft.data.captions import CocoCaptions, KarpathyCaptions
 from mllmft.data.choice_sets import IconQA, ScienceQA
 from mllmft.data.collate import IGNORE_INDEX, ConversationCollator
 from mllmft.data.datamodule import MLLMDataModule
+from mllmft.data.general_sets import MME, POPE, MMBench, SEEDBench
 from mllmft.data.hf_dataset import HFDataset
 from mllmft.data.llava_json import LlavaJsonSource, read_llava_json
 from mllmft.data.prefix_suffix import PrefixSuffixCollator, make_collator
@@ -10,7 +11,7 @@ from mllmft.data.record import Record, Turn
 from mllmft.data.vqa_sets import AOKVQA, GQA, OCRVQA, TextVQA, VizWiz, VQAv2Style
 from mllmft.errors import DataError
 
-__all__ = ["AOKVQA", "GQA", "IGNORE_INDEX", "OCRVQA", "CocoCaptions", "ConversationCollator", "DataError",
-           "DigitsSource", "HFDataset", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule",
-           "PrefixSuffixCollator", "Record",
-           "ScienceQA", "ShapesSource", "TextVQA", "Turn", "VQAv2Style", "VizWiz", "make_collator", "read_llava_json"]
+__all__ = ["AOKVQA", "CocoCaptions", "ConversationCollator", "DataError", "DigitsSource", "GQA", "HFDataset",
+           "IGNORE_INDEX", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule", "MMBench", "MME",
+           "OCRVQA", "POPE", "PrefixSuffixCollator", "Record", "SEEDBench", "ScienceQA", "ShapesSource", "TextVQA",
+           "Turn", "VQAv2Style", "VizWiz", "make_collator", "read_llava_json"]

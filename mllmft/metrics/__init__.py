@@ -3,12 +3,14 @@
 from mllmft.errors import ConfigError
 from mllmft.metrics.captioning import CaptionMetrics, caption_scores
 from mllmft.metrics.exact_match import ExactMatch, exact_match
+from mllmft.metrics.general import MMBenchCircular, MMEScore, POPEScores, SEEDBenchAccuracy
 from mllmft.metrics.generated import Answer, GeneratedAnswers
 from mllmft.metrics.multiple_choice import MultipleChoiceAccuracy, parse_choice
 from mllmft.metrics.tradeoff import harmonic_mean, tradeoff_scores
 from mllmft.metrics.vqa import VQAAccuracy, normalize_vqa_answer, vqa_accuracy
 
-METRICS = {m.name: m for m in (ExactMatch, VQAAccuracy, MultipleChoiceAccuracy, CaptionMetrics)}
+METRICS = {m.name: m for m in (ExactMatch, VQAAccuracy, MultipleChoiceAccuracy, CaptionMetrics, POPEScores, MMEScore,
+                                MMBenchCircular, SEEDBenchAccuracy)}
 
 
 def build_metric(name: str, **args) -> GeneratedAnswers:

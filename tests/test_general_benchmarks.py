@@ -1,0 +1,148 @@
+"""POPE, MME, MMBench and SEED-Bench: their published layouts read from fixtures, their scoring rules
+against values derived by hand, and the +upstream=general preset in a run."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from mllmft.data import MME, POPE, MMBench, SEEDBench
+from mllmft.metrics import build_metric
+from mllmft.run import run
+
+
+def _png(color) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (24, 24), color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _tsv(rows: list[dict]) -> str:
+    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
+    return "\n".join(["\t".join(header)] + ["\t".join(str(r[h]) for h in header) for r in rows]) + "\n"
+
+
+def write_general_benchmarks(root):
+    """Each benchmark in its published layout under ``root`` (the data_dir of conf/source/*.yaml)."""
+    (root / "coco" / "val2014").mkdir(parents=True)
+    for i, color in enumerate(("red", "blue")):
+        (root / "coco" / "val2014" / f"COCO_val2014_{i:012d}.jpg").write_bytes(_png(color))
+    (root / "pope").mkdir()
+    pope = [{"question_id": i + 1, "image": f"COCO_val2014_{i % 2:012d}.jpg", "text": "Is there a cat?",
+             "label": label} for i, label in enumerate(["yes", "yes", "no", "no", "yes", "no"])]
+    (root / "pope" / "coco_pope_adversarial.json").write_text("\n".join(json.dumps(p) for p in pope) + "\n")
+    mme = root / "MME_Benchmark_release_version"
+    for subtask, stem in (("existence", "a"), ("existence", "b"), ("code_reasoning", "c")):
+        (mme / subtask).mkdir(parents=True, exist_ok=True)
+        (mme / subtask / f"{stem}.png").write_bytes(_png("green"))
+        (mme / subtask / f"{stem}.txt").write_text("Is it? Please answer yes or no.\tYes\n"
+                                                   "Is it not? Please answer yes or no.\tNo\n")
+    (mme / "artwork" / "images").mkdir(parents=True)
+    (mme / "artwork" / "questions_answers_YN").mkdir()
+    (mme / "artwork" / "images" / "d.jpg").write_bytes(_png("white"))
+    (mme / "artwork" / "questions_answers_YN" / "d.txt").write_text("Is it art?\tYes\nIs it a car?\tNo\n")
+    image = base64.b64encode(_png("black")).decode()
+    rows = [{"index": 10, "question": "Which?", "hint": "nan", "A": "cat", "B": "dog", "C": "bird", "D": "fish",
+             "answer": "B", "category": "attribute", "image": image},
+            {"index": 11, "question": "Is it?", "hint": "Look.", "A": "yes", "B": "no", "C": "nan", "D": "nan",
+             "answer": "A", "category": "logic", "image": "10"}]  # the image of question 10
+    (root / "mmbench").mkdir()
+    (root / "mmbench" / "MMBench_DEV_EN.tsv").write_text(_tsv(rows))
+    (root / "mmbench" / "MMBench_DEV_CN.tsv").write_text(_tsv(rows))
+    (root / "seed_bench" / "SEED-Bench-image").mkdir(parents=True)
+    for name in ("s1.jpg", "s2.jpg", "s3.jpg"):
+        (root / "seed_bench" / "SEED-Bench-image" / name).write_bytes(_png("gray"))
+    questions = [{"question_id": f"q{i}", "question": "What?", "choice_a": "a", "choice_b": "b", "choice_c": "c",
+                  "choice_d": "d", "answer": answer, "data_id": data_id, "data_type": kind, "question_type_id": t}
+                 for i, (answer, data_id, kind, t) in enumerate([
+                     ("A", "s1.jpg", "image", 1), ("C", "s2.jpg", "image", 2), ("B", "s3.jpg", "image", 1),
+                     ("D", "v.mp4", "video", 1)])]
+    (root / "seed_bench" / "SEED-Bench.json").write_text(json.dumps(
+        {"questions": questions, "question_type": {"Scene Understanding": 1, "Instance Identity": 2}}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return write_general_benchmarks(tmp_path_factory.mktemp("general"))
+
+
+def _score(metric_name: str, records, predictions: list[str]) -> dict:
+    metric = build_metric(metric_name)
+    metric.update(list(range(len(records))), [r.id for r in records], [""] * len(records), predictions,
+                  [r.answers for r in records], [r.options for r in records])
+    return metric.compute()
+
+
+def test_pope_scores_by_its_rule(data_dir):
+    """truth y y n n y n; parsed y n n y n n (first sentence, "not" is no): TP 1, FP 1, FN 2, TN 2."""
+    records = POPE("pope", str(data_dir / "pope"), {"test": "coco_pope_adversarial.json"},
+                   image_root=str(data_dir / "coco" / "val2014")).records("test")
+    assert [r.answers[0] for r in records] == ["yes", "yes", "no", "no", "yes", "no"]
+    scores = _score("pope", records, ["Yes, there is.", "No.", "no", "Yes", "There is not a dog", "No"])
+    assert scores["precision"] == pytest.approx(50.0) and scores["recall"] == pytest.approx(100 / 3)
+    assert scores["score"] == pytest.approx(40.0)  # F1 = 2 · (1/2 · 1/3) / (1/2 + 1/3)
+    assert scores["accuracy"] == pytest.approx(50.0) and scores["yes_ratio"] == pytest.approx(100 / 3)
+
+
+def test_mme_scores_acc_plus_acc_plus_per_subtask(data_dir):
+    """existence: a right twice, b once: acc 75, acc+ 50 → 125; code_reasoning 100 + 100 → 200; artwork
+    ("Maybe" is neither yes nor no): 50 + 0 → 50. Perception 175, cognition 200, headline 375 / 6."""
+    records = MME("mme", str(data_dir / "MME_Benchmark_release_version"), {"test": "."}).records("test")
+    assert len(records) == 8 and {r.id.split("|")[0] for r in records} == {"existence", "code_reasoning", "artwork"}
+    by_id = {"existence|a.png|0": "Yes", "existence|a.png|1": "No", "existence|b.png|0": "Yes",
+             "existence|b.png|1": "Yes", "code_reasoning|c.png|0": "yes it is", "code_reasoning|c.png|1": "No",
+             "artwork|d.jpg|0": "Maybe", "artwork|d.jpg|1": "no"}
+    scores = _score("mme", records, [by_id[r.id] for r in records])
+    assert (scores["existence/acc"], scores["existence/acc_plus"], scores["existence"]) == (75.0, 50.0, 125.0)
+    assert scores["code_reasoning"] == 200.0 and scores["artwork"] == 50.0
+    assert (scores["perception"], scores["cognition"]) == (175.0, 200.0)
+    assert scores["score"] == pytest.approx(62.5)
+
+
+def test_mmbench_asks_every_rotation_and_scores_circularly(data_dir):
+    records = MMBench("mmbench_en", str(data_dir / "mmbench"), {"test": "MMBench_DEV_EN.tsv"}).records("test")
+    assert [r.id for r in records] == ["attribute|10|0", "attribute|10|1", "attribute|10|2", "attribute|10|3",
+                                       "logic|11|0", "logic|11|1"]
+    assert [r.answers[0] for r in records] == ["B", "A", "D", "C", "A", "B"]  # "dog" and "yes", rotated
+    assert records[1].options == ("dog", "bird", "fish", "cat")
+    assert "Look.\nIs it?\nA. no\nB. yes" in records[5].turns[0].text
+    assert records[4].load_image().getpixel((0, 0)) == (0, 0, 0)  # question 11 shares question 10's image
+    # 10 right in every rotation; 11 right unrotated, wrong rotated: circular 50, vanilla 100
+    scores = _score("mmbench", records, ["B", "A", "(D)", "C. dog", "A", "A"])
+    assert (scores["score"], scores["vanilla"]) == (50.0, 100.0)
+    assert (scores["category/attribute"], scores["category/logic"]) == (100.0, 0.0)
+    chinese = MMBench("mmbench_cn", str(data_dir / "mmbench"), {"test": "MMBench_DEV_CN.tsv"}, lang="cn")
+    assert chinese.records("test")[0].turns[0].text.endswith("请直接回答选项字母。")
+
+
+def test_seed_bench_reads_image_questions_and_scores_per_dimension(data_dir):
+    records = SEEDBench("seed_bench", str(data_dir / "seed_bench"), {"test": "SEED-Bench.json"},
+                        image_root=str(data_dir / "seed_bench" / "SEED-Bench-image")).records("test")
+    assert [r.id for r in records] == ["Scene Understanding|q0", "Instance Identity|q1", "Scene Understanding|q2"]
+    scores = _score("seed_bench", records, ["A", "B", "The answer is B"])
+    assert scores["score"] == pytest.approx(200 / 3)
+    assert (scores["dimension/Scene Understanding"], scores["dimension/Instance Identity"]) == (100.0, 0.0)
+
+
+def test_question_limits_keep_whole_groups(data_dir):
+    mmbench = MMBench("m", str(data_dir / "mmbench"), {"test": "MMBench_DEV_EN.tsv"}, sizes={"test": 1})
+    assert [r.id for r in mmbench.records("test")] == [f"attribute|10|{k}" for k in range(4)]
+    mme = MME("mme", str(data_dir / "MME_Benchmark_release_version"), {"test": "."}, sizes={"test": 2})
+    assert len(mme.records("test")) == 4  # two images, both questions each
+
+
+def test_the_general_preset_scores_every_benchmark_in_a_run(compose, data_dir, tmp_path):
+    results = run(compose(f"paths.data_dir={data_dir}", "+upstream=general", "zeroshot_test=true"))
+    assert results["upstream"] == ["shapes", "mmbench_en", "mmbench_cn", "mme", "pope", "seed_bench"]
+    for phase in ("zeroshot", "final"):
+        assert set(results["scores"][phase]) == {"digits", *results["upstream"]}
+    details = results["details"]["final"]
+    assert {"perception", "cognition", "existence/acc_plus"} <= set(details["mme"])
+    assert {"vanilla", "category/logic"} <= set(details["mmbench_en"]) and "yes_ratio" in details["pope"]
+    for name in results["upstream"][1:]:
+        assert (tmp_path / "run" / "predictions" / f"final-{name}.jsonl").is_file()
