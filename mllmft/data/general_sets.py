@@ -157,7 +157,8 @@ class _Base64Image:
 class SEEDBench(_QuestionLimit):
     """SEED-Bench (v1) ``SEED-Bench.json``: {"questions": [{question_id, question, choice_a..d, answer,
     data_id, data_type, question_type_id}], "question_type": {dimension: id}}; the image questions
-    (``data_type: image``), images ``<image_root>/<data_id>``. Scored per dimension (``seed_bench``)."""
+    (``data_type: image``), images ``<image_root>/<data_id>`` (or ``<data_id>.jpg``). Scored per
+    dimension (``seed_bench``)."""
 
     metric = "seed_bench"
     PROMPT = "{question}\n{options}\n" + CHOICE_SUFFIX
@@ -174,7 +175,12 @@ class SEEDBench(_QuestionLimit):
             options = tuple(q[f"choice_{c}"] for c in "abcd")
             prompt = self.prompt.format(question=q["question"], options=letter_options(list(options)))
             out.append(single_turn(f"{dimensions[q['question_type_id']]}|{q['question_id']}",
-                                   self.image_root / q["data_id"], prompt, q["answer"].strip().upper(),
+                                   self._image(q["data_id"]), prompt, q["answer"].strip().upper(),
                                    "multiple_choice", origin=str(path), options=options))
         return out
 
+    def _image(self, data_id: str) -> Path:
+        """``<image_root>/<data_id>``, or with ``.jpg`` added where the archive's names carry it."""
+        path = self.image_root / data_id
+        with_suffix = path.parent / f"{path.name}.jpg"
+        return with_suffix if not path.exists() and with_suffix.exists() else path
