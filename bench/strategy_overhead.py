@@ -29,9 +29,14 @@ import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
 
-STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "l1_sp", "l2_sp", "ewc"]
+STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "model_dowser", "l1_sp",
+              "l2_sp", "ewc"]
 MODEL = ["model.pretrain=null", "model.tiny.text_hidden=256", "model.tiny.vision_hidden=128",
          "model.tiny.text_layers=6", "model.tiny.vision_layers=4", "model.tiny.heads=4"]
+# the bench model (4.8 M parameters) and a ~48 M one, closer to the shapes where a strategy's per-tensor work shows
+MODELS = {"small": MODEL,
+          "48M": ["model.pretrain=null", "model.tiny.text_hidden=576", "model.tiny.text_layers=12",
+                  "model.tiny.vision_hidden=256", "model.tiny.vision_layers=4", "model.tiny.heads=8"]}
 
 
 class StepTimer(L.Callback):
@@ -46,8 +51,9 @@ class StepTimer(L.Callback):
             self.times.append(time.perf_counter() - self._start)
 
 
-def measure(strategy: str, steps: int, warmup: int, batch_size: int, scope: str, extra: tuple[str, ...] = ()) -> dict:
-    cfg = api.compose([*MODEL, f"strategy={strategy}", f"scope={scope}", *extra, "logger=none", "callbacks=none",
+def measure(strategy: str, steps: int, warmup: int, batch_size: int, scope: str, extra: tuple[str, ...] = (),
+            model: list[str] = MODEL) -> dict:
+    cfg = api.compose([*model, f"strategy={strategy}", f"scope={scope}", *extra, "logger=none", "callbacks=none",
                        "print_config=false", f"trainer.max_steps={steps + warmup}", "trainer.limit_val_batches=0",
                        "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
                        f"data.batch_size={batch_size}", "trainer.log_every_n_steps=1000000"],
@@ -71,17 +77,18 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--scope", default="all", help="one scope for every strategy (peft: connector_llm)")
+    parser.add_argument("--model", default="small", choices=list(MODELS))
     args = parser.parse_args()
     names = ["full", *[s for s in args.strategies if s != "full"]]
     best: dict[str, dict] = {}
     for order in (names, names[::-1]):
         for name in order:
-            result = measure(name, args.steps, args.warmup, args.batch_size, args.scope)
+            result = measure(name, args.steps, args.warmup, args.batch_size, args.scope, model=MODELS[args.model])
             if name not in best or result["step_s"] < best[name]["step_s"]:
                 best[name] = result
     full = best["full"]["step_s"]
     print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"scope={args.scope}, batch {args.batch_size}")
+          f"model {args.model}, scope={args.scope}, batch {args.batch_size}")
     print(f"{'strategy':16s} {'step ms':>9s} {'÷ full':>8s} {'trainable':>11s} {'state B/param':>14s} "
           f"{'optim MB':>9s}")
     for name in names:
