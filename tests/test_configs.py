@@ -86,7 +86,7 @@ def test_unknown_strategy_is_a_clear_error(compose):
 
 def test_config_groups_are_documented_in_readme():
     readme = (Path(CONF_DIR).parent / "README.md").read_text()
-    for group in ("model", "scope", "strategy", "data", "hardware"):
+    for group in ("model", "scope", "strategy", "data", "hardware", "merge", "source"):
         for option in _options(group):
             assert f"`{option}`" in readme, f"README does not mention {group}={option}"
 

@@ -198,6 +198,13 @@ MERGES = {"wise_ft": [], "task_arithmetic": [], "dare": [], "ties": [],
 FAMILIES = {"llava": [], "qwen2_vl": ["model=qwen2_vl_tiny"]}
 
 
+def test_every_merge_method_is_run_end_to_end():
+    """CONTRIBUTING's checklist: a new conf/merge/<name>.yaml joins MERGES below."""
+    from mllmft.config import CONF_DIR
+
+    assert set(MERGES) == {p.stem for p in (CONF_DIR / "merge").glob("*.yaml")}
+
+
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """One short full fine-tuning run with an export per family (what mllmft-merge reads)."""
