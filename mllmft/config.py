@@ -28,7 +28,8 @@ def _wandb_offline() -> bool:
 _NOT_A_KNOB = ("hydra.", "paths.", "logger", "callbacks", "print_config", "finetuned", "ckpt_path", "export")
 
 
-def _hydra():
+def hydra_config():
+    """Hydra's config of this job, or None outside a Hydra app (the notebook API, tests)."""
     from hydra.core.hydra_config import HydraConfig
 
     return HydraConfig.get() if HydraConfig.initialized() else None
@@ -43,7 +44,7 @@ def _multirun(hydra) -> bool:
 def _run_name(model: str, strategy: str) -> str:
     """``<model>-<strategy>`` and the command line's knobs, e.g. ``tiny_llava-spider module.lr=3e-4 seed=1``:
     every job of a sweep gets its own name."""
-    hydra = _hydra()
+    hydra = hydra_config()
     overrides = [] if hydra is None else [o for o in hydra.overrides.task
                                           if not o.lstrip("+~").startswith(_NOT_A_KNOB)
                                           and not o.startswith(("strategy=", "model="))]
@@ -53,7 +54,7 @@ def _run_name(model: str, strategy: str) -> str:
 def _run_group(task_name: str) -> str:
     """A sweep's jobs share a group (the task and the sweep's directory), an experiment's its name;
     otherwise the task (train, eval, merge)."""
-    hydra = _hydra()
+    hydra = hydra_config()
     if hydra is None:
         return task_name
     if _multirun(hydra):
@@ -64,7 +65,7 @@ def _run_group(task_name: str) -> str:
 
 def is_first_job() -> bool:
     """Outside a sweep, or its job 0: what prints the config once per sweep."""
-    hydra = _hydra()
+    hydra = hydra_config()
     return hydra is None or not _multirun(hydra) or hydra.job.num == 0
 
 

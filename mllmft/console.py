@@ -33,13 +33,12 @@ def print_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     """Under Hydra: the group choices and the command line's overrides, a few lines, and the whole
     resolved tree saved as ``<run dir>/config_tree.txt`` (beside Hydra's .hydra/config.yaml).
     Elsewhere (the notebook API): the whole tree."""
-    from hydra.core.hydra_config import HydraConfig
+    from mllmft.config import hydra_config
 
-    tree = config_tree(cfg)
-    if not HydraConfig.initialized() or run_dir is None:
+    tree, hydra = config_tree(cfg), hydra_config()
+    if hydra is None or run_dir is None:
         rich.print(tree)
         return
-    hydra = HydraConfig.get()
     choices = {g: c for g, c in hydra.runtime.choices.items()
                if not g.startswith("hydra") and g != "local" and c not in (None, "null")}
     choices = {g: choices[g] for g in sorted(choices, key=lambda g: (CONFIG_ORDER + (g,)).index(g))}

@@ -37,13 +37,13 @@ def log_summary(loggers: list[Logger], results: dict) -> None:
         logger.save()
 
 
-def log_images(loggers: list[Logger], run_dir: Path, step: int) -> list[str]:
+def log_images(loggers: list[Logger], run_dir: Path, step: int) -> None:
     """The run directory's pictures, to the loggers that show images (TensorBoard, W&B); the CSV
-    logger's are the files themselves. Returns their names."""
+    logger's are the files themselves."""
     pictures = sorted(Path(run_dir).glob("*.png"))
     shown = [lg for lg in loggers if isinstance(lg, (TensorBoardLogger, WandbLogger))]
     if not pictures or not shown:
-        return [p.stem for p in pictures]
+        return
     import numpy as np
     from PIL import Image
 
@@ -54,4 +54,3 @@ def log_images(loggers: list[Logger], run_dir: Path, step: int) -> list[str]:
                 logger.experiment.add_image(f"figures/{path.stem}", pixels, step, dataformats="HWC")
             else:
                 logger.log_image(key=f"figures/{path.stem}", images=[str(path)], step=step)
-    return [p.stem for p in pictures]

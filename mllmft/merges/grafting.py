@@ -25,13 +25,13 @@ from mllmft.errors import ConfigError
 from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
 from mllmft.merges.calibration import batch_loss, target_batches
-from mllmft.strategies.tensor_stats import lowest_entries
+from mllmft.strategies.tensor_stats import highest_entries
 
 log = logging.getLogger(__name__)
 
 
 def rounded(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-    return {name: lowest_entries(-s, sparsity) for name, s in scores.items()}
+    return {name: highest_entries(s, sparsity) for name, s in scores.items()}
 
 
 class Grafting(MergeMethod):

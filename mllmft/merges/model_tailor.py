@@ -30,11 +30,7 @@ from mllmft.console import progress
 from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
 from mllmft.merges.calibration import target_batches
-from mllmft.strategies.tensor_stats import lowest_entries
-
-
-def highest_entries(scores: torch.Tensor, share: float) -> torch.Tensor:
-    return lowest_entries(-scores, share)
+from mllmft.strategies.tensor_stats import highest_entries
 
 
 def row_z(x: torch.Tensor) -> torch.Tensor:

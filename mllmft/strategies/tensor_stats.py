@@ -88,8 +88,13 @@ def _device(tensors: list[torch.Tensor]) -> torch.device:
 
 def lowest_entries(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     """True on exactly round(ratio · numel) lowest-scoring entries of a whole tensor (any sign; ties:
-    the earlier position), e.g. Model-Dowser's trainable entries; ``lowest_entries(-s, r)`` the highest."""
+    the earlier position), e.g. Model-Dowser's trainable entries."""
     flat = scores.reshape(-1)
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
     mask[flat.argsort(stable=True)[:round(ratio * flat.numel())]] = True
     return mask.view_as(scores)
+
+
+def highest_entries(scores: torch.Tensor, ratio: float) -> torch.Tensor:
+    """True on exactly round(ratio · numel) highest-scoring entries (Model Tailor's patch, Grafting's mask)."""
+    return lowest_entries(-scores, ratio)
