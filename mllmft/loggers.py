@@ -54,3 +54,6 @@ def log_images(loggers: list[Logger], run_dir: Path, step: int) -> None:
                 logger.experiment.add_image(f"figures/{path.stem}", pixels, step, dataformats="HWC")
             else:
                 logger.log_image(key=f"figures/{path.stem}", images=[str(path)], step=step)
+    for logger in shown:
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.flush()  # on disk now, not when the writer next flushes or closes
