@@ -2,12 +2,19 @@
 
     mllmft-report logs/train/multiruns/2026-11-22_10-00-00
     mllmft-report logs/train --csv table.csv
+    mllmft-report logs/benchmark --out logs/benchmark/report     # + Markdown/CSV tables and the plots
 
 Runs are grouped by every knob of their resolved config except the seed (and what cannot change a
 result: paths, loggers, progress bars, ...): an lr sweep gives one row per lr, with the knobs that
 differ between rows shown as columns. Within a row, runs of the same seed are averaged first (a
 repeated seed is not another sample), then the table shows mean ± standard deviation over seeds.
-A results.json that cannot be read is skipped and listed.
+A results.json that cannot be read is skipped and listed, and so are the failed runs of an
+mllmft-benchmark directory (its benchmark.json).
+
+``--out DIR`` writes table.md / table.csv (the rows), per_set.md / per_set.csv (the target and every
+upstream set), and the plots (PNG and SVG, see mllmft/report_plots.py): S_u against S_t with the
+seed spread, the zero-shot point, the Pareto front and iso-H curves; H per strategy; and the scores
+against any numeric knob a strategy was swept over (``merge.alpha``, ``strategy.lam``, ...).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from rich.table import Table
 
 COLUMNS = ("S_t", "S_u", "H", "E", "F", "O")
 # knobs that name where or how visibly a run ran, not what it computed
-IGNORED = ("seed", "data.seed", "paths", "logger", "callbacks", "hydra", "print_config", "task_name", "ckpt_path",
+# (finetuned: a merge's input path differs per seed; the strategy that made it is the knob, from run.merge)
+IGNORED = ("seed", "data.seed", "paths", "finetuned", "logger", "callbacks", "hydra", "print_config", "task_name",
+           "ckpt_path",
            "export", "optimized_metric", "data.num_workers", "trainer.default_root_dir",
            "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
 
@@ -44,10 +53,34 @@ def load_runs(paths: list[Path]) -> tuple[list[dict], list[str]]:
             for key in ("run", "target", "upstream"):
                 if key not in run:
                     raise ValueError(f"no {key!r}")
+            run["_file"] = str(f)
             runs.append(run)
         except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
             skipped.append(f"{f}: {err}")
     return runs, skipped
+
+
+def failed_runs(paths: list[Path]) -> list[str]:
+    """One line per run an mllmft-benchmark under ``paths`` planned and did not complete."""
+    manifests = [m for p in paths if p.is_dir() for m in sorted(p.rglob("benchmark.json"))]
+    lines = []
+    for manifest in manifests:
+        try:
+            planned = json.loads(manifest.read_text())["runs"]
+        except (OSError, ValueError, KeyError, TypeError):
+            lines.append(f"{manifest}: not a readable benchmark manifest")
+            continue
+        lines += [f"{run['name']} seed {run['seed']}: {run.get('error', 'not run')} ({run['dir']}/run.log)"
+                  for run in planned.values() if run.get("status") != "complete"]
+    return lines
+
+
+def label(run: dict) -> str:
+    """The row's name: the strategy, or the merge method for mllmft-merge's runs."""
+    merge = run["run"].get("merge")
+    if not isinstance(merge, dict) or "method" not in merge:
+        return run["run"]["strategy"]
+    return f"{merge['method']} (merge of {merge.get('finetuned_strategy') or merge.get('finetuned')})"
 
 
 def knobs(run: dict) -> dict[str, str]:
@@ -82,7 +115,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
     flat = [knobs(r) for r in runs]
     for run, k in zip(runs, flat):
         groups[tuple(sorted(k.items()))].append(run)
-        clusters[(run["run"]["model"], run["run"]["strategy"], k["target"], k["upstream"])].append(k)
+        clusters[(run["run"]["model"], label(run), k["target"], k["upstream"])].append(k)
     varying = sorted({key for members in clusters.values() for k in members for key in k
                       if len({m.get(key) for m in members}) > 1})
     rows, warnings = [], []
@@ -93,21 +126,45 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
             by_seed[m["run"].get("seed")].append(m)
         repeated = {s: len(ms) for s, ms in by_seed.items() if len(ms) > 1}
         if repeated:
-            warnings.append(f"{members[0]['run']['strategy']} ({', '.join(f'{v}={k[v]}' for v in varying) or 'all'}): "
+            warnings.append(f"{label(members[0])} ({', '.join(f'{v}={k[v]}' for v in varying) or 'all'}): "
                             f"seed {', '.join(map(str, repeated))} ran more than once; averaged as one seed")
-        row = {"model": members[0]["run"]["model"], "strategy": members[0]["run"]["strategy"],
+        row = {"model": members[0]["run"]["model"], "strategy": label(members[0]),
                "target": members[0]["target"], "upstream": ",".join(members[0]["upstream"]),
                "seeds": len(by_seed), "runs": len(members), **{v: _cell(k.get(v)) for v in varying}}
         for col in COLUMNS:
-            per_seed = [statistics.fmean(vals) for ms in by_seed.values()
-                        if (vals := [m["tradeoff"]["final"][col] for m in ms
-                                     if m["tradeoff"]["final"].get(col) is not None])]
-            if per_seed:
-                row[col] = statistics.fmean(per_seed)
-                row[f"{col}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+            _mean_std(row, col, by_seed, lambda m, c=col: m["tradeoff"]["final"].get(c))
+        for name in (members[0]["target"], *members[0]["upstream"]):  # every set's own score
+            _mean_std(row, f"set:{name}", by_seed, lambda m, n=name: m.get("scores", {}).get("final", {}).get(n))
+        zeroshot = [m["tradeoff"]["zeroshot"] for m in members if isinstance(m["tradeoff"].get("zeroshot"), dict)]
+        if zeroshot:  # the model before this row's change (peft's virtual tokens change it already)
+            row["zeroshot"] = {c: zeroshot[0].get(c) for c in ("S_t", "S_u", "H")}
+        row["files"] = [m["_file"] for m in members if "_file" in m]
         rows.append(row)
     rows.sort(key=lambda r: (r["model"], r["target"], -r.get("H", float("-inf"))))
     return rows, varying, warnings
+
+
+def _mean_std(row: dict, col: str, by_seed: dict, value) -> None:
+    """row[col], row[col_std]: the mean and std over seeds of ``value(run)`` (each seed's runs averaged)."""
+    per_seed = [statistics.fmean(vals) for ms in by_seed.values()
+                if (vals := [v for m in ms if (v := value(m)) is not None])]
+    if per_seed:
+        row[col] = statistics.fmean(per_seed)
+        row[f"{col}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+
+
+def tiers(rows: list[dict], col: str = "H") -> list[list[dict]]:
+    """Rows in groups the seeds cannot order: from the best down, a row joins the current group while
+    its mean is within the sum of the two standard deviations of the group's first row."""
+    ranked = sorted((r for r in rows if col in r), key=lambda r: -r[col])
+    groups: list[list[dict]] = []
+    for row in ranked:
+        head = groups[-1][0] if groups else None
+        if head is not None and head[col] - row[col] <= head[f"{col}_std"] + row[f"{col}_std"]:
+            groups[-1].append(row)
+        else:
+            groups.append([row])
+    return groups
 
 
 def _cell(value: str | None) -> str:
@@ -121,10 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweep directories or results.json files")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV")
+    parser.add_argument("--out", type=Path, help="write the Markdown/CSV tables and the plots (PNG, SVG) here")
     args = parser.parse_args(argv)
     runs, skipped = load_runs(args.paths)
     for line in skipped:
         print(f"mllmft-report: warning: skipped {line}", file=sys.stderr)
+    failed = failed_runs(args.paths)
+    for line in failed:
+        print(f"mllmft-report: warning: failed run {line}", file=sys.stderr)
     rows, varying, warnings = summarise(runs)
     for line in warnings:
         print(f"mllmft-report: warning: {line}", file=sys.stderr)
@@ -139,10 +200,60 @@ def main(argv: list[str] | None = None) -> None:
         table.add_row(*(str(row[c]) for c in names), *cells)
     Console(width=200).print(table)
     if args.csv:
-        with args.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=sorted({k for r in rows for k in r}))
-            writer.writeheader()
-            writer.writerows(rows)
+        write_csv(rows, args.csv)
+    if args.out:
+        from mllmft.report_plots import plot_all
+
+        write_tables(rows, varying, failed, args.out)
+        for path in plot_all(rows, varying, args.out):
+            print(f"mllmft-report: wrote {path}")
+
+
+def write_csv(rows: list[dict], path: Path) -> None:
+    flat = [{k: v for k, v in r.items() if not isinstance(v, (dict, list))} for r in rows]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted({k for r in flat for k in r}))
+        writer.writeheader()
+        writer.writerows(flat)
+
+
+def _pm(row: dict, col: str) -> str:
+    return f"{row[col]:.1f} ± {row[col + '_std']:.1f}" if col in row else ""
+
+
+def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: Path) -> None:
+    """table.md/.csv: one row per strategy (knob setting) with its tier; per_set.md/.csv: every set's
+    score; both mean ± std over seeds, sorted by H."""
+    out.mkdir(parents=True, exist_ok=True)
+    groups = tiers(rows)
+    tier = {id(r): i for i, g in enumerate(groups, 1) for r in g}
+    ranked = [r for g in groups for r in g] + [r for r in rows if id(r) not in tier]
+    for r in ranked:
+        r["tier"] = tier.get(id(r), "")
+    names = ("strategy", *varying)
+    lines = [f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | tier |",
+             "|" + "---|" * (len(names) + len(COLUMNS) + 2)]
+    lines += [f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, c) for c in COLUMNS)} "
+              f"| {r['seeds']} | {r['tier']} |" for r in ranked]
+    lines += ["", "Mean ± standard deviation over seeds. A tier holds the rows the seeds cannot order: from the "
+              "best H down, a row stays in the tier while its H is within σ₁ + σ₂ of the tier's first row; "
+              "orderings between tiers exceed the seed spread."]
+    if failed:
+        lines += ["", "Failed runs (not in the table):", *[f"- {line}" for line in failed]]
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    write_csv(ranked, out / "table.csv")
+    sets = list(dict.fromkeys(c.removeprefix("set:") for r in ranked for c in r if c.startswith("set:") and
+                              not c.endswith("_std")))
+    header = [*names, *(f"{s} (target)" if s == ranked[0]["target"] else s for s in sets)] if ranked else []
+    per_set = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
+    per_set += [f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, 'set:' + s) for s in sets)} |"
+                for r in ranked]
+    (out / "per_set.md").write_text("\n".join(per_set) + "\n")
+    with (out / "per_set.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([*names, *(x for s in sets for x in (s, f"{s}_std"))])
+        writer.writerows([[r.get(c, "") for c in names] + [r.get(f"set:{s}{x}", "") for s in sets for x in ("", "_std")]
+                          for r in ranked])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ never holds more than one extra copy of the model.
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -44,9 +45,11 @@ class MergeMethod:
 class FinetunedWeights:
     """θ_ft, one tensor at a time: ``get(name)`` is None where the run left θ0 unchanged."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], source: str):
+    def __init__(self, tensors: dict[str, torch.Tensor], source: str, strategy: str | None = None):
         self.tensors = tensors
         self.source = source
+        self.strategy = strategy  # the strategy that fine-tuned them, where recorded
+
 
     def get(self, name: str) -> torch.Tensor | None:
         return self.tensors.get(name)
@@ -54,7 +57,9 @@ class FinetunedWeights:
     @classmethod
     def open(cls, path: str | Path, backbone, run_identity: dict | None = None) -> FinetunedWeights:
         path = Path(path)
+        run_strategy = None
         if path.is_dir() and not (path / "config.json").is_file():  # a run directory of mllmft-train
+            run_strategy = _strategy_of_run(path)
             if (path / "export" / "config.json").is_file():
                 path = path / "export"
             elif (path / "checkpoints" / "last.ckpt").is_file():
@@ -69,6 +74,7 @@ class FinetunedWeights:
         else:
             raise CheckpointNotFoundError(f"finetuned={path}: no such file or directory")
         weights.check_against(backbone.model)
+        weights.strategy = run_strategy or weights.strategy
         return weights
 
     @classmethod
@@ -90,7 +96,7 @@ class FinetunedWeights:
         tensors = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
         if not tensors:
             raise ConfigError(f"finetuned={path} holds no model tensors")
-        return cls(tensors, str(path))
+        return cls(tensors, str(path), strategy=(checkpoint.get("mllmft") or {}).get("strategy"))
 
     def check_against(self, model: nn.Module) -> None:
         params = dict(model.named_parameters())
@@ -103,6 +109,13 @@ class FinetunedWeights:
             if tuple(tensor.shape) != tuple(params[name].shape):
                 raise ConfigError(f"finetuned={self.source}: {name} has shape {list(tensor.shape)}, this model's "
                                   f"{list(params[name].shape)}")
+
+
+def _strategy_of_run(run_dir: Path) -> str | None:
+    try:
+        return json.loads((run_dir / "results.json").read_text())["run"]["strategy"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @torch.no_grad()

@@ -1,0 +1,162 @@
+"""``mllmft-benchmark``: every strategy and merge method × seeds on one job, then the report.
+
+    mllmft-benchmark                                     # every strategy and merge, seeds 42 43 44, the built-in job
+    mllmft-benchmark --strategies full spider lora --merges wise_ft --seeds 1 2 -- trainer.max_steps=100
+    mllmft-benchmark --out logs/benchmark/flickr -- model=llava_1.5_7b data=flickr30k hardware=ddp
+
+Each run is one ``mllmft-train`` (or ``mllmft-merge``) process writing to ``<out>/<name>/seed<k>/``;
+the overrides after ``--`` go to every run. A merge method merges the ``full`` run of the same seed
+into the base model. A run whose results.json is complete is never run again: an interrupted
+benchmark started again with the same arguments runs only what is missing (and what failed). A run
+that fails leaves its log (``run.log``) and is listed; the others go on. At the end ``mllmft-report``
+writes the tables and plots to ``<out>/report/``.
+
+``<out>/benchmark.json`` records the overrides: one directory holds one job, so starting it again with
+other overrides is refused rather than mixing runs of two jobs in one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mllmft.config import CONF_DIR
+
+MANIFEST = "benchmark.json"
+MERGED_RUN = "full"  # the fine-tuned run every merge method starts from
+
+
+def choices(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def plan(strategies: list[str], merges: list[str], seeds: list[int], out: Path) -> list[dict]:
+    """The runs, fine-tuning first (a merge needs the ``full`` run of its seed)."""
+    runs = [{"name": s, "kind": "strategy", "seed": k, "dir": str(out / s / f"seed{k}")}
+            for k in seeds for s in strategies]
+    runs += [{"name": m, "kind": "merge", "seed": k, "dir": str(out / f"merge_{m}" / f"seed{k}"),
+              "finetuned": str(out / MERGED_RUN / f"seed{k}")} for k in seeds for m in merges]
+    return runs
+
+
+def command(run: dict, overrides: list[str]) -> list[str]:
+    if run["kind"] == "merge":
+        head = ["mllmft.merge", f"merge={run['name']}", f"finetuned={_quoted(run['finetuned'])}"]
+    else:
+        head = ["mllmft.train", f"strategy={run['name']}"]
+    return [sys.executable, "-m", *head, f"seed={run['seed']}", f"hydra.run.dir={_quoted(run['dir'])}",
+            "print_config=false", *overrides]
+
+
+def _quoted(path: str) -> str:
+    """A path as one Hydra override value (spaces, ``=`` and commas included)."""
+    if "'" in path:
+        raise SystemExit(f"mllmft-benchmark: error: {path}: a path with a single quote cannot be passed to Hydra")
+    return f"'{path}'"
+
+
+def is_complete(run_dir: Path) -> bool:
+    try:
+        return json.loads((run_dir / "results.json").read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def last_error(log_file: Path) -> str:
+    """The line that says why a run failed: our one-line error, else the traceback's last line."""
+    lines = [line.strip() for line in log_file.read_text(errors="replace").splitlines() if line.strip()]
+    ours = [line for line in lines if line.startswith("mllmft: error:")]
+    return (ours or lines or ["no output"])[-1][:300]
+
+
+def check_manifest(out: Path, overrides: list[str]) -> dict:
+    """The manifest of ``out``: new, or the one of an earlier start with the same overrides."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return {"overrides": overrides, "runs": {}}
+    manifest = json.loads(path.read_text())
+    if manifest.get("overrides") != overrides:
+        raise SystemExit(f"mllmft-benchmark: error: {out} holds a benchmark with the overrides "
+                         f"{manifest.get('overrides')}, not {overrides}; use another --out or the same overrides")
+    return manifest
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    tmp = out / f".{MANIFEST}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2))
+    os.replace(tmp, out / MANIFEST)
+
+
+def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict) -> list[dict]:
+    """Run what is not complete yet, one process at a time; returns the failed runs."""
+    failed = []
+    for i, run in enumerate(runs, 1):
+        run_dir, label = Path(run["dir"]), f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}"
+        key = str(run_dir.relative_to(out))
+        if is_complete(run_dir):
+            print(f"{label}: done before, kept", flush=True)
+            manifest["runs"][key] = {**run, "status": "complete"}
+            continue
+        if run["kind"] == "merge" and not is_complete(Path(run["finetuned"])):
+            status = {"status": "failed", "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete"}
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            started = time.perf_counter()
+            with (run_dir / "run.log").open("w") as log:
+                code = subprocess.run(command(run, overrides), stdout=log, stderr=subprocess.STDOUT).returncode
+            seconds = round(time.perf_counter() - started, 1)
+            status = ({"status": "complete", "seconds": seconds} if code == 0 and is_complete(run_dir) else
+                      {"status": "failed", "seconds": seconds, "error": last_error(run_dir / "run.log")})
+        manifest["runs"][key] = {**run, **status}
+        write_manifest(out, manifest)
+        if status["status"] == "complete":
+            final = json.loads((run_dir / "results.json").read_text())["tradeoff"]["final"]
+            scores = ", ".join(f"{k} {final[k]:.1f}" for k in ("S_t", "S_u", "H") if final.get(k) is not None)
+            print(f"{label}: {scores} ({status['seconds']} s)", flush=True)
+        else:
+            failed.append(manifest["runs"][key])
+            print(f"{label}: FAILED: {status['error']}", flush=True)
+    return failed
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(prog="mllmft-benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strategies", nargs="+", default=[s for s in choices("strategy") if s != "zeroshot"],
+                        help="strategy configs (default: every one; each run's zero-shot test is the zero-shot point)")
+    parser.add_argument("--merges", nargs="*", default=choices("merge"),
+                        help=f"merge configs applied to the {MERGED_RUN} run of each seed (default: every one; "
+                             "none if given no names)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
+    parser.add_argument("--out", type=Path, default=Path("logs/benchmark"), help="the benchmark's directory")
+    args = parser.parse_args(ours)
+    for group, names in (("strategy", args.strategies), ("merge", args.merges)):
+        unknown = sorted(set(names) - set(choices(group)))
+        if unknown:
+            parser.error(f"no {group} config {', '.join(unknown)} (choose from {', '.join(choices(group))})")
+    if args.merges and MERGED_RUN not in args.strategies:
+        parser.error(f"the merges merge the {MERGED_RUN} run: add {MERGED_RUN} to --strategies, or give --merges no "
+                     "names to run none")
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out.resolve()
+    manifest = check_manifest(out, overrides)
+    runs = plan(args.strategies, args.merges, args.seeds, out)
+    failed = run_all(runs, overrides, out, manifest)
+
+    from mllmft.report import main as report
+
+    report([str(out), "--out", str(out / "report")])
+    if failed:
+        sys.exit(f"mllmft-benchmark: {len(failed)} of {len(runs)} runs failed (listed above; their run.log says why); "
+                 "run the same command again to retry them")
+
+
+if __name__ == "__main__":
+    main()
