@@ -104,6 +104,9 @@ def knobs(run: dict) -> dict[str, str]:
 
     walk(config, "")
     flat["target"], flat["upstream"] = run["target"], ",".join(run["upstream"])
+    merge = run["run"].get("merge")
+    if isinstance(merge, dict):  # what a merge merged: the fine-tuning strategy (its path where unrecorded)
+        flat["finetuned"] = merge.get("finetuned_strategy") or merge.get("finetuned", "")
     return flat
 
 
