@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt torch
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,eval,data,deepspeed,slurm]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,eval,data,deepspeed,slurm,search]"
 	touch $(STAMP)
 
 train: $(STAMP)

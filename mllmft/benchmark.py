@@ -150,9 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args.strategies, args.merges, args.seeds, out)
     failed = run_all(runs, overrides, out, manifest)
 
-    from mllmft.report import main as report
+    if len(failed) < len(runs):
+        from mllmft.report import main as report
 
-    report([str(out), "--out", str(out / "report")])
+        report([str(out), "--out", str(out / "report")])
     if failed:
         sys.exit(f"mllmft-benchmark: {len(failed)} of {len(runs)} runs failed (listed above; their run.log says why); "
                  "run the same command again to retry them")

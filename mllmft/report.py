@@ -90,7 +90,7 @@ def knobs(run: dict) -> dict[str, str]:
     if config is None:
         summary = run["run"]
         config = {"model": {"name": summary["model"]}, "strategy": {"name": summary["strategy"]},
-                  "scope": summary["scope"]}
+                  "scope": summary.get("scope")}
     flat: dict[str, str] = {}
 
     def walk(value, key: str) -> None:
@@ -117,19 +117,19 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
     clusters: dict[tuple, list[dict]] = defaultdict(list)  # same model, strategy and data sets
     flat = [knobs(r) for r in runs]
     for run, k in zip(runs, flat):
-        groups[tuple(sorted(k.items()))].append(run)
+        groups[(label(run), *sorted(k.items()))].append(run)
         clusters[(run["run"]["model"], label(run), k["target"], k["upstream"])].append(k)
     varying = sorted({key for members in clusters.values() for k in members for key in k
                       if len({m.get(key) for m in members}) > 1})
     rows, warnings = [], []
     for key, members in groups.items():
-        k = dict(key)
+        k = dict(key[1:])
         by_seed: dict[object, list[dict]] = defaultdict(list)
         for m in members:
             by_seed[m["run"].get("seed")].append(m)
         repeated = {s: len(ms) for s, ms in by_seed.items() if len(ms) > 1}
         if repeated:
-            warnings.append(f"{label(members[0])} ({', '.join(f'{v}={k[v]}' for v in varying) or 'all'}): "
+            warnings.append(f"{label(members[0])} ({', '.join(f'{v}={k.get(v)}' for v in varying) or 'all'}): "
                             f"seed {', '.join(map(str, repeated))} ran more than once; averaged as one seed")
         row = {"model": members[0]["run"]["model"], "strategy": label(members[0]),
                "target": members[0]["target"], "upstream": ",".join(members[0]["upstream"]),

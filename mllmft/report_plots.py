@@ -69,7 +69,7 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
     top = min(100.0, top)
     for h in range(10, 100, 10):  # iso-H: S_u = H·S_t / (2·S_t − H), defined for S_t > H / 2
         xs = [h / 2 + (top - h / 2) * i / 200 for i in range(1, 201)]
-        pts = [(x, h * x / (2 * x - h)) for x in xs if 0 < h * x / (2 * x - h) <= top]
+        pts = [(x, h * x / (2 * x - h)) for x in xs if 2 * x > h and h * x / (2 * x - h) <= top]
         if pts:
             ax.plot(*zip(*pts), color="0.85", lw=0.8, zorder=0)
             ax.annotate(f"H={h}", pts[-1], fontsize=7, color="0.55", ha="right", va="bottom")
@@ -109,17 +109,21 @@ def h_figure(rows: list[dict], varying: list[str]):
     import matplotlib.pyplot as plt
 
     ranked = sorted((r for r in rows if "H" in r), key=lambda r: r["H"])
-    fig, ax = plt.subplots(figsize=(7, 0.28 * len(ranked) + 1.5))
+    from matplotlib.patches import Patch
+
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(ranked) + 1.5))
     colours = ["tab:orange" if is_merge(r) else "tab:blue" for r in ranked]
     ax.barh(range(len(ranked)), [r["H"] for r in ranked], xerr=[r["H_std"] for r in ranked], color=colours,
             capsize=2, error_kw={"lw": 0.8})
     ax.set_yticks(range(len(ranked)), [row_name(r, varying) for r in ranked], fontsize=8)
+    handles = [Patch(color="tab:blue", label="fine-tuning strategy"), Patch(color="tab:orange", label="post-hoc merge")]
     zeroshot = _zeroshot(ranked)
     if zeroshot and zeroshot.get("H") is not None:
-        ax.axvline(zeroshot["H"], color="black", lw=0.8, ls=":", label=f"zero-shot H = {zeroshot['H']:.1f}")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set(xlabel="H = 2·S_t·S_u / (S_t + S_u)  (mean ± std over seeds)",
-           title=f"{ranked[0]['model']} on {ranked[0]['target']}: harmonic mean of target and upstream")
+        handles.append(ax.axvline(zeroshot["H"], color="black", lw=0.8, ls=":",
+                                  label=f"zero-shot H = {zeroshot['H']:.1f}"))
+    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.set(xlabel="H = 2·S_t·S_u / (S_t + S_u)  (mean ± std over seeds)")
+    ax.set_title(f"{ranked[0]['model']}, target {ranked[0]['target']}: H per strategy", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return fig

@@ -53,6 +53,20 @@ def test_multirun_sweep(tmp_path):
     assert strategies == ["full", "full", "zeroshot", "zeroshot"]
 
 
+def test_optuna_search_maximises_h_over_the_strategy_knobs(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    proc = _run([BIN / "mllmft-train", "hparams_search=l2_sp_optuna", "hydra.sweeper.n_trials=2", *FAST,
+                 "hydra.sweep.dir=sweep"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = sorted((tmp_path / "sweep").glob("*/results.json"))
+    assert len(trials) == 2
+    configs = [json.loads(t.read_text())["config"] for t in trials]
+    assert all(c["strategy"]["_target_"].endswith("AnchorPenalty") for c in configs)
+    assert len({c["strategy"]["lam"] for c in configs}) == 2 and all(1e-5 <= c["strategy"]["lam"] <= 1 for c in configs)
+    best = (tmp_path / "sweep" / "optimization_results.yaml").read_text()
+    assert "best_params" in best and "strategy.lam" in best and "module.lr" in best
+
+
 def test_eval_entry_point_on_an_exported_checkpoint(tmp_path, tiny_backbone):
     tiny_backbone.model.save_pretrained(tmp_path / "export")
     tiny_backbone.processor.save_pretrained(tmp_path / "export")

@@ -65,3 +65,73 @@ def test_unreadable_results_are_skipped_with_a_listed_warning(tmp_path, capsys):
     skipped = [line for line in captured.err.splitlines() if "skipped" in line]
     assert len(skipped) == 3 and all(n in captured.err for n in ("cut", "list", "bytes"))
     assert "60.0 ± 0.0" in captured.out  # the readable runs are still reported (null scores left empty)
+
+
+def _merge(seed, alpha, s_t, s_u):
+    run = _with_config(_results("zeroshot", seed, s_t, s_u), 1e-3, seed)
+    run["run"]["merge"] = {"method": "wise_ft", "alpha": alpha, "finetuned": f"/runs/full/seed{seed}",
+                           "finetuned_strategy": "full"}
+    run["config"] = {**run["config"], "merge": {"_target_": "mllmft.merges.WiSEFT", "alpha": alpha},
+                     "finetuned": f"/runs/full/seed{seed}"}
+    return run
+
+
+def _with_sets(run, zeroshot=(0.0, 90.0)):
+    final = run["tradeoff"]["final"]
+    run["scores"] = {"final": {"digits": final["S_t"], "shapes": final["S_u"]}}
+    run["tradeoff"]["zeroshot"] = {"S_t": zeroshot[0], "S_u": zeroshot[1], "H": 0.0}
+    return run
+
+
+def test_report_writes_tables_plots_and_knob_curves(tmp_path, capsys):
+    runs = [_with_config(_results(s, seed, s_t + seed, s_u - seed), 1e-3, seed)
+            for s, s_t, s_u in (("full", 70, 10), ("spider", 60, 25), ("lora", 20, 22)) for seed in (1, 2, 3)]
+    runs += [_merge(seed, alpha, 70 * alpha + seed, 90 - 80 * alpha) for alpha in (0.0, 0.5, 1.0) for seed in (1, 2)]
+    for i, r in enumerate(runs):
+        (tmp_path / "runs" / str(i)).mkdir(parents=True)
+        (tmp_path / "runs" / str(i) / "results.json").write_text(json.dumps(_with_sets(r)))
+    out = tmp_path / "report"
+    main([str(tmp_path / "runs"), "--out", str(out)])
+    printed = capsys.readouterr().out
+    for name in ("tradeoff", "h", "knob_wise_ft__merge_of_full_merge_alpha"):
+        for ext in ("png", "svg"):
+            assert (out / f"{name}.{ext}").stat().st_size > 1000 and f"{name}.{ext}" in printed
+    table = (out / "table.md").read_text()
+    # the merges of the full runs of seeds 1 and 2 are one row per alpha, not one per seed or path
+    assert table.count("wise_ft (merge of full)") == 3 and "| 2 |" in table
+    first = next(line for line in table.splitlines() if line.startswith("| wise_ft"))
+    assert "| 0.5 |" in first and first.endswith("| 1 |")  # the best H (41.9): the first row and tier
+    spider = next(line for line in table.splitlines() if line.startswith("| spider"))
+    assert "| 62.0 ± 1.0 | 23.0 ± 1.0 |" in spider and spider.endswith("| 3 | 2 |")  # 3 seeds, second tier
+    per_set = (out / "per_set.md").read_text()
+    assert "digits (target)" in per_set and "shapes" in per_set
+    assert (out / "per_set.csv").read_text().startswith("strategy,merge.alpha,digits,digits_std,shapes,shapes_std")
+
+
+def test_tiers_group_what_the_seed_spread_cannot_order():
+    from mllmft.report import tiers
+
+    rows = [{"strategy": n, "H": h, "H_std": s} for n, h, s in
+            (("a", 30, 1), ("b", 29, 0.5), ("c", 25, 1), ("d", 24.5, 0), ("e", 10, 0))]
+    assert [[r["strategy"] for r in g] for g in tiers(rows)] == [["a", "b"], ["c", "d"], ["e"]]
+
+
+def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
+    from mllmft.report_plots import pareto_front
+
+    points = [(70, 10), (60, 25), (20, 22), (10, 80), (60, 20)]
+    assert pareto_front(points) == [(10, 80), (60, 25), (70, 10)]
+
+
+def test_failed_benchmark_runs_are_listed(tmp_path, capsys):
+    good = _with_sets(_with_config(_results("full", 1, 60, 20), 1e-3, 1))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.json").write_text(json.dumps(good))
+    manifest = {"overrides": [], "runs": {
+        "full/seed1": {"name": "full", "seed": 1, "dir": str(tmp_path / "full"), "status": "complete"},
+        "spu/seed1": {"name": "spu", "seed": 1, "dir": str(tmp_path / "spu"), "status": "failed",
+                      "error": "mllmft: error: boom"}}}
+    (tmp_path / "benchmark.json").write_text(json.dumps(manifest))
+    main([str(tmp_path), "--out", str(tmp_path / "report")])
+    assert "failed run spu seed 1: mllmft: error: boom" in capsys.readouterr().err
+    assert "- spu seed 1: mllmft: error: boom" in (tmp_path / "report" / "table.md").read_text()
