@@ -53,7 +53,6 @@ def load_runs(paths: list[Path]) -> tuple[list[dict], list[str]]:
             for key in ("run", "target", "upstream"):
                 if key not in run:
                     raise ValueError(f"no {key!r}")
-            run["_file"] = str(f)
             runs.append(run)
         except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
             skipped.append(f"{f}: {err}")
@@ -84,17 +83,21 @@ def label(run: dict) -> str:
 
 
 def knobs(run: dict) -> dict[str, str]:
-    """The run's resolved config as flat ``dotted.key: json value`` pairs, without IGNORED keys.
-    Results written before the config was recorded fall back to their run summary."""
+    """The run's resolved config as flat ``dotted.key: json value`` pairs, without IGNORED keys, nor a
+    component's seed equal to the run's (``strategy.seed: ${seed}``: the seed, not a knob). Results
+    written before the config was recorded fall back to their run summary."""
     config = run.get("config")
     if config is None:
         summary = run["run"]
         config = {"model": {"name": summary["model"]}, "strategy": {"name": summary["strategy"]},
                   "scope": summary.get("scope")}
     flat: dict[str, str] = {}
+    seed = run["run"].get("seed")
 
     def walk(value, key: str) -> None:
         if any(key == k or key.startswith(k + ".") for k in IGNORED):
+            return
+        if key.endswith(".seed") and value == seed:
             return
         if isinstance(value, dict) and value:
             for k, v in value.items():
@@ -141,7 +144,6 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
         zeroshot = [m["tradeoff"]["zeroshot"] for m in members if isinstance(m["tradeoff"].get("zeroshot"), dict)]
         if zeroshot:  # the model before this row's change (peft's virtual tokens change it already)
             row["zeroshot"] = {c: zeroshot[0].get(c) for c in ("S_t", "S_u", "H")}
-        row["files"] = [m["_file"] for m in members if "_file" in m]
         rows.append(row)
     rows.sort(key=lambda r: (r["model"], r["target"], -r.get("H", float("-inf"))))
     return rows, varying, warnings

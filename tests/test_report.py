@@ -45,6 +45,19 @@ def test_report_groups_by_every_knob_but_the_seed(tmp_path, capsys):
     assert "module.lr" in capsys.readouterr().out
 
 
+def test_a_component_seed_that_follows_the_run_seed_is_not_a_knob():
+    runs = [_with_config(_results("random_mask", seed, 60 + seed, 20), 1e-3, seed) for seed in (1, 2)]
+    for run, strategy_seed in zip(runs, (1, 2)):  # strategy.seed: ${seed}
+        run["config"]["strategy"]["seed"] = strategy_seed
+    swept = [_with_config(_results("random_mask", 7, 60, 20 + s), 1e-3, 7) for s in (1, 2)]
+    for run, strategy_seed in zip(swept, (1, 2)):  # a sweep over strategy.seed at one run seed: a knob
+        run["config"]["strategy"]["seed"] = strategy_seed
+    rows, varying, _ = summarise(runs)
+    assert len(rows) == 1 and rows[0]["seeds"] == 2 and varying == []
+    rows, varying, _ = summarise(swept)
+    assert len(rows) == 2 and varying == ["strategy.seed"]
+
+
 def test_a_repeated_seed_is_one_seed_and_is_reported(capsys):
     runs = [_with_config(_results("full", 42, s_t, 20), 1e-3, 42) for s_t in (60, 70)]
     rows, _, warnings = summarise(runs)
