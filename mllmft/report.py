@@ -158,18 +158,13 @@ def _mean_std(row: dict, col: str, by_seed: dict, value) -> None:
         row[f"{col}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
 
 
-def tiers(rows: list[dict], col: str = "H") -> list[list[dict]]:
-    """Rows in groups the seeds cannot order: from the best down, a row joins the current group while
-    its mean is within the sum of the two standard deviations of the group's first row."""
-    ranked = sorted((r for r in rows if col in r), key=lambda r: -r[col])
-    groups: list[list[dict]] = []
-    for row in ranked:
-        head = groups[-1][0] if groups else None
-        if head is not None and head[col] - row[col] <= head[f"{col}_std"] + row[f"{col}_std"]:
-            groups[-1].append(row)
-        else:
-            groups.append([row])
-    return groups
+def separations(rows: list[dict], col: str = "H") -> None:
+    """Set each row's ``beats`` and ``beaten_by``: how many rows its ``col`` is above (below) by more
+    than the sum of the two standard deviations over seeds, i.e. the orderings the seeds' spread allows."""
+    scored = [r for r in rows if col in r]
+    for r in scored:
+        r["beats"] = sum(r[col] - o[col] > r[f"{col}_std"] + o[f"{col}_std"] for o in scored)
+        r["beaten_by"] = sum(o[col] - r[col] > r[f"{col}_std"] + o[f"{col}_std"] for o in scored)
 
 
 def _cell(value: str | None) -> str:
@@ -227,22 +222,21 @@ def _pm(row: dict, col: str) -> str:
 
 
 def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: Path) -> None:
-    """table.md/.csv: one row per strategy (knob setting) with its tier; per_set.md/.csv: every set's
-    score; both mean ± std over seeds, sorted by H."""
+    """table.md/.csv: one row per strategy (knob setting), sorted by H, with how many rows it beats and is
+    beaten by beyond the seed spread; per_set.md/.csv: every set's score; both mean ± std over seeds."""
     out.mkdir(parents=True, exist_ok=True)
-    groups = tiers(rows)
-    tier = {id(r): i for i, g in enumerate(groups, 1) for r in g}
-    ranked = [r for g in groups for r in g] + [r for r in rows if id(r) not in tier]
-    for r in ranked:
-        r["tier"] = tier.get(id(r), "")
+    separations(rows)
+    ranked = sorted(rows, key=lambda r: -r.get("H", float("-inf")))
     names = ("strategy", *varying)
-    lines = [f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | tier |",
-             "|" + "---|" * (len(names) + len(COLUMNS) + 2)]
+    lines = [f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | beats | beaten by |",
+             "|" + "---|" * (len(names) + len(COLUMNS) + 3)]
     lines += [f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, c) for c in COLUMNS)} "
-              f"| {r['seeds']} | {r['tier']} |" for r in ranked]
-    lines += ["", "Mean ± standard deviation over seeds. A tier holds the rows the seeds cannot order: from the "
-              "best H down, a row stays in the tier while its H is within σ₁ + σ₂ of the tier's first row; "
-              "orderings between tiers exceed the seed spread."]
+              f"| {r['seeds']} | {r.get('beats', '')} | {r.get('beaten_by', '')} |" for r in ranked]
+    top = [r["strategy"] + "".join(f" {k}={r[k]}" for k in varying if r.get(k)) for r in ranked
+           if r.get("beaten_by") == 0]
+    lines += ["", "Mean ± standard deviation over seeds. *beats* / *beaten by*: how many rows this row's H is above / "
+              "below by more than σ₁ + σ₂ (the two rows' standard deviations); closer pairs the seeds cannot order. "
+              f"Beaten by no row: {', '.join(top)}."]
     if failed:
         lines += ["", "Failed runs (not in the table):", *[f"- {line}" for line in failed]]
     (out / "table.md").write_text("\n".join(lines) + "\n")

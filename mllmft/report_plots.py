@@ -78,11 +78,9 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
         if group:
             ax.errorbar([r["S_t"] for r in group], [r["S_u"] for r in group],
                         xerr=[r["S_t_std"] for r in group], yerr=[r["S_u_std"] for r in group],
-                        fmt=marker, color=colour, ms=5, capsize=2, lw=0.8,
-                        label="post-hoc merge (of a fine-tuned run)" if merged else "fine-tuning strategy")
-    for r in rows:
-        ax.annotate(row_name(r, varying, short=True), (r["S_t"], r["S_u"]), fontsize=7,
-                    xytext=(3, 3), textcoords="offset points")
+                        fmt=marker, color=colour, ms=5, capsize=2, lw=0.7, elinewidth=0.6, ecolor=colour,
+                        alpha=0.85, label="post-hoc merge (of a fine-tuned run)" if merged else "fine-tuning strategy")
+    place_labels(ax, [(row_name(r, varying, short=True), r["S_t"] / top, r["S_u"] / top) for r in rows])
     front = pareto_front([(r["S_t"], r["S_u"]) for r in rows])
     ax.plot(*zip(*front), color="tab:red", lw=1.2, ls="--", label="Pareto front")
     zeroshot = _zeroshot(rows)
@@ -93,10 +91,33 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
            ylabel=f"upstream score S_u, mean of {rows[0]['upstream']} (0-100)",
            title=f"{rows[0]['model']}: specialisation vs generalisation "
                  f"(mean ± std over {'/'.join(map(str, seeds))} seeds)")
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+# where a point's label may go, in axes fractions from the point: right/left, above/below, then further out
+OFFSETS = [(0.008, 0.006), (0.008, -0.03), (-0.008, 0.006), (-0.008, -0.03), (0.008, 0.04), (0.008, -0.064),
+           (-0.008, 0.04), (-0.008, -0.064), (0.008, 0.074), (0.008, -0.098)]
+
+
+def place_labels(ax, labels: list[tuple[str, float, float]], char: float = 0.0075, height: float = 0.024) -> None:
+    """Each label at the first offset where its box (estimated from its length) overlaps no label placed
+    before it; a label moved away from its point gets a thin leader line."""
+    placed: list[tuple[float, float, float, float]] = []
+    for text, x, y in sorted(labels, key=lambda t: (-t[2], t[1])):
+        width = char * len(text)
+        for dx, dy in OFFSETS:
+            left = x + dx if dx > 0 else x + dx - width
+            box = (left, y + dy, left + width, y + dy + height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        far = abs(dy) > 0.035
+        ax.annotate(text, (x, y), xycoords="axes fraction", xytext=(box[0], box[1]), textcoords="axes fraction",
+                    fontsize=7, ha="left", va="bottom",
+                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if far else None)
 
 
 def _zeroshot(rows: list[dict]) -> dict | None:

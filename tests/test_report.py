@@ -111,22 +111,25 @@ def test_report_writes_tables_plots_and_knob_curves(tmp_path, capsys):
             assert (out / f"{name}.{ext}").stat().st_size > 1000 and f"{name}.{ext}" in printed
     table = (out / "table.md").read_text()
     # the merges of the full runs of seeds 1 and 2 are one row per alpha, not one per seed or path
-    assert table.count("wise_ft (merge of full)") == 3 and "| 2 |" in table
+    assert table.count("| wise_ft (merge of full) |") == 3 and "| 2 |" in table
     first = next(line for line in table.splitlines() if line.startswith("| wise_ft"))
-    assert "| 0.5 |" in first and first.endswith("| 1 |")  # the best H (41.9): the first row and tier
+    assert "| 0.5 |" in first and first.endswith("| 2 | 5 | 0 |")  # the best H (41.9): above all 5 others
     spider = next(line for line in table.splitlines() if line.startswith("| spider"))
-    assert "| 62.0 ± 1.0 | 23.0 ± 1.0 |" in spider and spider.endswith("| 3 | 2 |")  # 3 seeds, second tier
+    assert "| 62.0 ± 1.0 | 23.0 ± 1.0 |" in spider and spider.endswith("| 3 | 4 | 1 |")  # 3 seeds
+    assert "Beaten by no row: wise_ft (merge of full) merge.alpha=0.5." in table
     per_set = (out / "per_set.md").read_text()
     assert "digits (target)" in per_set and "shapes" in per_set
     assert (out / "per_set.csv").read_text().startswith("strategy,merge.alpha,digits,digits_std,shapes,shapes_std")
 
 
-def test_tiers_group_what_the_seed_spread_cannot_order():
-    from mllmft.report import tiers
+def test_orderings_count_only_beyond_the_seed_spread():
+    from mllmft.report import separations
 
     rows = [{"strategy": n, "H": h, "H_std": s} for n, h, s in
-            (("a", 30, 1), ("b", 29, 0.5), ("c", 25, 1), ("d", 24.5, 0), ("e", 10, 0))]
-    assert [[r["strategy"] for r in g] for g in tiers(rows)] == [["a", "b"], ["c", "d"], ["e"]]
+            (("a", 30, 1), ("b", 29, 0.5), ("c", 25, 1), ("d", 24.5, 0), ("e", 20, 9))]
+    separations(rows)
+    assert {r["strategy"]: (r["beats"], r["beaten_by"]) for r in rows} == {
+        "a": (2, 0), "b": (2, 0), "c": (0, 2), "d": (0, 2), "e": (0, 0)}  # e: too spread to order
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
