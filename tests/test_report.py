@@ -151,3 +151,16 @@ def test_failed_benchmark_runs_are_listed(tmp_path, capsys):
     main([str(tmp_path), "--out", str(tmp_path / "report")])
     assert "failed run spu seed 1: mllmft: error: boom" in capsys.readouterr().err
     assert "- spu seed 1: mllmft: error: boom" in (tmp_path / "report" / "table.md").read_text()
+
+
+def test_the_readme_benchmark_table_is_the_generated_one():
+    # README's table is docs/benchmark/table.md as mllmft-benchmark wrote it (README "The built-in benchmark")
+    from mllmft.config import CONF_DIR
+
+    root = CONF_DIR.parent
+    readme = (root / "README.md").read_text()
+    begin, end = "<!-- generated: docs/benchmark/table.md -->", "<!-- end of docs/benchmark/table.md -->"
+    block = readme.split(begin, 1)[1].split(end, 1)[0]
+    assert block.strip() == (root / "docs" / "benchmark" / "table.md").read_text().strip()
+    for picture in ("tradeoff.png", "h.png"):
+        assert f"docs/benchmark/{picture}" in readme and (root / "docs" / "benchmark" / picture).is_file()
