@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     for col in (*names, *COLUMNS):
         table.add_column(col, justify="right" if col in COLUMNS or col == "seeds" else "left")
     for row in rows:
-        cells = [f"{row[c]:.1f} ± {row[c + '_std']:.1f}" if c in row else "" for c in COLUMNS]
+        cells = [_pm(row, c) for c in COLUMNS]
         table.add_row(*(str(row[c]) for c in names), *cells)
     Console(width=200).print(table)
     if args.csv:
