@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from mllmft import api
-from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask
+from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask, tensor_stats
 from mllmft.strategies.engines import LocalEngine
-from mllmft.strategies.gradient_masks import top_fraction_mask
+from mllmft.strategies.gradient_masks import keep_count, top_fraction_mask
 from mllmft.strategies.runner import StepContext
 from mllmft.strategies.spider import normalized_importance, spider_mask
 
@@ -88,6 +88,32 @@ def test_gmt_keeps_exactly_k_entries_even_with_ties():
     g[:3] = torch.tensor([5.0, -4.0, 3.0])
     mask = top_fraction_mask(g.abs(), 0.2)  # 10 kept: 3 real + 7 of the tied zeros
     assert mask.sum() == 10 and mask[:3].all()
+
+
+@pytest.mark.parametrize("values", ["continuous", "few_levels", "all_equal"])
+@pytest.mark.parametrize("share", [1e-6, 0.2, 0.999])
+def test_large_tensor_top_k_equals_sorting(values, share):
+    """Above 16 × BRACKET_SAMPLE entries the k-th value is bracketed from a sample first; the mask
+    must still be the exact top k (ties: the earliest), however many ties the bracket holds."""
+    generator = torch.Generator().manual_seed(0)
+    n = 16 * tensor_stats.BRACKET_SAMPLE + 12345
+    scores = {"continuous": torch.rand(n, generator=generator),
+              "few_levels": torch.randint(0, 5, (n,), generator=generator).float(),
+              "all_equal": torch.ones(n)}[values]
+    k = keep_count(share, n)
+    mask = tensor_stats.top_k_masks(LocalEngine(), [scores], [k])[0]
+    order = torch.argsort(-scores, stable=True)  # descending; equal scores keep their index order
+    expected = torch.zeros(n, dtype=torch.bool)
+    expected[order[:k]] = True
+    assert torch.equal(mask, expected)
+
+
+def test_float64_sums_equal_a_float64_copys():
+    v = torch.randn(3 * tensor_stats.CPU_CHUNK + 7, generator=torch.Generator().manual_seed(0))
+    sums = tensor_stats.float64_sums(v)
+    d = v.double()
+    torch.testing.assert_close(sums, torch.stack([d.sum(), d.square().sum()]), rtol=1e-12, atol=0)
+    assert tensor_stats.float64_sums(v > 0, squares=False) == (v > 0).sum()
 
 
 # --- regularisers ---------------------------------------------------------------------------------

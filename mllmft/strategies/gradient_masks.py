@@ -47,7 +47,7 @@ class GMT(TuningStrategy):
         masks = tensor_stats.top_k_masks(ctx.engine, [g.abs() for g in grads],
                                          [keep_count(self.keep_ratio, f.numel) for f in fragments])
         for f, grad, mask in zip(fragments, grads, masks):
-            grad.mul_(mask.to(grad.dtype))
+            grad.mul_(mask)
             if ctx.logging:
                 ctx.mask_stats.add(f.name, mask)
 
@@ -102,7 +102,7 @@ class SPU(TuningStrategy):
                 self.scores[f.name].add_(grad.float())
                 continue
             mask = self.masks[f.name]
-            grad.mul_(mask.to(grad.dtype))
+            grad.mul_(mask)
             if ctx.logging:
                 ctx.mask_stats.add(f.name, mask)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mllmft.backbones import ComponentMap
+from mllmft.strategies import tensor_stats
 
 
 def group_of(cmap: ComponentMap, name: str) -> str:
@@ -33,7 +34,8 @@ class MaskStats:
         return bool(self._counts)
 
     def add(self, name: str, mask: torch.Tensor) -> None:
-        row = torch.stack([(mask > 0).sum().double(), mask.double().sum(),
+        total = tensor_stats.float64_sums(mask.reshape(-1), squares=False)
+        row = torch.stack([torch.count_nonzero(mask).double(), total,
                            torch.tensor(float(mask.numel()), dtype=torch.float64, device=mask.device)])
         for key in (self.cmap.component_of(name), group_of(self.cmap, name)):
             self._counts[key] = self._counts.get(key, 0) + row

@@ -100,10 +100,11 @@ class SPIDER(TuningStrategy):
                            [self.accumulated[f.name] for f in fragments], [f.numel for f in fragments],
                            self._theta0_coefficients)
         for f, mask in zip(fragments, masks):
-            values = f.values()
-            values.lerp_(self.theta0[f.name].to(values.dtype), 1 - mask.to(values.dtype))
             if ctx.logging:
                 ctx.mask_stats.add(f.name, mask)
+            values = f.values()
+            pull = mask.neg_().add_(1).to(values.dtype)  # 1 − M, in the mask's own memory
+            values.lerp_(self.theta0[f.name].to(values.dtype), pull)
 
     def masks(self, engine, theta0: list[torch.Tensor], accumulated: list[torch.Tensor], numels: list[int],
               theta0_coefficients: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
@@ -116,9 +117,11 @@ class SPIDER(TuningStrategy):
         mean, std = tensor_stats.moments(engine, g_magnitudes, numels)
         g_centre, g_scale = zscore_coefficients(mean, std, self.eps)
         i_centre, i_scale = theta0_coefficients
+        scratch = torch.empty(max(numels, default=0), dtype=torch.float32, device=tensor_stats.device_of(theta0))
         ratios, wins = [], []
         for j, (t0, g) in enumerate(zip(theta0, g_magnitudes)):
-            pre = importance(t0.abs().float(), i_centre[j], i_scale[j])  # I
+            pre = importance(torch.abs(t0, out=scratch[:t0.numel()]) if t0.dtype == torch.float32
+                             else scratch[:t0.numel()].copy_(t0).abs_(), i_centre[j], i_scale[j])  # I
             ratio = importance(g, g_centre[j], g_scale[j])  # G
             win = ratio > pre
             if self.mask == "soft":
@@ -127,7 +130,7 @@ class SPIDER(TuningStrategy):
             wins.append(win)
         if self.mask == "binary":
             return [w.float() for w in wins]
-        counts = tensor_stats.totals(engine, [w.double() for w in wins])
+        counts = tensor_stats.totals(engine, wins)
         sums = tensor_stats.totals(engine, ratios)
         inverse_mean = (counts.clamp(min=1) / sums.clamp(min=self.eps)).float()
         return [r.mul_(inverse_mean[j]).clamp_(max=1.0) for j, r in enumerate(ratios)]
