@@ -92,11 +92,13 @@ def quiet_library_notices() -> None:
 
 def print_results(results: dict) -> None:
     target, upstream = results["target"], results["upstream"]
+    metrics = results.get("metrics", {})
     table = Table(title=f"{results['run']['strategy']} on {target} (target) | upstream: "
-                        f"{', '.join(upstream) or 'none'}  [exact match, %]")
+                        f"{', '.join(upstream) or 'none'} (scores in %)")
     table.add_column("model")
     for name in (target, *upstream):
-        table.add_column(f"{name}{' (target)' if name == target else ''}", justify="right")
+        header = [f"{name} (target)" if name == target else name, metrics.get(name, {}).get("name", "")]
+        table.add_column("\n".join(h for h in header if h), justify="right")
     for col in ("S_t", "S_u", "H"):
         table.add_column(col, justify="right")
     changed = "merged" if "merge" in results["run"] else "fine-tuned" if results.get("global_steps") else "evaluated"

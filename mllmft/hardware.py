@@ -6,7 +6,7 @@ since Lightning writes the rest of a checkpoint's non-tensor state from rank 0 o
 each rank's file back (the same number of ranks is required and checked).
 
 ``DeepSpeedStrategy`` also runs on the CPU (gloo, for tests): Lightning's refuses any accelerator
-but CUDA, though DeepSpeed's ZeRO-2/3 work there (shared/ENVIRONMENT.md). On CUDA it is Lightning's.
+but CUDA, though DeepSpeed's ZeRO-2/3 run there (DeepSpeed's CPU accelerator). On CUDA it is Lightning's.
 """
 
 from __future__ import annotations

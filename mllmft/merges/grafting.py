@@ -1,5 +1,5 @@
 """Grafting (Panigrahi et al., ICML 2023, "skill localization"): learn which few entries of the task
-vector carry the task, keep only those (shared/specs/baselines.md).
+vector carry the task, keep only those.
 
 θ(S) = θ0 + σ(S) ⊙ δ with δ = θ_ft − θ0 and one real score S per entry of every fine-tuned tensor.
 S starts at +``bias`` on each tensor's top-``sparsity`` |δ| entries and −``bias`` elsewhere (σ(±10)

@@ -1,5 +1,5 @@
 """Model Tailor (Zhu et al., ICML 2024): keep a small "patch" of the task vector, compensate for the
-rest on calibration data, reset the projector (shared/specs/baselines.md).
+rest on calibration data, reset the projector.
 
 For every fine-tuned linear of the LLM's decoder blocks, in block order (each block's inputs come
 from the blocks already merged before it, as in SparseGPT):

@@ -1,4 +1,6 @@
-"""Merges of the task vector δ = θ_ft − θ0, one tensor at a time (shared/specs/baselines.md).
+"""Merges of the task vector δ = θ_ft − θ0, one tensor at a time: WiSE-FT (Wortsman et al.,
+CVPR 2022), task arithmetic (Ilharco et al., ICLR 2023), DARE (Yu et al., ICML 2024), TIES (Yadav et
+al., NeurIPS 2023).
 
 * ``wise_ft``: θ0 + α·δ, as ``lerp``: α = 0 is θ0 and α = 1 is θ_ft, bit for bit.
 * ``task_arithmetic``: θ0 + λ·δ (λ > 1 extrapolates).

@@ -1,4 +1,4 @@
-"""Model-Dowser's data-free probe (shared/specs/model_dowser.md §1): how much each weight of each LLM
+"""Model-Dowser's data-free probe: how much each weight of each LLM
 linear matters to what the model already does, measured on text the model writes itself.
 
 * Synthetic inputs: BOS + 1-5 random token ids (special ids become BOS), extended by the model's own

@@ -3,7 +3,7 @@
 Each weight has a pre-trained importance N(|θ0|) and a downstream importance N(|Σ g|), the running
 signed sum of its gradients. After every step a weight keeps its update only where the downstream
 importance beats the pre-trained one, scaled by how much (soft mask; ``mask=binary`` for the paper's
-0/1 variant); elsewhere it is pulled back to θ0. No ratio is set by hand. See shared/specs/spider.md.
+0/1 variant); elsewhere it is pulled back to θ0. No ratio is set by hand.
 
 Every statistic is per tensor (N's mean and std, the mean of R over the entries that win), taken
 from a few reduced scalars, so on a sharded engine each rank works on its own part of every tensor:
