@@ -60,7 +60,9 @@ def run_identity(backbone, scope: Mapping, strategy: str) -> dict:
 def plain_scope(scope: Mapping) -> dict:
     """The scope as plain data, as a checkpoint stores it."""
     if OmegaConf.is_config(scope):
-        return OmegaConf.to_container(scope, resolve=True)
+        plain = OmegaConf.to_container(scope, resolve=True)
+        assert isinstance(plain, dict)
+        return plain
     return json.loads(json.dumps(dict(scope)))
 
 

@@ -71,7 +71,9 @@ def is_first_job() -> bool:
 
 def resolved(cfg: DictConfig) -> dict:
     """The config as plain values, every interpolation resolved (results.json, the loggers' hparams)."""
-    return OmegaConf.to_container(cfg, resolve=True)
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(plain, dict)
+    return plain
 
 
 def register_resolvers() -> None:

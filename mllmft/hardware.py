@@ -77,6 +77,7 @@ class FSDP2Strategy(ModelParallelStrategy):
         # ones only (MLLMFineTuner.on_save_checkpoint: the frozen rest comes from model.checkpoint)
         saved = FileSystemReader(str(path)).read_metadata().state_dict_metadata
         module = self.lightning_module
+        assert module is not None, "a checkpoint is loaded into a module that the strategy holds"
         model_state = {k: v for k, v in get_model_state_dict(module).items() if f"state_dict.{k}" in saved}
         load({"state_dict": model_state}, checkpoint_id=path)
         module.load_state_dict(model_state, strict=False)

@@ -35,7 +35,9 @@ ALL_TRAINABLE = {c: {"train": True} for c in ("vision", "connector", "llm")}
 
 
 def _plain(x) -> dict:
-    return OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else dict(x)
+    plain = OmegaConf.to_container(x, resolve=True) if OmegaConf.is_config(x) else dict(x)
+    assert isinstance(plain, dict)
+    return plain
 
 
 def cache_key(family: str, tiny: Mapping, pretrain: Mapping) -> str:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 COMPONENTS = ("vision", "connector", "llm")
 
@@ -85,15 +89,17 @@ class Family:
 
 @dataclass
 class Backbone:
-    model: nn.Module
-    processor: object
+    model: PreTrainedModel
+    processor: Any  # a transformers processor; what it carries (tokenizer, image processor ...) is per family
     family: str
     components: ComponentMap
     source: str  # checkpoint path / hub id, or "tiny (random)"
     info: dict = field(default_factory=dict)
 
     def num_layers(self, component: str) -> int:
-        return len(self.model.get_submodule(self.components.layers[component]))
+        layers = self.model.get_submodule(self.components.layers[component])
+        assert isinstance(layers, nn.ModuleList), f"{component} layers are a {type(layers).__name__}"
+        return len(layers)
 
     def parameter_counts(self) -> dict[str, dict[str, int]]:
         """{component: {"total": n, "trainable": n}} — logged and written to results.json."""
@@ -105,7 +111,7 @@ class Backbone:
         return counts
 
 
-def tiny_backbone(model: nn.Module, processor, family: str, component_map: Callable[[nn.Module], ComponentMap],
+def tiny_backbone(model: PreTrainedModel, processor, family: str, component_map: Callable[[nn.Module], ComponentMap],
                   eos_token_ids: list[int]) -> Backbone:
     """Wrap a freshly built random model: generation stops at the family's end-of-turn tokens."""
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id

@@ -20,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from mllmft.errors import DataError
 
-MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS  # Pillow's own warning threshold, 89.5 MP
+MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold, 89.5 MP
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 NOTES = {"alpha": "had transparency, composited onto white",
          "16-bit": "were 16-bit, scaled to 8 bits",

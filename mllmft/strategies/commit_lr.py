@@ -54,7 +54,7 @@ class SideLearningRates:
     def __init__(self, rule, group_side, log_every: int = 10):
         self.rule, self.group_side, self.log_every = rule, group_side, log_every
         self.last: dict[str, float] = {}  # group name -> lr actually used at the last step (logged)
-        self.optimizer = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self._schedule = None
         self._constant: list[float] = []
 
@@ -67,6 +67,7 @@ class SideLearningRates:
     def before_step(self, ctx) -> None:
         scheduled = self._schedule.get_last_lr() if self._schedule is not None else self._constant
         multipliers = self.rule(ctx.step)
+        assert self.optimizer is not None, "before_step ran before start"
         for group, lr in zip(self.optimizer.param_groups, scheduled):
             name = group.get("name", "")
             group["lr"] = self.last[name] = lr * multipliers[self.group_side(name)]

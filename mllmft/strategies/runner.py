@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from lightning import Callback
@@ -32,8 +33,8 @@ class StepContext:
     engine: LocalEngine
     fragments: list[Fragment]
     components: ComponentMap
-    trainer: object
-    module: object
+    trainer: Any  # lightning.Trainer (None in unit tests that drive a strategy by hand)
+    module: Any  # the LightningModule
     step: int = 0
     logging: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
@@ -53,9 +54,15 @@ class StrategyRunner(Callback):
     def __init__(self, strategy: TuningStrategy, components: ComponentMap):
         self.strategy = strategy
         self.components = components
-        self.ctx: StepContext | None = None
+        self._ctx: StepContext | None = None
         self._restored: dict | None = None
         self._last_step = -1
+
+    @property
+    def ctx(self) -> StepContext:
+        """The step context; it exists from on_train_start on."""
+        assert self._ctx is not None, "the strategy runner's step hooks ran before on_train_start"
+        return self._ctx
 
     @property
     def state_key(self) -> str:
@@ -72,8 +79,8 @@ class StrategyRunner(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         engine = engine_for(trainer)
         fragments = engine.fragments(pl_module.model)
-        self.ctx = StepContext(engine, fragments, self.components, trainer, pl_module,
-                               mask_stats=MaskStats(self.components, engine))
+        self._ctx = StepContext(engine, fragments, self.components, trainer, pl_module,
+                                mask_stats=MaskStats(self.components, engine))
         if self._restored is not None:
             self.strategy.load_state_dict(self._restored)
             self._restored = None
@@ -111,7 +118,7 @@ class StrategyRunner(Callback):
             else:
                 self.strategy.after_step(ctx)
             self.strategy.after_batch(ctx, batch)
-            if ctx.logging and ctx.mask_stats.pending:
+            if ctx.logging and ctx.mask_stats is not None and ctx.mask_stats.pending:
                 ctx.log(ctx.mask_stats.summarise(ctx.step))
         if ctx.metrics:
             numel = max(1, sum(f.numel for f in ctx.fragments))
@@ -120,12 +127,12 @@ class StrategyRunner(Callback):
             ctx.metrics = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.ctx is None:
+        if self._ctx is None:
             return
-        self.strategy.finish(self.ctx)
-        name = self.strategy.name
-        if trainer.is_global_zero and self.ctx.mask_stats.history:
-            path = self.ctx.mask_stats.save_heatmap(Path(trainer.default_root_dir) / f"{name}_mask_density.png",
+        self.strategy.finish(self._ctx)
+        name, stats = self.strategy.name, self._ctx.mask_stats
+        if trainer.is_global_zero and stats is not None and stats.history:
+            path = stats.save_heatmap(Path(trainer.default_root_dir) / f"{name}_mask_density.png",
                                                     f"{name}: share of each layer's weights allowed to move")
             log.info("mask density heatmap: %s", path)
 
@@ -135,7 +142,7 @@ class StrategyRunner(Callback):
 
     def load_state_dict(self, state_dict: dict) -> None:
         # fragments may not exist yet (DDP restores before the engine places the model): apply at start
-        if self.ctx is None:
+        if self._ctx is None:
             self._restored = state_dict
         else:
             self.strategy.load_state_dict(state_dict)
