@@ -35,7 +35,7 @@ test-gpu: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check mllmft tests bench
 
-# mypy on mllmft/ ([tool.mypy] in pyproject.toml); not yet clean, so not yet in CI (see CONTRIBUTING)
+# mypy on mllmft/ ([tool.mypy] in pyproject.toml); CI runs it with lint before the tests
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

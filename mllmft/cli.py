@@ -37,7 +37,8 @@ def user_error_message(err: BaseException) -> str | None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from omegaconf.errors import OmegaConfBaseException
 
-    chain, seen = [], err
+    chain: list[BaseException] = []
+    seen: BaseException | None = err
     while seen is not None and len(chain) < 20:
         chain.append(seen)
         seen = seen.__cause__ or seen.__context__

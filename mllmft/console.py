@@ -25,7 +25,7 @@ def config_tree(cfg: DictConfig) -> Tree:
     for key in keys:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if OmegaConf.is_config(value) else str(value)
-        tree.add(f"[bold]{key}[/bold]").add(text.rstrip() or "null")
+        tree.add("[bold]" + str(key) + "[/bold]").add(text.rstrip() or "null")
     return tree
 
 
@@ -47,9 +47,9 @@ def print_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
         rich.print("overrides: " + " ".join(hydra.overrides.task))
     path = Path(run_dir) / "config_tree.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    console = rich.console.Console(file=io.StringIO(), width=120, color_system=None)
-    console.print(tree)
-    path.write_text(console.file.getvalue())
+    text = io.StringIO()
+    rich.console.Console(file=text, width=120, color_system=None).print(tree)
+    path.write_text(text.getvalue())
     rich.print(f"the resolved config: {path}")
 
 

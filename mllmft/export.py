@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import peft
 import torch
@@ -31,14 +32,15 @@ def check_export(kind: str | None, strategy: TuningStrategy) -> None:
     if kind not in EXPORTS:
         raise ConfigError(f"export={kind!r}; expected one of {EXPORTS} or null")
     strategy = getattr(strategy, "base", strategy)  # CoMMIT wraps the strategy that updates the weights
-    is_peft = isinstance(strategy, PeftStrategy)
-    if kind == "adapter" and not is_peft:
-        raise ConfigError(f"export=adapter needs a peft strategy (lora, adalora, ...); strategy={strategy.name} "
-                          "changes the weights themselves: use export=merged")
+    if not isinstance(strategy, PeftStrategy):
+        if kind == "adapter":
+            raise ConfigError(f"export=adapter needs a peft strategy (lora, adalora, ...); strategy={strategy.name} "
+                              "changes the weights themselves: use export=merged")
+        return
     if kind == "adapter" and strategy.bare_parameters:
         raise ConfigError(f"export=adapter cannot carry {strategy.bare_parameters}: the scope trains them but peft "
                           "saves only adapters and whole modules. Use export=merged, or freeze them in the scope")
-    if kind == "merged" and is_peft and not strategy.targets_linears:
+    if kind == "merged" and not strategy.targets_linears:
         raise ConfigError(f"export=merged: {strategy.name}'s virtual tokens cannot be merged into the weights; "
                           "use export=adapter")
 
@@ -68,6 +70,7 @@ def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None
 def unsharded_copy(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> torch.nn.Module:
     """The same model (a peft one too) on the host, built on the meta device and given the gathered
     weights; its buffers, which no engine shards, come from the live model."""
+    copy: Any  # the model's own class (tie_weights ...), or peft's wrapper of it
     if isinstance(model, peft.PeftModel):
         copy = peft.get_peft_model(_meta_copy(model.get_base_model()), model.peft_config[model.active_adapter])
     else:

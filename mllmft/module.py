@@ -8,6 +8,7 @@ import time
 from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 import torch
@@ -18,7 +19,7 @@ from mllmft.backbones import Backbone
 from mllmft.checkpoint_match import check_checkpoint
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
-from mllmft.metrics import build_metric
+from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
 from mllmft.strategies.engines import engine_for
@@ -82,7 +83,7 @@ class MLLMFineTuner(L.LightningModule):
     """
 
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
-                 test_sets: Mapping[str, str], lr: float = 1e-4, weight_decay: float = 0.0,
+                 test_sets: Mapping[str, str | Mapping], lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_ratio: float = 0.03,
                  min_lr_ratio: float = 0.0, max_new_tokens: int = 16,
                  test_max_new_tokens: Mapping[str, int | None] | None = None, run_identity: dict | None = None):
@@ -167,8 +168,12 @@ class MLLMFineTuner(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         predictions = self.generate(batch["model_inputs"], self.test_lengths[dataloader_idx])
-        self.test_metrics[dataloader_idx].update(batch["index"], batch["ids"], batch["prompts"], predictions,
+        self.test_metric(dataloader_idx).update(batch["index"], batch["ids"], batch["prompts"], predictions,
                                                  batch["references"], batch.get("options"))
+
+    def test_metric(self, i: int) -> GeneratedAnswers:
+        """The metric of test set ``i`` (a ModuleList item, typed)."""
+        return cast(GeneratedAnswers, self.test_metrics[i])
 
     def on_test_epoch_start(self) -> None:
         self._test_started = time.perf_counter()
@@ -177,8 +182,9 @@ class MLLMFineTuner(L.LightningModule):
         # Logged (not only returned) so the numbers reach the launching process under ddp_fork/spawn,
         # where this module lives in child processes: read them with `test_scores(trainer, ...)`.
         seconds = time.perf_counter() - self._test_started
-        total = 0
-        for name, metric in zip(self.test_set_names, self.test_metrics):
+        total = 0.0
+        for i, name in enumerate(self.test_set_names):
+            metric = self.test_metric(i)
             result = metric.compute()
             total += result["samples"]
             self.log(f"test/{name}", result.pop("score"), add_dataloader_idx=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -40,7 +41,7 @@ def _family(name: str) -> Family:
     return FAMILIES[name]
 
 
-def build_tiny(family: str, spec: dict) -> Backbone:
+def build_tiny(family: str, spec: Mapping) -> Backbone:
     """A random tiny model whose tokenizer covers the built-in data sets' text."""
     from mllmft.data.builtin import DigitsSource, ShapesSource
 

@@ -89,7 +89,7 @@ class Family:
 
 @dataclass
 class Backbone:
-    model: PreTrainedModel
+    model: Any  # a transformers PreTrainedModel, or peft's wrapper of one once an adapter strategy attaches
     processor: Any  # a transformers processor; what it carries (tokenizer, image processor ...) is per family
     family: str
     components: ComponentMap

@@ -76,7 +76,8 @@ class ConversationCollator:
 
         # (sample, start-or-end prefix) for every assistant turn: its start is the prefix before it
         # plus the generation prompt, its end is the prefix through it (the whole text for the last).
-        prefix_texts, owners = [], []
+        prefix_texts: list[str] = []
+        owners: list[int] = []  # the sample each prefix belongs to
         spans: list[list[list[int]]] = [[] for _ in records]
         for s, record in enumerate(records):
             for j, turn in enumerate(record.turns):

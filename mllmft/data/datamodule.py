@@ -210,6 +210,7 @@ class MLLMDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.split(self.target, "train"), shuffle=True, generate=False)
         if self._resume:
+            assert isinstance(loader.sampler, ResumableSampler)  # _loader's, for shuffled training data
             loader.sampler.resume_at(self._resume["epoch"], self._resume["batches_done"] * self.batch_size)
             self._resume = {}
         return loader
@@ -218,7 +219,7 @@ class MLLMDataModule(L.LightningDataModule):
         """Training-style batches of every upstream set's ``split`` (EWC's Fisher, replay...)."""
         if not self.upstream:
             raise ConfigError("this strategy needs upstream data, and data.upstream is empty")
-        dataset = ConcatDataset([self.split(source, split) for source in self.upstream.values()])
+        dataset: ConcatDataset = ConcatDataset([self.split(source, split) for source in self.upstream.values()])
         return self._loader(dataset, shuffle=True, generate=False, batch_size=batch_size)
 
     # Saved in Lightning checkpoints: where in its epoch training stopped, so a resumed run trains

@@ -27,7 +27,7 @@ class FileSource:
     metric = "exact_match"
     max_new_tokens: int | None = None  # generation length at test time; None: module.max_new_tokens
 
-    def __init__(self, name: str, root: str, files: dict[str, str], image_root: str | None = None,
+    def __init__(self, name: str, root: str, files: dict[str, str], image_root: str | None = None, *,
                  prompt: str = VQA_PROMPT, metric: str | None = None, sizes: dict | None = None,
                  max_new_tokens: int | None = None, metric_args: dict | None = None):
         self.name = name

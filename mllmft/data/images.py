@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -95,7 +96,8 @@ def to_rgb(image: Image.Image, where: str = "image") -> tuple[Image.Image, str |
         return Image.fromarray(grey, mode="L").convert("RGB"), note or "16-bit"
     if mode in _ALPHA or "transparency" in image.info:
         rgba = image.convert("RGBA")
-        if rgba.getextrema()[3][0] < 255:  # some pixel is (partly) transparent
+        lowest_alpha, _ = cast(tuple[int, int], rgba.getchannel("A").getextrema())
+        if lowest_alpha < 255:  # some pixel is (partly) transparent
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(white, rgba).convert("RGB"), note or "alpha"
         return rgba.convert("RGB"), note

@@ -117,7 +117,8 @@ def _conversations_record(row: dict, where: str) -> tuple[str, list[Turn]]:
     for i, message in enumerate(conversations):
         if not isinstance(message, dict):
             raise DataError(f"{where}: turn {i} must be an object with 'from' and 'value', got {_short(message)}")
-        role = ROLES.get(message.get("from")) if isinstance(message.get("from"), str) else None
+        speaker = message.get("from")
+        role = ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
             raise DataError(f"{where}: turn {i} has unknown speaker {message.get('from')!r}; expected one of "
                             f"{sorted(ROLES)}")

@@ -8,6 +8,7 @@ position attend to it: the model would see what it is asked to predict.
 
 from __future__ import annotations
 
+import torch
 from PIL import Image
 
 from mllmft.data.collate import IGNORE_INDEX, ConversationCollator
@@ -48,7 +49,7 @@ class PrefixSuffixCollator(ConversationCollator):
         self._check_single_turn(records)
         return self.encode(prompts, blank, padding_side="right", **suffix)["attention_mask"].sum(1).tolist()
 
-    def _encode_for_training(self, records: list[Record], images) -> tuple[dict, object]:
+    def _encode_for_training(self, records: list[Record], images) -> tuple[dict, torch.Tensor]:
         inputs = dict(self.encode([self.render(r.turns, False) for r in records], images, padding_side="right",
                                   suffix=[r.turns[1].text for r in records]))
         labels = inputs.pop("labels")

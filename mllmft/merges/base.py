@@ -50,7 +50,6 @@ class FinetunedWeights:
         self.source = source
         self.strategy = strategy  # the strategy that fine-tuned them, where recorded
 
-
     def get(self, name: str) -> torch.Tensor | None:
         return self.tensors.get(name)
 

@@ -56,7 +56,7 @@ class Grafting(MergeMethod):
         model, datamodule = parts["backbone"].model, parts["datamodule"]
         # the tensors the run changed (an HF directory holds every tensor; δ = 0 has nothing to localise)
         params = {n: p for n, p in model.named_parameters()
-                  if finetuned.get(n) is not None and not torch.equal(finetuned.get(n).to(p), p.detach())}
+                  if (t := finetuned.get(n)) is not None and not torch.equal(t.to(p), p.detach())}
         with on_compute_device(model) as device:
             train = target_batches(datamodule, "train", self.samples, device, "merge=grafting")
             try:
@@ -65,7 +65,7 @@ class Grafting(MergeMethod):
                 log.warning("merge=grafting: the target has no validation split; masks are chosen on training batches")
                 held_out = train
             theta0 = {n: p.detach().clone() for n, p in params.items()}
-            delta = {n: finetuned.get(n).to(device).float() - p.detach().float() for n, p in params.items()}
+            delta = {n: finetuned.tensors[n].to(device).float() - p.detach().float() for n, p in params.items()}
             start = rounded({n: d.abs() for n, d in delta.items()}, self.sparsity)
             scores = {n: torch.where(m, self.bias, -self.bias) for n, m in start.items()}
 

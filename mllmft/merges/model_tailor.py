@@ -143,7 +143,7 @@ class ModelTailor(MergeMethod):
                 covariances = input_covariances(model, block, linears, batches)
                 for name, linear in linears.items():
                     theta0 = linear.weight.detach().float()
-                    delta = finetuned.get(f"{name}.weight").to(device).float() - theta0
+                    delta = finetuned.tensors[f"{name}.weight"].to(device).float() - theta0
                     patched, keep = tailor_patch(delta, covariances[name], self.patch, self.block, self.salience,
                                                  self.damp)
                     linear.weight.copy_((theta0 + patched).to(linear.weight.dtype))  # the next blocks see it

@@ -39,6 +39,7 @@ class GeneratedAnswers(Metric):
     def __init__(self):
         super().__init__()
         self.add_state("answers", default=[], dist_reduce_fx=None)
+        self.answers: list[Answer]  # add_state made it
         self.last_per_sample: list[tuple[Answer, float]] = []
 
     def update(self, indices, ids, prompts, predictions, references, options=None) -> None:
@@ -54,7 +55,7 @@ class GeneratedAnswers(Metric):
         group = process_group or self.process_group
         gathered: list[list[Answer] | None] = [None] * dist.get_world_size(group)
         dist.all_gather_object(gathered, list(self.answers), group=group)
-        self.answers = [a for part in gathered for a in part]
+        self.answers = [a for part in gathered if part is not None for a in part]
 
     def compute(self) -> dict[str, float]:
         unique = sorted({a.index: a for a in self.answers}.values(), key=lambda a: a.index)

@@ -39,6 +39,17 @@ class _AnchoredStrategy(TuningStrategy):
     def start(self, ctx) -> None:
         self.theta0.place(ctx.fragments)
 
+    # what a subclass defines: the penalty's gradient and its per-tensor terms (summed over the whole
+    # tensors through the engine), and the logged penalty from those sums
+    def penalty_gradient(self, f, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def penalty_terms(self, f, delta: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def penalty(self, totals: torch.Tensor, fragments) -> float:
+        raise NotImplementedError
+
     def before_step(self, ctx) -> None:
         terms = []
         for f in ctx.fragments:

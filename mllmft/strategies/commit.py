@@ -46,6 +46,7 @@ class CoMMIT(TuningStrategy):
         self.encoder_side = tuple(encoder_side)
         self.aux_lambda = aux_lambda
         self.monitor = BalanceMonitor(every_k, ema, keep_reference=aux_lambda > 0)
+        rule: KappaRule | CoordinateDescentRule | None
         if lr_rule == "kappa":
             rule = KappaRule(self.monitor, *lr_bounds)
         elif lr_rule in ("feature_cd", "language_cd"):

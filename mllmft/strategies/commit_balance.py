@@ -100,12 +100,13 @@ class BalanceMonitor:
         """After the step ``ctx.step`` (the one just taken)."""
         if self._before is None:
             return
-        before = self._before
+        before, previous = self._before, self._log_p_prev
+        assert previous is not None, "the log-probabilities before the step are taken with the weights"
         with self._swapped(ctx, before, names=self._side("llm")):
-            d_encoder = answer_kl(self._log_probs(ctx.module, batch), self._log_p_prev)
+            kl_encoder = answer_kl(self._log_probs(ctx.module, batch), previous)
         with self._swapped(ctx, before, names=self._side("encoder")):
-            d_llm = answer_kl(self._log_probs(ctx.module, batch), self._log_p_prev)
-        d = ctx.trainer.strategy.reduce(torch.stack([d_encoder, d_llm]).detach(), reduce_op="mean")
+            kl_llm = answer_kl(self._log_probs(ctx.module, batch), previous)
+        d = ctx.trainer.strategy.reduce(torch.stack([kl_encoder, kl_llm]).detach(), reduce_op="mean")
         d_encoder, d_llm = float(d[0]), float(d[1])
         raw = balance_coefficient(d_encoder, d_llm)
         self.kappa = raw if self.measurements == 0 else self.ema * self.kappa + (1 - self.ema) * raw

@@ -14,6 +14,8 @@ linear matters to what the model already does, measured on text the model writes
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,7 +24,7 @@ from mllmft.console import progress
 PSI_MODES = ("abs", "rms")
 
 
-def synthetic_sequences(model: nn.Module, tokenizer, count: int, length: int, batch_size: int,
+def synthetic_sequences(model: Any, tokenizer, count: int, length: int, batch_size: int,
                         generator: torch.Generator) -> list[torch.Tensor]:
     """``count`` sequences of ``length`` tokens the model writes from short random starts, in batches."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -103,7 +104,7 @@ class LocalEngine:
         ``.grad`` behind (probes before training: EWC's Fisher). Every rank must call it."""
         grads = torch.autograd.grad(loss, [f.param for f in fragments], allow_unused=True)
         world = self.trainer.world_size if self.trainer is not None else 1
-        out = []
+        out: list[torch.Tensor | None] = []
         for g in grads:  # under DDP, the reduction DDP would have done (autograd.grad bypasses it)
             if g is not None and world > 1:
                 dist.all_reduce(g)
@@ -114,7 +115,7 @@ class LocalEngine:
 
 class _DistributedEngine(LocalEngine):
     sharded = True
-    group = None
+    group: dist.ProcessGroup | None = None  # None: the world
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor, group=self.group)
@@ -159,7 +160,7 @@ class FSDP2Engine(_DistributedEngine):
         # the sharded parameters are not in the autograd graph (FSDP2 gathers them outside it):
         # backward, which reduce-scatters into their .grad, then take the local parts and clear it
         loss.backward()
-        out = [None if f.grad() is None else f.grad().clone() for f in fragments]
+        out = [None if (g := f.grad()) is None else g.clone() for f in fragments]
         for f in fragments:
             f.param.grad = None
         return out
@@ -201,7 +202,7 @@ class DeepSpeedEngine(_DistributedEngine):
         return [self._zero2(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     @staticmethod
-    def _zero2(name: str, p: nn.Parameter) -> Fragment:
+    def _zero2(name: str, p: Any) -> Fragment:  # p: a DeepSpeed-managed parameter (its _hp_mapping ...)
         mapping = getattr(p, "_hp_mapping", None)
         if mapping is None:  # none of this parameter is in this rank's partition
             empty = torch.empty(0, device=p.device)
@@ -216,7 +217,7 @@ class DeepSpeedEngine(_DistributedEngine):
         address = mapping.lp_fragment_address
         return Fragment(name, p, p.shape, address.start, address.numel, lambda: mapping.get_hp_fragment(), grad)
 
-    def _zero3(self, name: str, p: nn.Parameter) -> Fragment:
+    def _zero3(self, name: str, p: Any) -> Fragment:  # p: a ZeRO-3 parameter (ds_tensor, ds_numel ...)
         from deepspeed.utils import safe_get_local_fp32_param, safe_get_local_grad
 
         partition = p.ds_tensor.numel()
@@ -240,7 +241,9 @@ class DeepSpeedEngine(_DistributedEngine):
     def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
         engine = self.trainer.model  # the DeepSpeedEngine: its backward reduces into the partitions
         engine.backward(loss)
-        out = [f.grad().clone() if f.size else torch.empty(0, device=f.param.device) for f in fragments]
+        out: list[torch.Tensor | None] = [
+            torch.empty(0, device=f.param.device) if not f.size else None if (g := f.grad()) is None else g.clone()
+            for f in fragments]
         engine.optimizer.zero_grad()
         return out
 
@@ -248,12 +251,13 @@ class DeepSpeedEngine(_DistributedEngine):
         if self.stage == 3:
             from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
 
-            for f in fragments:
+            zero3: list[Any] = [f.param for f in fragments]  # DeepSpeed's attributes on the parameters
+            for f, p in zip(fragments, zero3):
                 if f.size:
-                    f.param.ds_tensor.data[:f.size].copy_(f.values())
+                    p.ds_tensor.data[:f.size].copy_(f.values())
             # small parameters stay gathered between forwards (stage3_param_persistence_threshold):
             # their whole copy is what the next forward reads
-            self._rebuild([f for f in fragments if f.param.ds_status == ZeroParamStatus.AVAILABLE])
+            self._rebuild([f for f, p in zip(fragments, zero3) if p.ds_status == ZeroParamStatus.AVAILABLE])
         else:  # ZeRO-2: every rank holds every parameter whole
             self._rebuild(fragments)
 
@@ -287,6 +291,7 @@ def engine_for(trainer) -> LocalEngine:
 
     strategy = trainer.strategy
     if isinstance(strategy, DeepSpeedStrategy):
+        assert strategy.config is not None, "DeepSpeedStrategy is set up before the strategy runner starts"
         return DeepSpeedEngine(trainer, int(strategy.config["zero_optimization"]["stage"]))
     if isinstance(strategy, ModelParallelStrategy):
         return FSDP2Engine(trainer)

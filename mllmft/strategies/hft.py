@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+from torch import nn
+
 from mllmft.backbones import Backbone
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
@@ -49,6 +51,7 @@ class HFT(TuningStrategy):
         rng = random.Random(self.seed)
         layers_path = backbone.components.layers["llm"]
         layers = backbone.model.get_submodule(layers_path)
+        assert isinstance(layers, nn.ModuleList), f"{layers_path} is a {type(layers).__name__}"
         n = len(layers)
         mlp_two = set(rng.sample(range(n), n // 2))
         self.groups = self._module_names({name for name, _ in layers[0].named_modules()})

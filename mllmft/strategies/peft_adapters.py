@@ -104,7 +104,8 @@ def _modules_covering(model: nn.Module, names: set[str]) -> tuple[list[str], lis
     cannot wrap containers (Qwen3-VL's ``deepstack_merger_list``): their children are taken instead."""
     all_params = [n for n, _ in model.named_parameters()]
     containers = {n for n, m in model.named_modules() if isinstance(m, (nn.ModuleList, nn.ModuleDict))}
-    modules, bare = [], []
+    modules: list[str] = []
+    bare: list[str] = []
     for name in sorted(names):
         if any(name.startswith(m + ".") for m in modules):
             continue
