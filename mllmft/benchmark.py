@@ -103,7 +103,8 @@ def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict) -
             manifest["runs"][key] = {**run, "status": "complete"}
             continue
         if run["kind"] == "merge" and not is_complete(Path(run["finetuned"])):
-            status: dict[str, object] = {"status": "failed", "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete"}
+            status: dict[str, object] = {"status": "failed",
+                                         "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete"}
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()

@@ -138,7 +138,8 @@ def h_figure(rows: list[dict], varying: list[str]):
     ax.barh(range(len(ranked)), [r["H"] for r in ranked], xerr=[r["H_std"] for r in ranked], color=colours,
             capsize=2, error_kw={"lw": 0.8})
     ax.set_yticks(range(len(ranked)), [row_name(r, varying) for r in ranked], fontsize=8)
-    handles: list[Artist] = [Patch(color="tab:blue", label="fine-tuning strategy"), Patch(color="tab:orange", label="post-hoc merge")]
+    handles: list[Artist] = [Patch(color="tab:blue", label="fine-tuning strategy"),
+                             Patch(color="tab:orange", label="post-hoc merge")]
     zeroshot = _zeroshot(ranked)
     if zeroshot and zeroshot.get("H") is not None:
         handles.append(ax.axvline(zeroshot["H"], color="black", lw=0.8, ls=":",
