@@ -19,14 +19,13 @@ for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
-from omegaconf import OmegaConf  # noqa: E402
 from strategy_overhead import StepTimer  # noqa: E402
 
 from mllmft import api  # noqa: E402
 from mllmft.config import CONF_DIR  # noqa: E402
-from mllmft.data import make_collator  # noqa: E402
 
-MODELS = [p.stem for p in sorted((CONF_DIR / "model").glob("*.yaml")) if OmegaConf.load(p).tiny is not None]
+MODELS = [p.stem for p in sorted((CONF_DIR / "model").glob("*.yaml"))
+          if not p.stem.startswith("_") and api.compose([f"model={p.stem}"]).model.get("tiny") is not None]
 
 
 def measure(model: str, steps: int, warmup: int) -> dict:
@@ -39,7 +38,7 @@ def measure(model: str, steps: int, warmup: int) -> dict:
     parts["trainer"].callbacks.append(timer)
     parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
     record = parts["datamodule"].split(parts["datamodule"].target, "train").records[0]
-    collator = make_collator(parts["backbone"].processor, 512)
+    collator = parts["backbone"].collator(512)
     ids = collator([(0, record, record.load_image())])["model_inputs"]["input_ids"]
     image_tokens = int((ids == collator.image_token_id).sum())
     return {"step_s": statistics.median(timer.times), "image_tokens": image_tokens,

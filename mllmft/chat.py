@@ -26,7 +26,6 @@ def answer(cfg: DictConfig) -> str:
     from hydra.utils import instantiate
 
     from mllmft.checkpoint_match import check_checkpoint, read_checkpoint, run_identity
-    from mllmft.data import make_collator
     from mllmft.data.images import MAX_IMAGE_PIXELS
     from mllmft.data.record import Record, Turn
     from mllmft.errors import ConfigError
@@ -56,7 +55,7 @@ def answer(cfg: DictConfig) -> str:
     record = Record(id="chat", image=Path(cfg.image), turns=(Turn("user", str(cfg.prompt)), Turn("assistant", "")),
                     task="vqa", answers=("",), origin="the command line")
     image = record.load_image(MAX_IMAGE_PIXELS)
-    batch = make_collator(backbone.processor, cfg.data.max_length, generate=True)([(0, record, image)])
+    batch = backbone.collator(cfg.data.max_length, generate=True)([(0, record, image)])
     module.eval()
     with torch.no_grad():
         return module.generate(batch["model_inputs"])[0]

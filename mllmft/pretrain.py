@@ -68,7 +68,8 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
     apply_scope(backbone, ALL_TRAINABLE)
     source = instantiate(pretrain["source"])
     data = MLLMDataModule(backbone.processor, source, batch_size=pretrain["batch_size"],
-                          eval_batch_size=64, max_length=pretrain.get("max_length", 128))
+                          eval_batch_size=64, max_length=pretrain.get("max_length", 128),
+                          collator_class=backbone.collator_class)
     module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, data.test_sets, lr=pretrain["lr"],
                            warmup_ratio=pretrain.get("warmup_ratio", 0.05), max_new_tokens=8)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")

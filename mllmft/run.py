@@ -19,7 +19,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mllmft.backbones import Backbone, build_tiny, load_pretrained
+from mllmft.backbones import Backbone, build_tiny, check_family_supports, load_pretrained
 from mllmft.checkpoint_match import LIGHTNING_ALIASES, check_checkpoint, plain_scope, read_checkpoint, run_identity
 from mllmft.config import is_first_job, resolved
 from mllmft.console import print_config, print_parameters, print_results, quiet_library_notices
@@ -60,10 +60,12 @@ def _instantiate_all(group: DictConfig | None) -> list:
 
 def check_settings(cfg: DictConfig, strategy) -> dict | None:
     """The checks that need no model, in the first seconds: the knobs in range, the strategy fits the
-    hardware, ``ckpt_path`` is a readable checkpoint (returned, to be matched once the model is built)."""
+    hardware and the model family, ``ckpt_path`` is a readable checkpoint (returned, to be matched once
+    the model is built)."""
     check_hyperparameters(**{k: v for k, v in cfg.module.items() if k in _parameters(check_hyperparameters)})
     check_data_settings(**{k: v for k, v in cfg.data.items() if k in _parameters(check_data_settings)})
     check_engine(strategy, cfg.hardware.lightning_strategy)
+    check_family_supports(cfg.model.family, strategy.name)
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 
@@ -91,7 +93,8 @@ def prepare(cfg: DictConfig) -> dict:
         raise ConfigError(f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "
                           "no parameter trainable (use strategy=zeroshot to evaluate only)")
     # Live objects go in through partials: Hydra would turn a dataclass kwarg into a config node.
-    datamodule = instantiate(cfg.data, _partial_=True)(processor=backbone.processor)
+    datamodule = instantiate(cfg.data, _partial_=True)(processor=backbone.processor,
+                                                       collator_class=backbone.collator_class)
     if trains:  # bad data fails here, before any step
         datamodule.setup("fit")
     datamodule.setup("test")

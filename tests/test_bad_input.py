@@ -188,7 +188,7 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
     from test_families import TINY_MODELS
 
     from mllmft import api
-    from mllmft.data import ShapesSource, make_collator
+    from mllmft.data import ShapesSource
     from mllmft.data.record import Record, Turn
 
     sizes = [(64, 64), (97, 50), (40, 120)]
@@ -200,7 +200,7 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
             records.append(Record("mt", Image.new("RGB", sizes[1]), (Turn("user", "Colour?"), Turn("assistant", "red"),
                                   Turn("user", "And the shape?"), Turn("assistant", "a square")), "vqa", ("x",)))
         for generate in (False, True):
-            collator = make_collator(backbone.processor, 4096, generate)
+            collator = backbone.collator(4096, generate)
             collated = [int(collator([(0, r, r.load_image())])["model_inputs"]["attention_mask"].sum())
                         for r in records]
             assert collator.token_lengths(records, [r.image.size for r in records]) == collated, (model, generate)

@@ -31,7 +31,6 @@ from engine_worker import EQUAL_STEPS
 from torch.utils.data import DataLoader, Sampler
 
 from mllmft import api
-from mllmft.data import make_collator
 from mllmft.data.datamodule import ResumableSampler
 
 WORKER = Path(__file__).with_name("engine_worker.py")
@@ -106,8 +105,8 @@ def reference(compose, overrides: list[str], world: int = 2) -> dict[str, torch.
     dm = parts["datamodule"]
     dataset = dm.split(dm.target, "train")
     order = _RanksInTurn(dataset, world, dm.batch_size, dm.seed)
-    dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=order, collate_fn=make_collator(dm.processor,
-                                                                                                    dm.max_length))
+    collate = dm.collator_class(dm.processor, dm.max_length)
+    dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=order, collate_fn=collate)
     parts["trainer"].fit(parts["module"], datamodule=dm)
     return {n: p.detach().clone() for n, p in parts["backbone"].model.named_parameters() if p.requires_grad}
 

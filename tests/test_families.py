@@ -7,9 +7,11 @@ from omegaconf import OmegaConf
 from mllmft import api
 from mllmft.backbones import COMPONENTS, load_pretrained
 from mllmft.config import CONF_DIR
-from mllmft.data import IGNORE_INDEX, ShapesSource, make_collator
+from mllmft.data import IGNORE_INDEX, ShapesSource
 
-MODEL_CONFIGS = {p.stem: OmegaConf.load(p) for p in sorted((CONF_DIR / "model").glob("*.yaml"))}
+# composed, as a run sees them (the tiny ones extend model/_tiny.yaml)
+MODEL_CONFIGS = {p.stem: api.compose([f"model={p.stem}"]).model
+                 for p in sorted((CONF_DIR / "model").glob("*.yaml")) if not p.stem.startswith("_")}
 TINY_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.tiny is not None]
 REAL_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.get("architecture") is not None]
 
@@ -37,7 +39,7 @@ def test_components_partition_the_parameters(compose, model):
 def test_labels_are_exactly_the_answers(compose, model):
     backbone = api.build(compose(f"model={model}"))["backbone"]
     records = ShapesSource(sizes={"train": 4}).records("train")
-    collator = make_collator(backbone.processor, 256)
+    collator = backbone.collator(256)
     batch = collator(_items(records))
     ids, labels = batch["model_inputs"]["input_ids"], batch["labels"]
     tok = backbone.processor.tokenizer
@@ -59,23 +61,23 @@ def test_paligemma_answers_are_the_causal_suffix(compose):
 
     backbone = api.build(compose("model=paligemma_tiny"))["backbone"]
     records = ShapesSource(sizes={"train": 4}).records("train")
-    batch = make_collator(backbone.processor, 256)(_items(records))
+    batch = backbone.collator(256)(_items(records))
     inputs, labels = batch["model_inputs"], batch["labels"]
     # the prompt (image, BOS, text) is the full-attention prefix; the answer + EOS the causal suffix,
     # which is exactly what is supervised (padding aside)
     suffix = (inputs["token_type_ids"] == 1) & (inputs["attention_mask"] == 1)
     assert torch.equal(labels != IGNORE_INDEX, suffix)
-    generation = make_collator(backbone.processor, 256, generate=True)(_items(records))["model_inputs"]
+    generation = backbone.collator(256, generate=True)(_items(records))["model_inputs"]
     assert not generation["token_type_ids"].any()
     two_turns = Record(id="q7", turns=(Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"),
                                        Turn("assistant", "d")), image=records[0].image, task="vqa", answers=("d",),
                        origin="set.json")
     with pytest.raises(DataError, match="q7.*one prompt and one answer"):
-        make_collator(backbone.processor, 256)(_items([two_turns]))
+        backbone.collator(256)(_items([two_turns]))
 
 
 def _generate(module, processor, records):
-    batch = make_collator(processor, 256, generate=True)(_items(records))
+    batch = module.backbone.collator_class(processor, 256, generate=True)(_items(records))
     module.model.eval()
     with torch.no_grad():
         logits = module.model(**batch["model_inputs"]).logits

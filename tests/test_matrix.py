@@ -11,12 +11,12 @@ from test_families import MODEL_CONFIGS, TINY_MODELS
 from test_run import ALL_TRAINING_STRATEGIES
 
 from mllmft import api
+from mllmft.backbones import FAMILIES
 from mllmft.errors import ConfigError
-from mllmft.strategies.peft_adapters import PrefixTuning, PromptTuning
 
 # pairs refused at start-up by design, with the reason in the error
-DECLARED_UNSUPPORTED = {**{("prompt_tuning", f): "does not work with" for f in PromptTuning.unsupported},
-                        **{("prefix_tuning", f): "does not work with" for f in PrefixTuning.unsupported}}
+DECLARED_UNSUPPORTED = {(strategy, f.name): "does not work with"
+                        for f in FAMILIES.values() for strategy in f.unsupported}
 
 
 def _one_step(compose, model, strategy):

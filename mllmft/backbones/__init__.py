@@ -23,7 +23,7 @@ FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QW
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 __all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_meta", "build_tiny",
-           "load_pretrained"]
+           "check_family_supports", "load_pretrained"]
 
 
 def build_meta(family: str, architecture: dict) -> torch.nn.Module:
@@ -39,6 +39,13 @@ def _family(name: str) -> Family:
     if name not in FAMILIES:
         raise ConfigError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}")
     return FAMILIES[name]
+
+
+def check_family_supports(family: str, strategy: str) -> None:
+    """A strategy the family declares it cannot run is refused before anything is built."""
+    why = _family(family).unsupported.get(strategy)
+    if why is not None:
+        raise ConfigError(f"strategy={strategy} does not work with the {family} family: {why}")
 
 
 def build_tiny(family: str, spec: Mapping) -> Backbone:

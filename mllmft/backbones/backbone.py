@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
+
+from mllmft.data.collate import ConversationCollator
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -73,10 +75,12 @@ def find_module(model: nn.Module, under: str, suffix: str, kind: type) -> str | 
 
 @dataclass(frozen=True)
 class Family:
-    """One MLLM family: how to recognise, map, build (tiny) and load it.
+    """One MLLM family: how to recognise, map, build (tiny), load and feed it.
 
     ``load_processor(path, trust_remote_code)`` replaces ``AutoProcessor`` where that cannot work
-    offline without torchvision (families whose processors also carry a video processor)."""
+    offline without torchvision (families whose processors also carry a video processor).
+    ``collator`` turns records into the family's inputs (a chat template unless the family says
+    otherwise); ``unsupported`` names the strategies the family refuses at start-up, with why."""
 
     name: str
     model_types: tuple[str, ...]
@@ -85,6 +89,8 @@ class Family:
     build_tiny: Callable[[dict, list[str]], Backbone]
     model_class: type  # the *ForConditionalGeneration class (meta-device shape checks)
     load_processor: Callable[[str, bool], object] | None = None
+    collator: type[ConversationCollator] = ConversationCollator
+    unsupported: Mapping[str, str] = field(default_factory=dict)  # strategy name -> why it cannot work
 
 
 @dataclass
@@ -95,6 +101,16 @@ class Backbone:
     components: ComponentMap
     source: str  # checkpoint path / hub id, or "tiny (random)"
     info: dict = field(default_factory=dict)
+
+    @property
+    def collator_class(self) -> type[ConversationCollator]:
+        from mllmft.backbones import FAMILIES  # the family registry imports this module
+
+        return FAMILIES[self.family].collator
+
+    def collator(self, max_length: int, generate: bool = False) -> ConversationCollator:
+        """Records -> this model's inputs (labels on the answers for training; prompts for generation)."""
+        return self.collator_class(self.processor, max_length, generate)
 
     def num_layers(self, component: str) -> int:
         layers = self.model.get_submodule(self.components.layers[component])

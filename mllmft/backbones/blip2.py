@@ -29,6 +29,7 @@ from transformers import (
 from mllmft.backbones.backbone import Backbone, ComponentMap, Family, find_module, tiny_backbone
 from mllmft.backbones.llava import text_config
 from mllmft.backbones.tokenizer import train_tokenizer
+from mllmft.data.collate import ConversationCollator
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}"
@@ -89,8 +90,30 @@ def _build_tiny(spec: dict, corpus: list[str], family: str) -> Backbone:
     return tiny_backbone(model, processor, family, component_map, [tokenizer.eos_token_id])
 
 
+class InstructBlipCollator(ConversationCollator):
+    """Chat-template collation plus the Q-Former's own reading of the instruction."""
+
+    def __call__(self, items: list) -> dict:
+        batch = super().__call__(items)
+        batch["model_inputs"].update(self._instruction_inputs([record for _, record, _ in items]))
+        return batch
+
+    def _instruction_inputs(self, records) -> dict:
+        """InstructBLIP's Q-Former reads the instruction (the first user turn) with its own tokenizer.
+        The processor would give it the whole text, answers included, which the LLM could then read
+        through the query tokens during training."""
+        texts = [self.render(r.turns[:1], add_generation_prompt=True) for r in records]
+        # truncated to the Q-Former tokenizer's limit (BERT: 512 positions), as InstructBLIP's processor does
+        q = self.processor.qformer_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
+
+
+_NO_PROMPT_TUNING = {"prompt_tuning": "peft prepends virtual tokens through inputs_embeds, which BLIP-2's "
+                                      "generate() does not accept without input_ids; use strategy=lora"}
 BLIP2 = Family("blip2", ("blip-2",), CHAT_TEMPLATE, component_map,
-               lambda spec, corpus: _build_tiny(spec, corpus, "blip2"), Blip2ForConditionalGeneration)
+               lambda spec, corpus: _build_tiny(spec, corpus, "blip2"), Blip2ForConditionalGeneration,
+               unsupported=_NO_PROMPT_TUNING)
 INSTRUCTBLIP = Family("instructblip", ("instructblip",), INSTRUCTBLIP_TEMPLATE, component_map,
                       lambda spec, corpus: _build_tiny(spec, corpus, "instructblip"),
-                      InstructBlipForConditionalGeneration)
+                      InstructBlipForConditionalGeneration, collator=InstructBlipCollator,
+                      unsupported=_NO_PROMPT_TUNING)

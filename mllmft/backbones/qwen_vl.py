@@ -91,11 +91,18 @@ def _build_tiny(spec: dict, corpus: list[str], version: str) -> Backbone:
     return tiny_backbone(model, processor, family, component_map, [ids["im_end_token"], tokenizer.eos_token_id])
 
 
+# measured on the tiny models: peft's virtual tokens break the multimodal rotary positions
+_MROPE = ("Qwen's multimodal rotary positions are computed from input_ids, which the virtual tokens do not "
+          "have (shape mismatch inside attention); use strategy=lora (or another adapter)")
+_NO_VIRTUAL_TOKENS = {"prompt_tuning": _MROPE, "prefix_tuning": _MROPE}
+
 QWEN2_VL = Family("qwen2_vl", ("qwen2_vl",), CHAT_TEMPLATE, component_map,
-                  lambda spec, corpus: _build_tiny(spec, corpus, "2"), Qwen2VLForConditionalGeneration, load_processor)
+                  lambda spec, corpus: _build_tiny(spec, corpus, "2"), Qwen2VLForConditionalGeneration, load_processor,
+                  unsupported=_NO_VIRTUAL_TOKENS)
 QWEN2_5_VL = Family("qwen2_5_vl", ("qwen2_5_vl",), CHAT_TEMPLATE, component_map,
                     lambda spec, corpus: _build_tiny(spec, corpus, "2.5"), Qwen2_5_VLForConditionalGeneration,
-                    load_processor)
+                    load_processor, unsupported=_NO_VIRTUAL_TOKENS)
 QWEN3_VL = Family("qwen3_vl", ("qwen3_vl",), CHAT_TEMPLATE, component_map,
                   lambda spec, corpus: _build_tiny(spec, corpus, "3"), Qwen3VLForConditionalGeneration,
-                  image_only_loader(ImageOnlyQwen3VLProcessor, Qwen2VLImageProcessorPil))
+                  image_only_loader(ImageOnlyQwen3VLProcessor, Qwen2VLImageProcessorPil),
+                  unsupported=_NO_VIRTUAL_TOKENS)

@@ -6,12 +6,11 @@ from mllmft.data.datamodule import MLLMDataModule
 from mllmft.data.general_sets import MME, POPE, MMBench, SEEDBench
 from mllmft.data.hf_dataset import HFDataset
 from mllmft.data.llava_json import LlavaJsonSource, read_llava_json
-from mllmft.data.prefix_suffix import PrefixSuffixCollator, make_collator
 from mllmft.data.record import Record, Turn
 from mllmft.data.vqa_sets import AOKVQA, GQA, OCRVQA, TextVQA, VizWiz, VQAv2Style
 from mllmft.errors import DataError
 
 __all__ = ["AOKVQA", "CocoCaptions", "ConversationCollator", "DataError", "DigitsSource", "GQA", "HFDataset",
            "IGNORE_INDEX", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule", "MMBench", "MME",
-           "OCRVQA", "POPE", "PrefixSuffixCollator", "Record", "SEEDBench", "ScienceQA", "ShapesSource", "TextVQA",
-           "Turn", "VQAv2Style", "VizWiz", "make_collator", "read_llava_json"]
+           "OCRVQA", "POPE", "Record", "SEEDBench", "ScienceQA", "ShapesSource", "TextVQA",
+           "Turn", "VQAv2Style", "VizWiz", "read_llava_json"]

@@ -61,8 +61,6 @@ class ConversationCollator:
             labels = None
         else:
             inputs, labels = self._encode_for_training(records, list(images))
-        if "qformer_input_ids" in inputs:
-            inputs.update(self._instruction_inputs(records))
         return {"model_inputs": inputs, "labels": labels, "index": torch.tensor(indices),
                 "references": [r.answers for r in records], "options": [r.options for r in records],
                 "ids": [r.id for r in records],
@@ -111,15 +109,6 @@ class ConversationCollator:
         if self.image_token_id is not None:
             labels[ids == self.image_token_id] = IGNORE_INDEX
         return inputs, labels
-
-    def _instruction_inputs(self, records) -> dict:
-        """InstructBLIP's Q-Former reads the instruction (the first user turn) with its own tokenizer.
-        The processor would give it the whole text, answers included, which the LLM could then read
-        through the query tokens during training."""
-        texts = [self.render(r.turns[:1], add_generation_prompt=True) for r in records]
-        # truncated to the Q-Former tokenizer's limit (BERT: 512 positions), as InstructBLIP's processor does
-        q = self.processor.qformer_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
-        return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
 
     def token_lengths(self, records: list[Record], sizes: list[tuple[int, int]]) -> list[int]:
         """Each record's token count as ``__call__`` encodes it (image tokens included), without

@@ -1,4 +1,5 @@
-"""Target train/val/test plus upstream test sets, collated with the backbone's processor."""
+"""Target train/val/test plus upstream test sets, collated by the model family's collator (a chat template
+by default) with the backbone's processor."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSamp
 
 from mllmft.checks import check_number
 from mllmft.console import progress
+from mllmft.data.collate import ConversationCollator
 from mllmft.data.images import MAX_IMAGE_PIXELS, NOTES
-from mllmft.data.prefix_suffix import make_collator
 from mllmft.data.record import IMAGE_CHECKS, Record
 from mllmft.errors import ConfigError, DataError
 
@@ -82,11 +83,13 @@ class MLLMDataModule(L.LightningDataModule):
                  batch_size: int = 16, eval_batch_size: int = 32, num_workers: int = 0,
                  max_length: int = 256, seed: int = 0, image_check: str = "decode",
                  length_check: bool = True, allow_outside_root: bool = False,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS):
+                 max_image_pixels: int = MAX_IMAGE_PIXELS,
+                 collator_class: type[ConversationCollator] = ConversationCollator):
         super().__init__()
         check_settings(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
                        max_length=max_length, image_check=image_check, max_image_pixels=max_image_pixels)
         self.processor = processor
+        self.collator_class = collator_class  # the model family's (Backbone.collator_class)
         self.target = target
         self.upstream = dict(upstream or {})
         for key, source in self.upstream.items():
@@ -168,7 +171,7 @@ class MLLMDataModule(L.LightningDataModule):
         return [checked[_image_key(r)][0] for r in records]
 
     def _check_lengths(self, where: str, records: list[Record], sizes, generate: bool) -> None:
-        collator = make_collator(self.processor, self.max_length, generate)
+        collator = self.collator_class(self.processor, self.max_length, generate)
         what = "prompt" if generate else "conversation"
         lengths: list[int] = []
         for start in progress(range(0, len(records), 256), f"counting tokens of {where}",
@@ -204,7 +207,7 @@ class MLLMDataModule(L.LightningDataModule):
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         batch_size = batch_size or (self.batch_size if shuffle else self.eval_batch_size)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=make_collator(self.processor, self.max_length, generate),
+                          collate_fn=self.collator_class(self.processor, self.max_length, generate),
                           persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:

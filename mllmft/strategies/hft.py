@@ -3,7 +3,8 @@
 In every LLM decoder layer, freeze a random 2 of the 4 attention projections, 2 of the 3 MLP
 projections in half of the layers and 1 in the other half (1 of 2 in a two-matrix MLP such as OPT's),
 and 1 of the 2 norms. Embeddings and head are left as the scope set them. Seeded and static for the
-run. Module names: given, or the first known naming scheme the layers have (Llama-style, OPT).
+run. Module names: given, or the first known naming scheme the layers have
+(``mllmft.backbones.decoder_layers``: Llama-style, OPT).
 """
 
 from __future__ import annotations
@@ -13,19 +14,9 @@ import random
 from torch import nn
 
 from mllmft.backbones import Backbone
+from mllmft.backbones.decoder_layers import detect_layer_names, missing_modules
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
-
-# (attention, mlp, norms) module names of the decoder-layer conventions transformers uses
-NAMING_SCHEMES = {
-    "llama": (("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj"),
-              ("input_layernorm", "post_attention_layernorm")),
-    "opt": (("q_proj", "k_proj", "v_proj", "out_proj"), ("fc1", "fc2"), ("self_attn_layer_norm", "final_layer_norm")),
-}
-
-
-def _missing(names: set[str], modules: tuple[str, ...]) -> list[str]:
-    return [m for m in modules if not any(x.split(".")[-1] == m for x in names)]
 
 
 class HFT(TuningStrategy):
@@ -39,12 +30,7 @@ class HFT(TuningStrategy):
         self.frozen: list[str] = []  # module paths frozen by HFT
 
     def _module_names(self, layer_names: set[str]) -> dict[str, tuple[str, ...]]:
-        for scheme in NAMING_SCHEMES.values():
-            if not _missing(layer_names, tuple(m for group in scheme for m in group)):
-                detected = dict(zip(("attention", "mlp", "norms"), scheme))
-                break
-        else:
-            detected = {}
+        detected = detect_layer_names(layer_names)
         return {g: tuple(given) if given else detected.get(g, ()) for g, given in self.given.items()}
 
     def attach(self, backbone: Backbone) -> None:
@@ -60,7 +46,7 @@ class HFT(TuningStrategy):
             names = {name for name, _ in layer.named_modules()}
             counts = {"attention": 2, "mlp": (2 if i in mlp_two else 1) if three else 1, "norms": 1}
             for group, modules in self.groups.items():
-                missing = _missing(names, modules)
+                missing = missing_modules(names, modules)
                 if missing or not modules:
                     raise ConfigError(f"strategy=hft: layer {i} of {layers_path} has no modules {missing or group}; "
                                       f"set strategy.{group} to this family's module names")

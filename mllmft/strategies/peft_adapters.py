@@ -26,13 +26,13 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from mllmft.backbones import COMPONENTS, Backbone
+from mllmft.backbones.decoder_layers import FEEDFORWARD_OUTPUTS
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
 PEFT_ROOT = "base_model.model."  # where the wrapped model's names start (adapter methods)
 PROMPT_LEARNING_ROOT = "base_model."
-FEEDFORWARD_OUTPUTS = ("down_proj", "fc2", "w2", "dense_4h_to_h")  # IA3 scales these linears' inputs
 
 
 class PeftStrategy(TuningStrategy):
@@ -204,32 +204,19 @@ class _PromptLearning(PeftStrategy):
     trainable components train fully as ``modules_to_save``."""
 
     targets_linears = False
-    # families whose forward peft's virtual tokens break (measured on the tiny models): why
-    unsupported: dict[str, str] = {}
 
     def __init__(self, num_virtual_tokens: int = 20):
         super().__init__(adapt=("llm",))
         self.num_virtual_tokens = num_virtual_tokens
 
     def attach(self, backbone: Backbone) -> None:
-        if backbone.family in self.unsupported:
-            raise ConfigError(f"strategy={self.name} does not work with the {backbone.family} family: "
-                              f"{self.unsupported[backbone.family]}. Use strategy=lora (or another adapter).")
         super().attach(backbone)
         cmap = backbone.components  # the virtual tokens are input embeddings of the LLM
         backbone.components = dataclasses.replace(cmap, llm=(*cmap.llm, "prompt_encoder"))
 
 
-_MROPE = ("Qwen's multimodal rotary positions are computed from input_ids, which the virtual tokens "
-          "do not have (shape mismatch inside attention)")
-
-
 class PromptTuning(_PromptLearning):
     name = "prompt_tuning"
-    unsupported = {"qwen2_vl": _MROPE, "qwen2_5_vl": _MROPE, "qwen3_vl": _MROPE,
-                   "blip2": "peft prepends virtual tokens through inputs_embeds, which BLIP-2's generate() "
-                            "does not accept without input_ids",
-                   "instructblip": "as BLIP-2: generation with peft's virtual tokens fails"}
 
     def peft_config(self, target_modules, modules_to_save):
         return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
@@ -238,7 +225,6 @@ class PromptTuning(_PromptLearning):
 
 class PrefixTuning(_PromptLearning):
     name = "prefix_tuning"
-    unsupported = {"qwen2_vl": _MROPE, "qwen2_5_vl": _MROPE, "qwen3_vl": _MROPE}
 
     def peft_config(self, target_modules, modules_to_save):
         return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
