@@ -35,14 +35,14 @@ def measure(model: str, steps: int, warmup: int) -> dict:
                        "data.batch_size=16"], output_dir=f"logs/bench/{model}")
     parts = api.build(cfg)
     timer = StepTimer(warmup)
-    parts["trainer"].callbacks.append(timer)
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
-    record = parts["datamodule"].split(parts["datamodule"].target, "train").records[0]
-    collator = parts["backbone"].collator(512)
+    parts.trainer.callbacks.append(timer)
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    record = parts.datamodule.split(parts.datamodule.target, "train").records[0]
+    collator = parts.backbone.collator(512)
     ids = collator([(0, record, record.load_image())])["model_inputs"]["input_ids"]
     image_tokens = int((ids == collator.image_token_id).sum())
     return {"step_s": statistics.median(timer.times), "image_tokens": image_tokens,
-            "params": sum(p.numel() for p in parts["backbone"].model.parameters())}
+            "params": sum(p.numel() for p in parts.backbone.model.parameters())}
 
 
 def main() -> None:

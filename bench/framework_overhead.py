@@ -53,8 +53,8 @@ def framework(model: list[str], steps: int, warmup: int, batch_size: int) -> flo
     with tempfile.TemporaryDirectory() as out:
         parts = api.build(_config(model, steps + warmup + 1, batch_size, out))
         ends = StepEnds()
-        parts["trainer"].callbacks.append(ends)
-        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+        parts.trainer.callbacks.append(ends)
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
         return _median_step(ends.ends, warmup)
 
 
@@ -62,7 +62,7 @@ def bare_loop(model: list[str], steps: int, warmup: int, batch_size: int) -> flo
     with tempfile.TemporaryDirectory() as out:
         cfg = _config(model, steps + warmup + 1, batch_size, out)
         parts = api.build(cfg)
-        net, datamodule = parts["backbone"].model, parts["datamodule"]
+        net, datamodule = parts.backbone.model, parts.datamodule
         datamodule.setup("fit")
         params = [p for p in net.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=cfg.module.lr, betas=tuple(cfg.module.betas))

@@ -36,8 +36,8 @@ def _parts(samples: int, batch_size: int, max_new_tokens: int, out: str) -> dict
 def direct(samples: int, batch_size: int, max_new_tokens: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         parts = _parts(samples, batch_size, max_new_tokens, out)
-        model, tokenizer = parts["backbone"].model.eval(), parts["backbone"].processor.tokenizer
-        loader = parts["datamodule"].test_dataloader()[0]
+        model, tokenizer = parts.backbone.model.eval(), parts.backbone.processor.tokenizer
+        loader = parts.datamodule.test_dataloader()[0]
         started, seen = time.perf_counter(), 0
         with torch.no_grad():
             for batch in loader:
@@ -52,11 +52,11 @@ def direct(samples: int, batch_size: int, max_new_tokens: int) -> float:
 def test_loop(samples: int, batch_size: int, max_new_tokens: int) -> float:
     with tempfile.TemporaryDirectory() as out:
         parts = _parts(samples, batch_size, max_new_tokens, out)
-        parts["module"].test_phase = "final"
+        parts.module.test_phase = "final"
         started = time.perf_counter()
-        parts["trainer"].test(parts["module"], datamodule=parts["datamodule"], verbose=False)
+        parts.trainer.test(parts.module, datamodule=parts.datamodule, verbose=False)
         seconds = time.perf_counter() - started
-        return parts["trainer"].callback_metrics["test/samples_per_s"].item(), samples / seconds
+        return parts.trainer.callback_metrics["test/samples_per_s"].item(), samples / seconds
 
 
 def main() -> None:

@@ -53,13 +53,13 @@ def worker(spec_path: str) -> None:
                           output_dir=Path(spec["out"]) / strategy)
         parts = api.build(cfg)
         timer = StepTimer(spec["warmup"])
-        parts["trainer"].callbacks.append(timer)
-        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+        parts.trainer.callbacks.append(timer)
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
         # whole tensors' sizes (a ZeRO-3 parameter's own shape is its empty placeholder's)
-        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in parts["backbone"].model.parameters()
+        trainable = sum(getattr(p, "ds_numel", p.numel()) for p in parts.backbone.model.parameters()
                         if p.requires_grad)
         result = {"step_s": statistics.median(timer.times), "trainable": trainable,
-                  "state_bytes": parts["strategy"].state_nbytes()}
+                  "state_bytes": parts.strategy.state_nbytes()}
         (Path(spec["out"]) / f"{strategy}.round{round_}.rank{rank}.json").write_text(json.dumps(result))
 
 

@@ -57,7 +57,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = api.compose(["model.pretrain=null", *MODELS[args.model], "logger=none", "callbacks=none",
                        "print_config=false"], output_dir="logs/bench/strategy_math")
-    model = api.build(cfg)["backbone"].model
+    model = api.build(cfg).backbone.model
     engine = LocalEngine()
     fragments = engine.fragments(model)
     ctx = StepContext(engine, fragments, None, None, None)

@@ -60,14 +60,14 @@ def measure(strategy: str, steps: int, warmup: int, batch_size: int, scope: str,
                       output_dir=f"logs/bench/{strategy}")
     parts = api.build(cfg)
     timer = StepTimer(warmup)
-    parts["trainer"].callbacks.append(timer)
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
-    trainable = sum(p.numel() for p in parts["backbone"].model.parameters() if p.requires_grad)
-    optimizer_bytes = sum(t.numel() * t.element_size() for state in parts["trainer"].optimizers[0].state.values()
+    parts.trainer.callbacks.append(timer)
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    trainable = sum(p.numel() for p in parts.backbone.model.parameters() if p.requires_grad)
+    optimizer_bytes = sum(t.numel() * t.element_size() for state in parts.trainer.optimizers[0].state.values()
                           for t in state.values() if torch.is_tensor(t) and t.ndim > 0)
     return {"step_s": statistics.median(timer.times), "mean_step_s": statistics.fmean(timer.times),
             "trainable": trainable,
-            "state_bytes_per_param": parts["strategy"].state_nbytes() / trainable, "optimizer_bytes": optimizer_bytes}
+            "state_bytes_per_param": parts.strategy.state_nbytes() / trainable, "optimizer_bytes": optimizer_bytes}
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     from mllmft import api
     cfg = api.compose(["strategy=full", "trainer.max_steps=20"])
     parts = api.build(cfg)           # backbone, strategy, datamodule, module, trainer
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     results = api.run(cfg)           # or everything, as mllmft-train does
 """
 
@@ -17,9 +17,9 @@ from hydra import initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from mllmft.config import CONF_DIR
-from mllmft.run import prepare, run
+from mllmft.run import RunParts, prepare, run
 
-__all__ = ["build", "compose", "run"]
+__all__ = ["RunParts", "build", "compose", "run"]
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "train",
@@ -36,6 +36,6 @@ def compose(overrides: list[str] | None = None, config_name: str = "train",
     return cfg
 
 
-def build(cfg: DictConfig) -> dict:
+def build(cfg: DictConfig) -> RunParts:
     """Backbone, strategy, datamodule, module, trainer and loggers of a run, ready to use."""
     return prepare(cfg)

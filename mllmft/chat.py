@@ -28,6 +28,7 @@ def answer(cfg: DictConfig) -> str:
     from mllmft.checkpoint_match import check_checkpoint, read_checkpoint, run_identity
     from mllmft.data.images import MAX_IMAGE_PIXELS
     from mllmft.data.record import Record, Turn
+    from mllmft.data.test_set import TestSet
     from mllmft.errors import ConfigError
     from mllmft.module import MLLMFineTuner
     from mllmft.run import build_backbone
@@ -46,7 +47,7 @@ def answer(cfg: DictConfig) -> str:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise ConfigError(f"adapter={cfg.adapter}: no adapter_config.json there (an export=adapter directory)")
         backbone.model = peft.PeftModel.from_pretrained(backbone.model, cfg.adapter)
-    module = MLLMFineTuner(backbone, strategy, cfg.scope, test_sets={"chat": "exact_match"},
+    module = MLLMFineTuner(backbone, strategy, cfg.scope, test_sets=[TestSet("chat")],
                            max_new_tokens=cfg.max_new_tokens, run_identity=identity)
     if cfg.get("ckpt_path"):
         checkpoint = read_checkpoint(cfg.ckpt_path)

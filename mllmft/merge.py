@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import TYPE_CHECKING
 
 import hydra
 from hydra.utils import instantiate
@@ -20,19 +21,22 @@ from omegaconf import DictConfig
 from mllmft.cli import user_errors_exit
 from mllmft.config import CONF_DIR
 
+if TYPE_CHECKING:
+    from mllmft.run import RunParts
+
 log = logging.getLogger(__name__)
 
 
 def merge_update(cfg: DictConfig):
     """The change mllmft-merge makes where mllmft-train would fit: read θ_ft, merge it into θ0."""
 
-    def update(parts: dict) -> dict:
+    def update(parts: RunParts) -> dict:
         from mllmft.merges import FinetunedWeights, merge_into
 
         started = time.perf_counter()
-        method = parts["merge"] = instantiate(cfg.merge)
-        backbone = parts["backbone"]
-        finetuned = FinetunedWeights.open(cfg.finetuned, backbone, parts["module"].run_identity)
+        method = parts.merge = instantiate(cfg.merge)
+        backbone = parts.backbone
+        finetuned = FinetunedWeights.open(cfg.finetuned, backbone, parts.module.run_identity)
         method.prepare(parts, finetuned)
         changed = merge_into(backbone.model, method, finetuned)
         extra = sum(t.numel() * t.element_size() for t in finetuned.tensors.values())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from mllmft.backbones import Backbone
 from mllmft.checkpoint_match import check_checkpoint
 from mllmft.checks import check_number
+from mllmft.data.test_set import TestSet
 from mllmft.errors import ConfigError
 from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.scope import param_groups
@@ -76,32 +77,30 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0
 class MLLMFineTuner(L.LightningModule):
     """Fine-tunes ``backbone.model`` with a tuning strategy; tests by greedy generation.
 
-    ``test_sets`` maps the test dataloaders, in order (the target first), to their metrics (a name, or
-    a spec ``{"name": ..., **metric_args}``); after
-    each ``trainer.test`` read the scores with ``test_scores(trainer, names)``. Predictions go to
+    ``test_sets`` describes the test dataloaders, in order (the target first): name, metric, answer
+    length; after each ``trainer.test`` read the scores with ``test_scores(trainer, names)``. Predictions go to
     ``<run dir>/predictions/<test_phase>-<set>.jsonl`` (id, prompt, prediction, references, score).
     """
 
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
-                 test_sets: Mapping[str, str | Mapping], lr: float = 1e-4, weight_decay: float = 0.0,
+                 test_sets: Sequence[TestSet], lr: float = 1e-4, weight_decay: float = 0.0,
                  betas: tuple[float, float] = (0.9, 0.999), warmup_ratio: float = 0.03,
                  min_lr_ratio: float = 0.0, max_new_tokens: int = 16,
-                 test_max_new_tokens: Mapping[str, int | None] | None = None, run_identity: dict | None = None):
+                 run_identity: dict | None = None):
         super().__init__()
         check_hyperparameters(lr, weight_decay, betas, warmup_ratio, min_lr_ratio, max_new_tokens)
         self.backbone = backbone
         self.model = backbone.model
         self.strategy = strategy
         self.scope = scope
-        self.test_set_names = list(test_sets)
+        self.test_sets = list(test_sets)
+        self.test_set_names = [t.name for t in self.test_sets]
         self.test_phase = "test"  # names the predictions files: "zeroshot", "final"
         self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
         self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
         self.max_new_tokens = max_new_tokens
-        per_set = test_max_new_tokens or {}
-        self.test_lengths = [per_set.get(name) or max_new_tokens for name in self.test_set_names]
-        self.test_metrics = torch.nn.ModuleList(build_metric(**m) if isinstance(m, Mapping) else build_metric(m)
-                                                for m in test_sets.values())
+        self.test_lengths = [t.max_new_tokens or max_new_tokens for t in self.test_sets]
+        self.test_metrics = torch.nn.ModuleList(build_metric(**t.metric) for t in self.test_sets)
         self._test_started = 0.0
         # what its checkpoints record so that only the same run's model loads them (checkpoint_match)
         self.run_identity = run_identity

@@ -12,7 +12,9 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 from hydra.utils import instantiate
@@ -31,12 +33,32 @@ from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
+from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.engines import engine_for
 from mllmft.strategies.runner import StrategyRunner, check_engine
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
+
+    from mllmft.data import MLLMDataModule
+    from mllmft.module import MLLMFineTuner
 
 log = logging.getLogger(__name__)
 RESULTS_SCHEMA = "mllmft.results/3"
 UPSTREAM_SCORES = ("S_u", "H", "F", "O")  # undefined without an upstream set
+
+
+@dataclass
+class RunParts:
+    """Every piece of one run, built and checked by ``prepare`` (``api.build`` returns it)."""
+
+    backbone: Backbone
+    strategy: TuningStrategy
+    datamodule: MLLMDataModule
+    module: MLLMFineTuner
+    trainer: L.Trainer
+    loggers: list[Logger]
+    merge: Any = None  # mllmft-merge's method (a mllmft.merges.MergeMethod), once its update built it
 
 
 def build_backbone(model: DictConfig, cache_dir: str, accelerator: str = "auto") -> Backbone:
@@ -74,7 +96,7 @@ def _parameters(fn) -> set[str]:
     return set(inspect.signature(fn).parameters)
 
 
-def prepare(cfg: DictConfig) -> dict:
+def prepare(cfg: DictConfig) -> RunParts:
     """Build every piece of a run without running it (the notebook API uses this directly).
 
     Everything a user can get wrong is checked here, before any evaluation: settings first (before
@@ -100,7 +122,6 @@ def prepare(cfg: DictConfig) -> dict:
     datamodule.setup("test")
     module = instantiate(cfg.module, _partial_=True)(backbone=backbone, strategy=strategy, scope=cfg.scope,
                                                      test_sets=datamodule.test_sets,
-                                                     test_max_new_tokens=datamodule.test_max_new_tokens,
                                                      run_identity=identity)
     if checkpoint is not None:
         check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=trains, model_state=module.state_dict())
@@ -109,11 +130,11 @@ def prepare(cfg: DictConfig) -> dict:
     runner = [StrategyRunner(strategy, backbone.components)] if strategy.acts_on_training else []
     trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks(),
                           logger=loggers or False)
-    return {"backbone": backbone, "strategy": strategy, "datamodule": datamodule, "module": module,
-            "trainer": trainer, "loggers": loggers}
+    return RunParts(backbone=backbone, strategy=strategy, datamodule=datamodule, module=module, trainer=trainer,
+                    loggers=loggers)
 
 
-def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
+def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> dict:
     """Zero-shot test (optional), fit, test on target + upstream; returns and writes results.json.
 
     ``update(parts)`` replaces the fit with another change of the model (mllmft-merge's merge); what
@@ -123,14 +144,14 @@ def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
     if cfg.get("print_config", True) and is_first_job():  # a sweep's jobs: each in its .hydra/config.yaml
         rank_zero_only(print_config)(cfg, cfg.paths.output_dir)
     parts = prepare(cfg)
-    module, trainer, datamodule = parts["module"], parts["trainer"], parts["datamodule"]
-    rank_zero_only(print_parameters)(parts["backbone"].parameter_counts(), parts["strategy"].name)
-    log_hyperparameters(parts["loggers"], cfg, parts)
+    module, trainer, datamodule = parts.module, parts.trainer, parts.datamodule
+    rank_zero_only(print_parameters)(parts.backbone.parameter_counts(), parts.strategy.name)
+    log_hyperparameters(parts.loggers, cfg, parts)
     names = datamodule.test_set_names
     out = Path(cfg.paths.output_dir)
     scores, details = {}, {}
     # mllmft-eval sets evaluate_only: a checkpoint of any strategy (a peft one too) is tested, not trained
-    trains = parts["strategy"].trains and not cfg.get("evaluate_only", False)
+    trains = parts.strategy.trains and not cfg.get("evaluate_only", False)
     changes = trains or update is not None
     if changes and cfg.zeroshot_test:
         module.test_phase = "zeroshot"
@@ -160,19 +181,19 @@ def run(cfg: DictConfig, update: Callable[[dict], dict] | None = None) -> dict:
         print_results(results)
     if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
         # every rank takes part (a sharded model is gathered), rank 0 writes
-        exported = export_model(parts["backbone"], cfg.export, out / "export", engine_for(trainer))
+        exported = export_model(parts.backbone, cfg.export, out / "export", engine_for(trainer))
         if trainer.is_global_zero:
             results["export"] = str(exported)
             write_results(results, out / "results.json")
-    log_summary(parts["loggers"], results)
+    log_summary(parts.loggers, results)
     if trainer.is_global_zero:
-        log_images(parts["loggers"], out, steps)
+        log_images(parts.loggers, out, steps)
     return results
 
 
-def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samples: dict, steps: int,
+def make_results(cfg: DictConfig, parts: RunParts, scores: dict, details: dict, samples: dict, steps: int,
                  seconds: float) -> dict:
-    names = parts["datamodule"].test_set_names
+    names = parts.datamodule.test_set_names
     target, upstream = names[0], names[1:]
     tradeoff = {}
     if "zeroshot" in scores:
@@ -181,15 +202,15 @@ def make_results(cfg: DictConfig, parts: dict, scores: dict, details: dict, samp
     if "final" in scores:
         f = scores["final"]
         tradeoff["final"] = tradeoff_scores(f[target], [f[u] for u in upstream], tradeoff.get("zeroshot"))
-    backbone = parts["backbone"]
+    backbone = parts.backbone
     results = {
         "schema": RESULTS_SCHEMA,
         "status": "complete" if "final" in scores else "partial",  # partial: the zero-shot test only
         "run": {"model": cfg.model.name, "family": backbone.family, "backbone_source": backbone.source,
-                "strategy": parts["strategy"].name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
+                "strategy": parts.strategy.name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
                 "seed": cfg.seed, "output_dir": str(cfg.paths.output_dir),
-                **({"strategy_info": info} if (info := parts["strategy"].summary()) else {})},
-        "metrics": parts["datamodule"].test_sets,
+                **({"strategy_info": info} if (info := parts.strategy.summary()) else {})},
+        "metrics": {t.name: dict(t.metric) for t in parts.datamodule.test_sets},
         "target": target, "upstream": upstream,
         "scores": scores,
         "details": details,

@@ -79,10 +79,10 @@ def main(spec_path: str) -> None:
         parts = api.build(cfg)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
-        parts["trainer"].callbacks.append(SaveFinalWeights(out / f"{name}.pt"))
+        parts.trainer.callbacks.append(SaveFinalWeights(out / f"{name}.pt"))
         if "stop_at" in run:
-            parts["trainer"].callbacks.append(StopAt(run["stop_at"]))
-        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"], ckpt_path=cfg.get("ckpt_path"))
+            parts.trainer.callbacks.append(StopAt(run["stop_at"]))
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=cfg.get("ckpt_path"))
 
 
 if __name__ == "__main__":

@@ -193,7 +193,7 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
 
     sizes = [(64, 64), (97, 50), (40, 120)]
     for model in TINY_MODELS:
-        backbone = api.build(compose(f"model={model}"))["backbone"]
+        backbone = api.build(compose(f"model={model}")).backbone
         records = [Record(r.id, Image.new("RGB", s, "red"), r.turns, r.task, r.answers)
                    for r, s in zip(ShapesSource(sizes={"train": 3}).records("train"), sizes)]
         if backbone.family != "paligemma":  # single-turn only
@@ -217,7 +217,7 @@ def checkpoint(compose, tmp_path):
     from mllmft import api
 
     parts = api.build(compose(CKPT, "trainer.max_steps=1", "scope=connector_llm", run_dir="first"))
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     return tmp_path / "first" / "checkpoints" / "last.ckpt"
 
 

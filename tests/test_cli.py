@@ -140,7 +140,7 @@ def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, 
     assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
     assert {"E", "F", "O"} <= set(results["tradeoff"]["final"])
     exported = dict(AutoModelForImageTextToText.from_pretrained(results["export"]).named_parameters())
-    base = dict(api.build(compose("scope=connector_llm"))["backbone"].model.named_parameters())  # same seed: θ0
+    base = dict(api.build(compose("scope=connector_llm")).backbone.model.named_parameters())  # same seed: θ0
     assert set(exported) == set(base)
     moved = [n for n in base if not torch.equal(exported[n], base[n])]
     assert moved and all(not n.startswith("model.vision_tower.") for n in moved)  # the scope: connector + LLM

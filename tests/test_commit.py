@@ -138,8 +138,8 @@ def test_side_learning_rates_leave_the_schedule_alone(compose):
     plain = api.build(compose("strategy=constant", "scope=connector_llm", "trainer.max_steps=4"))
     scaled = api.build(compose("strategy=feature_cd", "scope=connector_llm", "trainer.max_steps=4"))
     for parts in (plain, scaled):
-        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
-    schedules = [p["trainer"].lr_scheduler_configs[0].scheduler.get_last_lr() for p in (plain, scaled)]
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    schedules = [p.trainer.lr_scheduler_configs[0].scheduler.get_last_lr() for p in (plain, scaled)]
     assert schedules[0] == schedules[1]
 
 
@@ -181,16 +181,16 @@ def test_resume_restores_kappa_and_the_schedule(compose, tmp_path):
     common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0",
               "strategy=commit", "scope=connector_llm", "strategy.every_k=1", "strategy.ema=0.5"]
     whole = api.build(compose(*common))
-    whole["trainer"].fit(whole["module"], datamodule=whole["datamodule"])
+    whole.trainer.fit(whole.module, datamodule=whole.datamodule)
     first = api.build(compose(*common, CKPT))
-    first["trainer"].callbacks.append(_StopAt(3))
-    first["trainer"].fit(first["module"], datamodule=first["datamodule"])
+    first.trainer.callbacks.append(_StopAt(3))
+    first.trainer.fit(first.module, datamodule=first.datamodule)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
-    resumed["trainer"].fit(resumed["module"], datamodule=resumed["datamodule"], ckpt_path=str(ckpt))
-    assert resumed["strategy"].monitor.history == whole["strategy"].monitor.history
-    assert resumed["strategy"].monitor.kappa == whole["strategy"].monitor.kappa
-    a, b = whole["backbone"].model.state_dict(), resumed["backbone"].model.state_dict()
+    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.strategy.monitor.history == whole.strategy.monitor.history
+    assert resumed.strategy.monitor.kappa == whole.strategy.monitor.kappa
+    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -208,8 +208,8 @@ def test_ddp_ranks_agree_on_kappa_and_weights(compose, tmp_path):
     cfg = compose("strategy=commit", "scope=connector_llm", "strategy.every_k=1", "hardware=ddp_cpu",
                   "hardware.lightning_strategy=ddp_fork", "trainer.max_steps=3")
     parts = api.build(cfg)
-    parts["trainer"].callbacks.append(_SaveKappa(tmp_path))
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.callbacks.append(_SaveKappa(tmp_path))
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     assert len(a["history"]) == 3 and a["history"] == b["history"]
     assert all(torch.equal(a["weights"][k], b["weights"][k]) for k in a["weights"])
@@ -222,6 +222,6 @@ def test_measuring_kappa_does_not_change_training(compose):
     for strategy in ("full", "constant"):
         parts = api.build(compose(f"strategy={strategy}", "scope=connector_llm", "strategy.every_k=1"
                                   if strategy == "constant" else "seed=42", "trainer.max_steps=3"))
-        parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
-        weights[strategy] = parts["backbone"].model.state_dict()
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+        weights[strategy] = parts.backbone.model.state_dict()
     assert all(torch.equal(weights["full"][k], weights["constant"][k]) for k in weights["full"])

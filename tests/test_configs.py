@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from mllmft.backbones import Backbone
 from mllmft.config import CONF_DIR
+from mllmft.data import TestSet
 from mllmft.merges import MergeMethod
 from mllmft.run import build_backbone
 from mllmft.strategies import TuningStrategy
@@ -67,7 +68,7 @@ def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, opt
     elif group == "module":
         strategy = instantiate(cfg.strategy)
         module = instantiate(cfg.module, _partial_=True)(backbone=tiny_backbone, strategy=strategy,
-                                                         scope=cfg.scope, test_sets={"a": "exact_match"})
+                                                         scope=cfg.scope, test_sets=[TestSet("a")])
         assert isinstance(module, L.LightningModule)
 
 

@@ -46,13 +46,13 @@ def test_config_and_parameter_counts_reach_csv_and_tensorboard_with_the_pictures
 def test_plain_progress_lines_every_tenth_of_the_steps(compose, caplog):
     """Off a terminal: one line per 10 % of the fit (10 steps: 10 lines) and one per test set."""
     parts = api.build(compose("trainer.max_steps=10", "trainer.val_check_interval=10"))
-    trainer, module = parts["trainer"], parts["module"]
+    trainer, module = parts.trainer, parts.module
     plain = PlainProgress(every_percent=10, force=True)
     trainer.callbacks.append(plain)
     with caplog.at_level(logging.INFO, logger="mllmft.progress"):
-        trainer.fit(module, datamodule=parts["datamodule"])
+        trainer.fit(module, datamodule=parts.datamodule)
         module.test_phase = "final"
-        trainer.test(module, datamodule=parts["datamodule"], verbose=False)
+        trainer.test(module, datamodule=parts.datamodule, verbose=False)
     lines = [r.getMessage() for r in caplog.records if r.name == "mllmft.progress"]
     steps = [m for m in lines if m.startswith("fine-tuning: step ")]
     assert len(steps) == 10 and steps[-1].startswith("fine-tuning: step 10/10 (100%), loss ")

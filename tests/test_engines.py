@@ -102,13 +102,13 @@ class _RanksInTurn(Sampler):
 
 def reference(compose, overrides: list[str], world: int = 2) -> dict[str, torch.Tensor]:
     parts = api.build(compose(*EQUAL_STEPS, *overrides, f"trainer.accumulate_grad_batches={world}"))
-    dm = parts["datamodule"]
+    dm = parts.datamodule
     dataset = dm.split(dm.target, "train")
     order = _RanksInTurn(dataset, world, dm.batch_size, dm.seed)
     collate = dm.collator_class(dm.processor, dm.max_length)
     dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=order, collate_fn=collate)
-    parts["trainer"].fit(parts["module"], datamodule=dm)
-    return {n: p.detach().clone() for n, p in parts["backbone"].model.named_parameters() if p.requires_grad}
+    parts.trainer.fit(parts.module, datamodule=dm)
+    return {n: p.detach().clone() for n, p in parts.backbone.model.named_parameters() if p.requires_grad}
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -133,7 +133,7 @@ def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_r
     """bf16-mixed: autocast over fp32 weights (DDP, FSDP2; measured 0.061 of the update after 3 steps),
     DeepSpeed's bf16 weights with an fp32 master (ZeRO-2/3: measured 0.117, as bf16-true on one device).
     θ0 in the parameters' dtype, Σ g in fp32, both sharded."""
-    theta0 = {n: p.detach() for n, p in api.build(compose())["backbone"].model.named_parameters() if p.requires_grad}
+    theta0 = {n: p.detach() for n, p in api.build(compose()).backbone.model.named_parameters() if p.requires_grad}
     for engine, runs in engine_runs.items():
         deviation = relative_deviation(runs["spider_bf16"][0], runs["spider"][0], theta0)
         per_param = max(r["state_bytes"] / r["numel"] for r in runs["spider_bf16"][1])

@@ -22,7 +22,7 @@ def _items(records):
 
 @pytest.mark.parametrize("model", TINY_MODELS)
 def test_components_partition_the_parameters(compose, model):
-    backbone = api.build(compose(f"model={model}"))["backbone"]
+    backbone = api.build(compose(f"model={model}")).backbone
     cmap, params = backbone.components, dict(backbone.model.named_parameters())
     owners = {n: cmap.component_of(n) for n in params}  # raises for a parameter of no component
     for component in COMPONENTS:
@@ -37,7 +37,7 @@ def test_components_partition_the_parameters(compose, model):
 
 @pytest.mark.parametrize("model", TINY_MODELS)
 def test_labels_are_exactly_the_answers(compose, model):
-    backbone = api.build(compose(f"model={model}"))["backbone"]
+    backbone = api.build(compose(f"model={model}")).backbone
     records = ShapesSource(sizes={"train": 4}).records("train")
     collator = backbone.collator(256)
     batch = collator(_items(records))
@@ -59,7 +59,7 @@ def test_labels_are_exactly_the_answers(compose, model):
 def test_paligemma_answers_are_the_causal_suffix(compose):
     from mllmft.data import DataError, Record, Turn
 
-    backbone = api.build(compose("model=paligemma_tiny"))["backbone"]
+    backbone = api.build(compose("model=paligemma_tiny")).backbone
     records = ShapesSource(sizes={"train": 4}).records("train")
     batch = backbone.collator(256)(_items(records))
     inputs, labels = batch["model_inputs"], batch["labels"]
@@ -88,25 +88,25 @@ def _generate(module, processor, records):
 @pytest.mark.parametrize("scope", ["connector_llm_last2", "llm"])
 def test_training_step_generation_and_round_trip(compose, tmp_path, model, scope):
     parts = api.build(compose(f"model={model}", f"scope={scope}", "trainer.max_steps=1"))
-    model_ = parts["backbone"].model
+    model_ = parts.backbone.model
     before = {n: p.detach().clone() for n, p in model_.named_parameters()}
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     moved = {n for n, p in model_.named_parameters() if not torch.equal(p, before[n])}
     trainable = {n for n, p in model_.named_parameters() if p.requires_grad}
     assert moved <= trainable
     # every trainable component moved (a random frozen vision tower can leave a tensor or two with a
     # vanishing first gradient, e.g. BLIP-2's cross-attention keys over near-identical patch features)
-    cmap = parts["backbone"].components
+    cmap = parts.backbone.components
     assert {cmap.component_of(n) for n in moved} == {cmap.component_of(n) for n in trainable}
     records = ShapesSource(sizes={"test": 3}).records("test")
-    logits, answers = _generate(parts["module"], parts["backbone"].processor, records)
+    logits, answers = _generate(parts.module, parts.backbone.processor, records)
     assert len(answers) == 3
     model_.save_pretrained(tmp_path / "export")
-    parts["backbone"].processor.save_pretrained(tmp_path / "export")
-    family = parts["backbone"].family
+    parts.backbone.processor.save_pretrained(tmp_path / "export")
+    family = parts.backbone.family
     reloaded = load_pretrained(family, tmp_path / "export")
-    parts["module"].model = reloaded.model
-    logits2, answers2 = _generate(parts["module"], reloaded.processor, records)
+    parts.module.model = reloaded.model
+    logits2, answers2 = _generate(parts.module, reloaded.processor, records)
     assert torch.equal(logits, logits2) and answers == answers2
 
 
@@ -120,7 +120,7 @@ def test_every_family_has_a_tiny_and_a_real_config():
 def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
     pretrain = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
                 "max_steps: 2, batch_size: 4, lr: 1.0e-3}")
-    backbone = api.build(compose("model=qwen2_5_vl_tiny", pretrain))["backbone"]
+    backbone = api.build(compose("model=qwen2_5_vl_tiny", pretrain)).backbone
     assert backbone.info["pretrain"]["steps"] == 2 and backbone.family == "qwen2_5_vl"
     assert type(backbone.processor).__name__ == "ImageOnlyQwen2VLProcessor"
 
@@ -161,7 +161,7 @@ def test_image_only_loader_reads_older_hub_layouts(compose, tmp_path):
 
     from mllmft.backbones import FAMILIES
 
-    backbone = api.build(compose("model=llava_onevision_tiny"))["backbone"]
+    backbone = api.build(compose("model=llava_onevision_tiny")).backbone
     processor = backbone.processor
     processor.save_pretrained(tmp_path)
     template = (tmp_path / "chat_template.jinja").read_text()

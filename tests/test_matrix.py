@@ -27,12 +27,12 @@ def _one_step(compose, model, strategy):
             api.build(compose(*overrides))
         return
     parts = api.build(compose(*overrides))
-    model_ = parts["backbone"].model
+    model_ = parts.backbone.model
     before = {n: p.detach().clone() for n, p in model_.named_parameters() if p.requires_grad}
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
-    assert parts["trainer"].global_step == 1
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert parts.trainer.global_step == 1
     assert any(not torch.equal(p, before[n]) for n, p in model_.named_parameters() if n in before)
-    assert torch.isfinite(torch.tensor(float(parts["trainer"].callback_metrics["train/loss"])))
+    assert torch.isfinite(torch.tensor(float(parts.trainer.callback_metrics["train/loss"])))
 
 
 @pytest.mark.parametrize("strategy", ALL_TRAINING_STRATEGIES)

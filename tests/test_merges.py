@@ -173,10 +173,10 @@ DOWSER = ["strategy=model_dowser", "scope=llm_last_n", "scope.llm.last_n_layers=
 
 def test_model_dowser_trains_exactly_rho_and_frozen_entries_never_move(compose):
     parts = api.build(compose(*DOWSER, "trainer.max_steps=4"))
-    strategy, model = parts["strategy"], parts["backbone"].model
+    strategy, model = parts.strategy, parts.backbone.model
     assert strategy.probed and strategy._whole_masks and strategy.summary()["probe_seconds"] > 0
     theta0 = {n: p.detach().clone() for n, p in model.named_parameters()}
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     params = dict(model.named_parameters())
     for name, mask in strategy._whole_masks.items():
         assert int(mask.sum()) == round(0.25 * mask.numel()), name
@@ -185,7 +185,7 @@ def test_model_dowser_trains_exactly_rho_and_frozen_entries_never_move(compose):
         assert not torch.equal(weight[mask], theta0[name][mask]), name  # the trainable share moved
     assert all(torch.equal(params[n].detach(), theta0[n]) for n in params if n.startswith("lm_head"))
     # the scores were cached: a second run (another ratio) probes no more, and masks the same ranking
-    again = api.build(compose(*DOWSER, "strategy.ratio=0.5"))["strategy"]
+    again = api.build(compose(*DOWSER, "strategy.ratio=0.5")).strategy
     assert not again.probed
     for name, mask in strategy._whole_masks.items():
         assert (mask <= again._whole_masks[name]).all()  # the 25 % lowest are inside the 50 % lowest
@@ -231,24 +231,23 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
     cfg = api.compose([*base, *FAMILIES[family], f"paths.cache_dir={out / 'cache'}", f"merge={method}",
                        *MERGES[method], f"finetuned={out / 'run'}", "zeroshot_test=true"],
                       config_name="merge", output_dir=out / method)
-    parts_seen = {}
+    seen = []
 
     def update(parts):
-        info = merge_update(cfg)(parts)
-        parts_seen.update(parts)
-        return info
+        seen.append(parts)
+        return merge_update(cfg)(parts)
 
     results = run(cfg, update=update)
     merge = json.loads((out / method / "results.json").read_text())["run"]["merge"]
     assert merge["method"] == method and merge["tensors_changed"] > 0 and merge["seconds"] >= 0
     assert {"E", "F", "O"} <= set(results["tradeoff"]["final"])
-    backbone = parts_seen["backbone"]
+    backbone = seen[0].backbone
     model = dict(backbone.model.named_parameters())
     theta0 = dict(api.build(api.compose([*base, *FAMILIES[family], f"paths.cache_dir={out / 'cache'}"]))
-                  ["backbone"].model.named_parameters())
+                  .backbone.model.named_parameters())
     changed = [n for n in model if not torch.equal(model[n], theta0[n])]
     assert changed
-    merger = parts_seen["merge"]
+    merger = seen[0].merge
     if method == "model_tailor":  # the projector is reset; each LLM linear changes on its patch only
         assert not [n for n in changed if backbone.components.component_of(n) == "connector"]
         assert merger.keep_masks and set(merger.keep_masks) <= set(merger.written)

@@ -18,9 +18,9 @@ OTHER_METHODS = ["dora", "adalora", "vera", "ia3", "prompt_tuning", "prefix_tuni
 
 def _fit(compose, *overrides):
     parts = api.build(compose(*overrides))
-    model = parts["backbone"].model
+    model = parts.backbone.model
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     return parts, moved
 
@@ -29,7 +29,7 @@ def _fit(compose, *overrides):
 def test_lora_trains_adapters_and_the_connector_only(compose, model):
     parts, moved = _fit(compose, f"model={model}", "strategy=lora", "scope=connector_llm_last2",
                         "trainer.max_steps=2")  # B starts at zero: A moves from the second step
-    backbone, strategy = parts["backbone"], parts["strategy"]
+    backbone, strategy = parts.backbone, parts.strategy
     cmap = backbone.components
     assert isinstance(backbone.model, peft.PeftModel)
     trainable = {n for n, p in backbone.model.named_parameters() if p.requires_grad}
@@ -52,18 +52,18 @@ def test_lora_trains_adapters_and_the_connector_only(compose, model):
 def test_other_peft_methods_take_a_step(compose, model, method):
     parts, moved = _fit(compose, f"model={model}", f"strategy={method}", "scope=connector_llm_last2",
                         "trainer.max_steps=2")
-    cmap = parts["backbone"].components
+    cmap = parts.backbone.components
     assert {cmap.component_of(n) for n in moved} == {"connector", "llm"}
-    frozen_base = [n for n, p in parts["backbone"].model.named_parameters()
+    frozen_base = [n for n, p in parts.backbone.model.named_parameters()
                    if cmap.component_of(n) == "llm" and ".base_layer." in n]
     assert not set(frozen_base) & moved
-    answers = _generate(parts["module"], parts["backbone"].processor,
+    answers = _generate(parts.module, parts.backbone.processor,
                         ShapesSource(sizes={"test": 2}).records("test"))[1]
     assert len(answers) == 2
 
 
 def test_targets_follow_scope_and_options(compose):
-    build = lambda *o: api.build(compose("strategy=lora", *o))["strategy"]  # noqa: E731
+    build = lambda *o: api.build(compose("strategy=lora", *o)).strategy  # noqa: E731
     everything = build("scope=all")
     assert all(".language_model.layers." in t for t in everything.target_modules)  # vision only when asked
     assert "model.vision_tower.encoder" in everything.modules_to_save  # ... else trained fully
@@ -100,14 +100,14 @@ def test_merged_export_loads_with_plain_transformers(compose, strategy):
     options = ["strategy.init=gaussian"] if strategy == "lora" else []
     parts = api.build(compose("scope=connector_llm_last2", f"strategy={strategy}", *options, "trainer.max_steps=2",
                               "export=merged"))
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     records = ShapesSource(sizes={"test": 3}).records("test")
-    logits, answers = _generate(parts["module"], parts["backbone"].processor, records)
-    out = export_model(parts["backbone"], "merged", parts["trainer"].default_root_dir + "/export")
+    logits, answers = _generate(parts.module, parts.backbone.processor, records)
+    out = export_model(parts.backbone, "merged", parts.trainer.default_root_dir + "/export")
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert not isinstance(model, peft.PeftModel)
-    parts["module"].model = model
-    logits2, answers2 = _generate(parts["module"], AutoProcessor.from_pretrained(out), records)
+    parts.module.model = model
+    logits2, answers2 = _generate(parts.module, AutoProcessor.from_pretrained(out), records)
     assert answers2 == answers
     torch.testing.assert_close(logits2, logits, rtol=1e-4, atol=1e-4)  # merged weights: float rounding
 
@@ -119,16 +119,16 @@ def test_adapter_export_loads_with_peft(compose):
     cfg = compose("scope=connector_llm_last2", "strategy=lora", "strategy.init=gaussian", "trainer.max_steps=2",
                   "export=adapter")
     parts = api.build(cfg)
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     records = ShapesSource(sizes={"test": 3}).records("test")
-    logits, answers = _generate(parts["module"], parts["backbone"].processor, records)
-    out = export_model(parts["backbone"], "adapter", parts["trainer"].default_root_dir + "/export")
+    logits, answers = _generate(parts.module, parts.backbone.processor, records)
+    out = export_model(parts.backbone, "adapter", parts.trainer.default_root_dir + "/export")
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     adapter = json.loads((out / "adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == parts["backbone"].source  # as named, not a cache path
+    assert adapter["base_model_name_or_path"] == parts.backbone.source  # as named, not a cache path
     base = build_tiny(cfg.model.family, cfg.model.tiny).model  # the same random base (seeded)
-    parts["module"].model = peft.PeftModel.from_pretrained(base, out)
-    logits2, answers2 = _generate(parts["module"], parts["backbone"].processor, records)
+    parts.module.model = peft.PeftModel.from_pretrained(base, out)
+    logits2, answers2 = _generate(parts.module, parts.backbone.processor, records)
     assert answers2 == answers and torch.equal(logits2, logits)
 
 
@@ -144,7 +144,7 @@ def test_adalora_reallocates_the_rank_budget(compose):
     # tfinal=1: the last step (index 2 of 3) fixes the budget at target_r per adapted matrix on average
     parts, _ = _fit(compose, "strategy=adalora", "scope=connector_llm_last2", "trainer.max_steps=3",
                     "strategy.init_r=4", "strategy.target_r=2", "strategy.tfinal=1")
-    config = parts["backbone"].model.peft_config["default"]
+    config = parts.backbone.model.peft_config["default"]
     ranks = config.rank_pattern
-    assert ranks and len(ranks) == len(parts["strategy"].target_modules)
+    assert ranks and len(ranks) == len(parts.strategy.target_modules)
     assert sum(sum(mask) for mask in ranks.values()) == 2 * len(ranks)  # from 4 * len(ranks)

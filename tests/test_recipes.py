@@ -87,5 +87,4 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
     # the paper's target and upstream sets, each with its metric, read from the readers' fixtures
     dm = instantiate(cfg.data, _partial_=True, num_workers=0, image_check="header")(processor=tiny_backbone.processor)
     dm.setup("test")
-    assert dict(zip(dm.test_set_names, (m["name"] if isinstance(m, dict) else m for m in dm.test_sets.values()))) \
-        == paper["sets"]
+    assert {t.name: t.metric["name"] for t in dm.test_sets} == paper["sets"]

@@ -26,10 +26,10 @@ def _snapshot(model):
 @pytest.mark.parametrize("scope", SCOPES)
 def test_one_training_step_moves_exactly_the_trainable_parameters(compose, strategy, scope):
     parts = api.build(compose(f"strategy={strategy}", f"scope={scope}", "trainer.max_steps=1"))
-    model = parts["backbone"].model
+    model = parts.backbone.model
     before = _snapshot(model)
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
-    assert parts["trainer"].global_step == 1
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert parts.trainer.global_step == 1
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable
     moved = {name for name, param in model.named_parameters() if not torch.equal(param, before[name])}
@@ -85,14 +85,14 @@ PRETRAIN = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes:
 def test_pretrained_tiny_model_is_cached_and_fine_tuned_in_train_mode(compose, tmp_path):
     cfg = compose(PRETRAIN, "zeroshot_test=true")
     parts = api.build(cfg)
-    assert parts["backbone"].info["pretrain"]["steps"] == 2
+    assert parts.backbone.info["pretrain"]["steps"] == 2
     cached = list((tmp_path / "cache" / "pretrained").glob("llava-*/pretrain.json"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
     probe = _TrainModeProbe()
-    parts["trainer"].callbacks.append(probe)
-    parts["trainer"].test(parts["module"], datamodule=parts["datamodule"], verbose=False)
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.callbacks.append(probe)
+    parts.trainer.test(parts.module, datamodule=parts.datamodule, verbose=False)
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     assert probe.modes == [True, True]  # from_pretrained and the zero-shot test leave eval mode
     api.build(compose(PRETRAIN))  # the same config again: loaded from the cache, not re-trained
     assert cached[0].stat().st_mtime_ns == stamp
@@ -118,29 +118,29 @@ def test_resume_ends_equal_to_an_uninterrupted_run(compose, tmp_path, strategy, 
     common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0",
               f"strategy={strategy}", "strategy.score_fraction=0.5" if strategy == "spu" else "seed=42"]
     whole = api.build(compose(*common))
-    whole["trainer"].fit(whole["module"], datamodule=whole["datamodule"])
+    whole.trainer.fit(whole.module, datamodule=whole.datamodule)
 
     first = api.build(compose(*common, CKPT))
-    first["trainer"].callbacks.append(_StopAt(stop_at))
-    first["trainer"].fit(first["module"], datamodule=first["datamodule"])
-    assert first["trainer"].global_step == stop_at
+    first.trainer.callbacks.append(_StopAt(stop_at))
+    first.trainer.fit(first.module, datamodule=first.datamodule)
+    assert first.trainer.global_step == stop_at
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     state = torch.load(ckpt, weights_only=False, map_location="cpu")["state_dict"]
     assert "model.model.vision_tower.post_layernorm.weight" not in state  # frozen: not checkpointed
 
     resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
-    resumed["trainer"].fit(resumed["module"], datamodule=resumed["datamodule"], ckpt_path=str(ckpt))
-    assert resumed["trainer"].global_step == 5
-    a, b = whole["backbone"].model.state_dict(), resumed["backbone"].model.state_dict()
+    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.trainer.global_step == 5
+    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_checkpoint_from_another_model_is_refused(compose, tmp_path):
     first = api.build(compose(CKPT, "trainer.max_steps=1"))
-    first["trainer"].fit(first["module"], datamodule=first["datamodule"])
+    first.trainer.fit(first.module, datamodule=first.datamodule)
     other = api.build(compose("++model.tiny.text_layers=2", "trainer.max_steps=2"))
     with pytest.raises(ValueError, match="is of another model: llava from tiny"):
-        other["trainer"].fit(other["module"], datamodule=other["datamodule"],
+        other.trainer.fit(other.module, datamodule=other.datamodule,
                              ckpt_path=str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
 
 
@@ -185,7 +185,7 @@ def test_captions_generate_longer_than_short_answers(compose, tiny_backbone):
 
     cfg = compose()
     parts = api.build(cfg)
-    assert parts["module"].test_lengths == [16, 16]  # built-in sets: module.max_new_tokens
+    assert parts.module.test_lengths == [16, 16]  # built-in sets: module.max_new_tokens
     assert KarpathyCaptions("c", "/x", {}).max_new_tokens == 64
 
 

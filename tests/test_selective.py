@@ -153,21 +153,21 @@ class AlwaysOneSPIDER(SPIDER):
 
 def _fit(compose, *overrides):
     parts = api.build(compose(*overrides))
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     return parts
 
 
 def test_spider_with_mask_one_is_plain_fine_tuning(compose):
     full = _fit(compose, "strategy=full", "trainer.max_steps=3")
     ones = _fit(compose, "strategy=spider", f"strategy._target_={__name__}.AlwaysOneSPIDER", "trainer.max_steps=3")
-    a, b = full["backbone"].model.state_dict(), ones["backbone"].model.state_dict()
+    a, b = full.backbone.model.state_dict(), ones.backbone.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("strategy", ["spider", "magnitude_mask", "random_mask"])
 def test_held_entries_stay_exactly_at_theta0(compose, strategy):
     parts = _fit(compose, f"strategy={strategy}", "trainer.max_steps=4")
-    s, model = parts["strategy"], parts["backbone"].model
+    s, model = parts.strategy, parts.backbone.model
     moved = 0
     for name, p in model.named_parameters():
         if name not in s.theta0:
@@ -184,16 +184,16 @@ def test_held_entries_stay_exactly_at_theta0(compose, strategy):
 
 def test_gmt_and_spu_log_mask_density(compose):
     gmt = _fit(compose, "strategy=gmt", "trainer.max_steps=1", "trainer.log_every_n_steps=1")
-    assert gmt["trainer"].callback_metrics["mask/density/llm"] == pytest.approx(0.2, abs=0.01)
+    assert gmt.trainer.callback_metrics["mask/density/llm"] == pytest.approx(0.2, abs=0.01)
     spu = _fit(compose, "strategy=spu", "trainer.max_steps=4", "strategy.score_fraction=0.5")
-    assert spu["strategy"].window_steps == 2
-    for name, mask in spu["strategy"].masks.items():
+    assert spu.strategy.window_steps == 2
+    for name, mask in spu.strategy.masks.items():
         assert mask.sum() == max(1, round(0.1 * mask.numel())), name
 
 
 def test_spider_logs_diagnostics_and_draws_the_heatmap(compose, tmp_path):
     parts = _fit(compose, "strategy=spider", "trainer.max_steps=3", "trainer.log_every_n_steps=1")
-    metrics = parts["trainer"].callback_metrics
+    metrics = parts.trainer.callback_metrics
     for key in ("mask/density/llm", "mask/mean/llm", "mask/density/llm.layer3", "mask/density/connector"):
         assert 0.0 <= float(metrics[key]) <= 1.0, key
     assert float(metrics["strategy/state_bytes_per_param"]) == 8.0  # fp32: θ0 + signed sum
@@ -206,8 +206,8 @@ def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
 
     runs = {p: _fit(compose, "strategy=spider", "trainer.max_steps=5", f"hardware.precision={p}")
             for p in ("32", "bf16-mixed", "bf16-true")}
-    theta0 = {n: p.detach() for n, p in api.build(compose())["backbone"].model.named_parameters() if p.requires_grad}
-    weights = {p: {n: t.detach() for n, t in r["backbone"].model.named_parameters() if n in theta0}
+    theta0 = {n: p.detach() for n, p in api.build(compose()).backbone.model.named_parameters() if p.requires_grad}
+    weights = {p: {n: t.detach() for n, t in r.backbone.model.named_parameters() if n in theta0}
                for p, r in runs.items()}
     assert relative_deviation(weights["bf16-mixed"], weights["32"], theta0) <= 0.10
     assert relative_deviation(weights["bf16-true"], weights["32"], theta0) <= 0.25
@@ -218,7 +218,7 @@ def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
 def test_spider_state_is_six_bytes_per_parameter_in_bf16(compose):
     parts = _fit(compose, "strategy=spider", "hardware.precision=bf16-true", "trainer.max_steps=1",
                  "trainer.log_every_n_steps=1")
-    assert float(parts["trainer"].callback_metrics["strategy/state_bytes_per_param"]) == 6.0
+    assert float(parts.trainer.callback_metrics["strategy/state_bytes_per_param"]) == 6.0
 
 
 def test_hft_freezes_the_documented_share(tiny_backbone):
@@ -247,9 +247,9 @@ def test_ewc_fisher_is_the_mean_squared_upstream_gradient(compose):
     overrides = ("strategy=ewc", "strategy.fisher_batches=2", "strategy.fisher_batch_size=3",
                  "+data.upstream.shapes.sizes.train=12", "trainer.max_steps=1")
     parts = _fit(compose, *overrides)
-    fisher = parts["strategy"].fisher
+    fisher = parts.strategy.fisher
     fresh = api.build(compose(*overrides))  # same seed: the same θ0 and the same upstream batches
-    model, dm = fresh["backbone"].model, fresh["datamodule"]
+    model, dm = fresh.backbone.model, fresh.datamodule
     model.eval()
     expected = {}
     for i, batch in enumerate(dm.upstream_train_dataloader("train", 3)):
@@ -277,9 +277,9 @@ def test_ddp_ranks_hold_identical_spider_weights(compose, tmp_path):
     cfg = compose("strategy=spider", "hardware=ddp_cpu", "hardware.lightning_strategy=ddp_fork",
                   "trainer.max_steps=3")
     parts = api.build(cfg)
-    parts["trainer"].callbacks.append(_SaveWeights(tmp_path))
-    theta0 = {k: v.clone() for k, v in parts["backbone"].model.state_dict().items()}
-    parts["trainer"].fit(parts["module"], datamodule=parts["datamodule"])
+    parts.trainer.callbacks.append(_SaveWeights(tmp_path))
+    theta0 = {k: v.clone() for k, v in parts.backbone.model.state_dict().items()}
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], theta0[k]) for k in a)  # they trained

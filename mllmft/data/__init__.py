@@ -7,10 +7,11 @@ from mllmft.data.general_sets import MME, POPE, MMBench, SEEDBench
 from mllmft.data.hf_dataset import HFDataset
 from mllmft.data.llava_json import LlavaJsonSource, read_llava_json
 from mllmft.data.record import Record, Turn
+from mllmft.data.test_set import TestSet
 from mllmft.data.vqa_sets import AOKVQA, GQA, OCRVQA, TextVQA, VizWiz, VQAv2Style
 from mllmft.errors import DataError
 
 __all__ = ["AOKVQA", "CocoCaptions", "ConversationCollator", "DataError", "DigitsSource", "GQA", "HFDataset",
            "IGNORE_INDEX", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule", "MMBench", "MME",
-           "OCRVQA", "POPE", "Record", "SEEDBench", "ScienceQA", "ShapesSource", "TextVQA",
+           "OCRVQA", "POPE", "Record", "SEEDBench", "ScienceQA", "ShapesSource", "TestSet", "TextVQA",
            "Turn", "VQAv2Style", "VizWiz", "read_llava_json"]

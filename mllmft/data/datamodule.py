@@ -18,6 +18,7 @@ from mllmft.console import progress
 from mllmft.data.collate import ConversationCollator
 from mllmft.data.images import MAX_IMAGE_PIXELS, NOTES
 from mllmft.data.record import IMAGE_CHECKS, Record
+from mllmft.data.test_set import TestSet
 from mllmft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -115,15 +116,10 @@ class MLLMDataModule(L.LightningDataModule):
         return [self.target.name, *self.upstream]
 
     @property
-    def test_sets(self) -> dict[str, dict]:
-        """{set name: metric spec ``{"name": metric, **metric_args}``}, the target first."""
-        return {source.name: {"name": source.metric, **getattr(source, "metric_args", {})}
-                for source in self.test_sources()}
-
-    @property
-    def test_max_new_tokens(self) -> dict[str, int | None]:
-        """{set name: generation length, or None for the module's default}."""
-        return {source.name: getattr(source, "max_new_tokens", None) for source in self.test_sources()}
+    def test_sets(self) -> list[TestSet]:
+        """Each test set's name, metric spec and generation length, the target first."""
+        return [TestSet(source.name, {"name": source.metric, **getattr(source, "metric_args", {})},
+                        getattr(source, "max_new_tokens", None)) for source in self.test_sources()]
 
     def split(self, source: Source, split: str, generate: bool = False) -> RecordDataset:
         """Read, check and cache one split (the checks run here, before any step runs). ``generate``:

@@ -13,11 +13,15 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from mllmft.errors import CheckpointNotFoundError, ConfigError
+
+if TYPE_CHECKING:
+    from mllmft.run import RunParts
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +35,7 @@ class MergeMethod:
     name = "base"
     written: frozenset[str] | set[str] = frozenset()
 
-    def prepare(self, parts: dict, finetuned: FinetunedWeights) -> None:
+    def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
         pass
 
     def merge(self, name: str, theta0: torch.Tensor, theta_ft: torch.Tensor) -> torch.Tensor:

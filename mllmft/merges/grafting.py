@@ -16,6 +16,7 @@ Memory: beside θ_ft, the grafted tensors' θ0, δ and S in fp32 (and a gradient
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -26,6 +27,9 @@ from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
 from mllmft.merges.calibration import batch_loss, target_batches
 from mllmft.strategies.tensor_stats import highest_entries
+
+if TYPE_CHECKING:
+    from mllmft.run import RunParts
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,8 @@ class Grafting(MergeMethod):
         self.best_step = 0  # the optimisation step of the kept mask (0: the top-|δ| start)
         self.moved = 0.0  # share of the kept mask's entries outside the start
 
-    def prepare(self, parts: dict, finetuned: FinetunedWeights) -> None:
-        model, datamodule = parts["backbone"].model, parts["datamodule"]
+    def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
+        model, datamodule = parts.backbone.model, parts.datamodule
         # the tensors the run changed (an HF directory holds every tensor; δ = 0 has nothing to localise)
         params = {n: p for n, p in model.named_parameters()
                   if (t := finetuned.get(n)) is not None and not torch.equal(t.to(p), p.detach())}

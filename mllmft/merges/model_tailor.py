@@ -22,6 +22,8 @@ share of largest |δ| (salience only: it has no single input covariance).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -31,6 +33,10 @@ from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
 from mllmft.merges.calibration import target_batches
 from mllmft.strategies.tensor_stats import highest_entries
+
+if TYPE_CHECKING:
+    from mllmft.backbones import ComponentMap
+    from mllmft.run import RunParts
 
 
 def row_z(x: torch.Tensor) -> torch.Tensor:
@@ -125,15 +131,15 @@ class ModelTailor(MergeMethod):
         self.patch, self.block, self.samples, self.salience, self.damp = patch, block, samples, salience, damp
         self.keep_masks: dict[str, torch.Tensor] = {}  # the patch of each compensated linear
         self.written: set[str] = set()
-        self._components = None
+        self._components: ComponentMap | None = None
 
-    def prepare(self, parts: dict, finetuned: FinetunedWeights) -> None:
-        backbone = parts["backbone"]
+    def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
+        backbone = parts.backbone
         model, components = backbone.model, backbone.components
         self._components = components
         blocks = model.get_submodule(components.layers["llm"])
         with on_compute_device(model) as device:
-            batches = target_batches(parts["datamodule"], "train", self.samples, device, "merge=model_tailor")
+            batches = target_batches(parts.datamodule, "train", self.samples, device, "merge=model_tailor")
             for index, block in enumerate(progress(blocks, "Model Tailor", len(blocks), min_total=1)):
                 prefix = f"{components.layers['llm']}.{index}."
                 linears = {prefix + n: m for n, m in block.named_modules()
