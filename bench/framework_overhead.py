@@ -29,7 +29,7 @@ from strategy_overhead import MODELS  # noqa: E402
 from torch.optim.lr_scheduler import LambdaLR  # noqa: E402
 
 from mllmft import api  # noqa: E402
-from mllmft.module import cosine_with_warmup  # noqa: E402
+from mllmft.module import cosine_factor  # noqa: E402
 
 
 def _config(model: list[str], steps: int, batch_size: int, out: str):
@@ -65,9 +65,9 @@ def bare_loop(model: list[str], steps: int, warmup: int, batch_size: int) -> flo
         net, datamodule = parts.backbone.model, parts.datamodule
         datamodule.setup("fit")
         params = [p for p in net.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=cfg.module.lr, betas=tuple(cfg.module.betas))
+        optimizer = torch.optim.AdamW(params, lr=cfg.module.lr, betas=tuple(cfg.module.optimizer.betas))
         total = steps + warmup + 1
-        schedule = LambdaLR(optimizer, cosine_with_warmup(max(1, int(cfg.module.warmup_ratio * total)), total))
+        schedule = LambdaLR(optimizer, cosine_factor(max(1, int(cfg.module.scheduler.warmup_ratio * total)), total))
         net.train()
         ends, done = [], 0
         while done < total:

@@ -31,13 +31,13 @@ def answer(cfg: DictConfig) -> str:
     from mllmft.data.test_set import TestSet
     from mllmft.errors import ConfigError
     from mllmft.module import MLLMFineTuner
-    from mllmft.run import build_backbone
+    from mllmft.run import build_backbone, pretrain_stage
     from mllmft.scope import apply_scope
 
     if not str(cfg.prompt).strip():
         raise ConfigError("prompt= is empty")
     strategy = instantiate(cfg.strategy)
-    backbone = build_backbone(cfg.model, cfg.paths.cache_dir, cfg.hardware.accelerator)
+    backbone = build_backbone(cfg.model, pretrain_stage(cfg))
     apply_scope(backbone, cfg.scope)
     identity = run_identity(backbone, cfg.scope, strategy.name)
     strategy.attach(backbone)

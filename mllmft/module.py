@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
@@ -13,7 +14,7 @@ from typing import cast
 import lightning as L
 import torch
 from torch.distributed.fsdp import FSDPModule, fully_shard
-from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mllmft.backbones import Backbone
 from mllmft.checkpoint_match import check_checkpoint
@@ -51,27 +52,48 @@ def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float],
     return ({n: metrics[f"test/{n}"] for n in names}, {n: int(metrics[f"test/{n}/samples"]) for n in names}, details)
 
 
-def check_hyperparameters(lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), warmup_ratio: float = 0.0,
-                          min_lr_ratio: float = 0.0, max_new_tokens: int = 16) -> None:
-    """The optimisation and generation knobs, in range (``module.*`` in the config)."""
+def check_hyperparameters(lr: float, weight_decay: float = 0.0, max_new_tokens: int = 16,
+                          optimizer: Callable | Mapping | None = None,
+                          scheduler: Callable | Mapping | None = None) -> None:
+    """The optimisation and generation knobs, in range (``module.*`` in the config); the optimizer's and
+    the scheduler's are checked where they are the known ones (AdamW's betas, the cosine's ratios)."""
     check_number("module.lr", lr, 0, low_open=True)
     check_number("module.weight_decay", weight_decay, 0)
-    if len(betas) != 2:
-        raise ConfigError(f"module.betas={list(betas)}; expected two numbers [beta1, beta2]")
-    for i, beta in enumerate(betas):
-        check_number(f"module.betas[{i}]", beta, 0, 1, high_open=True)
-    check_number("module.warmup_ratio", warmup_ratio, 0, 1)
-    check_number("module.min_lr_ratio", min_lr_ratio, 0, 1)
     check_number("module.max_new_tokens", max_new_tokens, 1, integer=True)
+    betas = _keywords(optimizer).get("betas")
+    if betas is not None:
+        if len(betas) != 2:
+            raise ConfigError(f"module.optimizer.betas={list(betas)}; expected two numbers [beta1, beta2]")
+        for i, beta in enumerate(betas):
+            check_number(f"module.optimizer.betas[{i}]", beta, 0, 1, high_open=True)
+    for knob in ("warmup_ratio", "min_lr_ratio"):
+        if (value := _keywords(scheduler).get(knob)) is not None:
+            check_number(f"module.scheduler.{knob}", value, 0, 1)
 
 
-def cosine_with_warmup(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+def _keywords(factory: Callable | Mapping | None) -> Mapping:
+    """A ``_partial_`` config's arguments: from the config node, or from the partial Hydra made of it."""
+    if isinstance(factory, functools.partial):
+        return factory.keywords
+    return factory if isinstance(factory, Mapping) else {}
+
+
+def cosine_factor(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
+    """The lr multiplier at each step: linear warm-up from 1/warmup_steps to 1, then a half cosine to min_ratio."""
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     return factor
+
+
+def cosine_with_warmup(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.03,
+                       min_lr_ratio: float = 0.0) -> LambdaLR:
+    """The default ``module.scheduler``: warm-up over ``warmup_ratio`` of the optimizer steps (at least
+    one), then cosine decay to ``min_lr_ratio`` of each group's lr. Stepped every optimizer step."""
+    warmup = max(1, int(warmup_ratio * num_training_steps))
+    return LambdaLR(optimizer, cosine_factor(warmup, num_training_steps, min_lr_ratio))
 
 
 class MLLMFineTuner(L.LightningModule):
@@ -84,11 +106,11 @@ class MLLMFineTuner(L.LightningModule):
 
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
                  test_sets: Sequence[TestSet], lr: float = 1e-4, weight_decay: float = 0.0,
-                 betas: tuple[float, float] = (0.9, 0.999), warmup_ratio: float = 0.03,
-                 min_lr_ratio: float = 0.0, max_new_tokens: int = 16,
+                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+                 scheduler: Callable[..., LRScheduler] | None = None, max_new_tokens: int = 16,
                  run_identity: dict | None = None):
         super().__init__()
-        check_hyperparameters(lr, weight_decay, betas, warmup_ratio, min_lr_ratio, max_new_tokens)
+        check_hyperparameters(lr, weight_decay, max_new_tokens, optimizer, scheduler)
         self.backbone = backbone
         self.model = backbone.model
         self.strategy = strategy
@@ -96,8 +118,11 @@ class MLLMFineTuner(L.LightningModule):
         self.test_sets = list(test_sets)
         self.test_set_names = [t.name for t in self.test_sets]
         self.test_phase = "test"  # names the predictions files: "zeroshot", "final"
-        self.lr, self.weight_decay, self.betas = lr, weight_decay, tuple(betas)
-        self.warmup_ratio, self.min_lr_ratio = warmup_ratio, min_lr_ratio
+        self.lr, self.weight_decay = lr, weight_decay
+        # ``_partial_`` configs (module.optimizer, module.scheduler): called with the parameter groups
+        # (each with its component's lr and weight decay), and with the optimizer and the step count
+        self.make_optimizer = optimizer or torch.optim.AdamW
+        self.make_scheduler = scheduler or cosine_with_warmup
         self.max_new_tokens = max_new_tokens
         self.test_lengths = [t.max_new_tokens or max_new_tokens for t in self.test_sets]
         self.test_metrics = torch.nn.ModuleList(build_metric(**t.metric) for t in self.test_sets)
@@ -130,10 +155,9 @@ class MLLMFineTuner(L.LightningModule):
         if not groups:
             raise ConfigError("nothing to train: the scope leaves no parameter trainable "
                              "(use strategy=zeroshot to evaluate only)")
-        optimizer = torch.optim.AdamW(groups, lr=self.lr, betas=self.betas)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(self.warmup_ratio * total))
-        schedule = LambdaLR(optimizer, cosine_with_warmup(warmup, total, self.min_lr_ratio))
+        optimizer = self.make_optimizer(groups, lr=self.lr)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = self.make_scheduler(optimizer, num_training_steps=steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_model(self) -> None:

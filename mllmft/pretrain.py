@@ -8,6 +8,7 @@ with ``save_pretrained``, so every later run loads it through the same code path
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -24,7 +25,7 @@ from omegaconf import OmegaConf
 
 from mllmft.backbones import build_tiny
 from mllmft.data import MLLMDataModule
-from mllmft.module import MLLMFineTuner, test_scores
+from mllmft.module import MLLMFineTuner, cosine_with_warmup, test_scores
 from mllmft.progress import PlainProgress, StepProgressBar
 from mllmft.scope import apply_scope
 from mllmft.strategies import FullFineTuning
@@ -70,8 +71,9 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
     data = MLLMDataModule(backbone.processor, source, batch_size=pretrain["batch_size"],
                           eval_batch_size=64, max_length=pretrain.get("max_length", 128),
                           collator_class=backbone.collator_class)
+    schedule = functools.partial(cosine_with_warmup, warmup_ratio=pretrain.get("warmup_ratio", 0.05))
     module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, data.test_sets, lr=pretrain["lr"],
-                           warmup_ratio=pretrain.get("warmup_ratio", 0.05), max_new_tokens=8)
+                           scheduler=schedule, max_new_tokens=8)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     # default_root_dir: the test's predictions file goes with the cached model, not into the cwd

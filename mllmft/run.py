@@ -61,17 +61,26 @@ class RunParts:
     merge: Any = None  # mllmft-merge's method (a mllmft.merges.MergeMethod), once its update built it
 
 
-def build_backbone(model: DictConfig, cache_dir: str, accelerator: str = "auto") -> Backbone:
-    """A real checkpoint if ``model.checkpoint`` is set; else the tiny model (pre-trained and cached
-    if ``model.pretrain`` is set, random otherwise)."""
+def pretrain_stage(cfg: DictConfig) -> Path | None:
+    """The stage before a run, for a tiny model with ``model.pretrain`` only: teach the random model its
+    upstream set once (then cached per config), so that fine-tuning has something to forget. A real
+    checkpoint comes pre-trained: None."""
+    model = cfg.model
+    if model.get("checkpoint") or not model.get("pretrain"):
+        return None
+    return pretrained_tiny(model.family, model.tiny, model.pretrain, cfg.paths.cache_dir, cfg.hardware.accelerator)
+
+
+def build_backbone(model: DictConfig, pretrained: Path | None = None) -> Backbone:
+    """The checkpoint ``model.checkpoint`` names; else the tiny model, from the checkpoint
+    ``pretrain_stage`` made of it, or random."""
     if model.get("checkpoint"):
         return load_pretrained(model.family, model.checkpoint, dtype=model.get("dtype", "float32"),
                                attn_implementation=model.get("attn_implementation"),
                                trust_remote_code=model.get("trust_remote_code", False))
-    if model.get("pretrain"):
-        path = pretrained_tiny(model.family, model.tiny, model.pretrain, cache_dir, accelerator)
-        backbone = load_pretrained(model.family, path)
-        backbone.info["pretrain"] = json.loads((path / "pretrain.json").read_text())
+    if pretrained is not None:
+        backbone = load_pretrained(model.family, pretrained)
+        backbone.info["pretrain"] = json.loads((pretrained / "pretrain.json").read_text())
         return backbone
     return build_tiny(model.family, model.tiny)
 
@@ -105,7 +114,7 @@ def prepare(cfg: DictConfig) -> RunParts:
     L.seed_everything(cfg.seed, workers=True)
     strategy = instantiate(cfg.strategy)
     checkpoint = check_settings(cfg, strategy)
-    backbone = build_backbone(cfg.model, cfg.paths.cache_dir, cfg.hardware.accelerator)
+    backbone = build_backbone(cfg.model, pretrain_stage(cfg))
     apply_scope(backbone, cfg.scope)
     identity = run_identity(backbone, cfg.scope, strategy.name)  # before the strategy wraps or changes it
     strategy.attach(backbone)

@@ -41,9 +41,9 @@ def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, opt
     if group == "model":
         if cfg.model.checkpoint:  # a real checkpoint: not on this machine, so a clear, immediate error
             with pytest.raises(FileNotFoundError, match="model.checkpoint"):
-                build_backbone(cfg.model, cfg.paths.cache_dir)
+                build_backbone(cfg.model)
         else:  # FAST leaves pre-training out: a random tiny model
-            assert isinstance(build_backbone(cfg.model, cfg.paths.cache_dir), Backbone)
+            assert isinstance(build_backbone(cfg.model), Backbone)
     elif group == "source":  # a reader: builds without touching its files
         source = instantiate(cfg.source)
         assert source.name == option and source.metric

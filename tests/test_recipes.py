@@ -60,7 +60,8 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
                     * cfg.trainer.accumulate_grad_batches)
     assert global_batch == paper["global_batch"]
     assert cfg.trainer.max_epochs == paper["epochs"] and cfg.trainer.max_steps == -1
-    assert (cfg.module.weight_decay, cfg.module.warmup_ratio, cfg.module.min_lr_ratio) == (0.0, 0.03, 0.0)
+    schedule = cfg.module.scheduler
+    assert (cfg.module.weight_decay, schedule.warmup_ratio, schedule.min_lr_ratio) == (0.0, 0.03, 0.0)
 
     meta = build_meta(cfg.model.family, OmegaConf.to_container(cfg.model.architecture, resolve=True))
     backbone = Backbone(model=meta, processor=None, family=cfg.model.family,
