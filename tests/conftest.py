@@ -2,32 +2,16 @@
 
 from __future__ import annotations
 
-import os
+import tests.helpers  # noqa: F401  (first: the offline environment)
 
-for var, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ[var] = value
+# isort: split
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
 from mllmft.backbones import build_tiny  # noqa: E402
-
-TINY = {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "vision_layers": 2, "heads": 2,
-        "text_hidden": 32, "text_layers": 4, "vocab_size": 400, "max_position_embeddings": 128, "seed": 0}
-
-# A run that takes seconds: random tiny model (no pre-training), small sets, no loggers.
-# Smaller than conf/model/tiny_llava.yaml, for speed; only when a test does not pick another model.
-SMALL_LLAVA = ["++model.tiny.patch_size=8", "++model.tiny.text_hidden=32", "++model.tiny.vision_hidden=32"]
-FAST = [
-    "model.pretrain=null",
-    "logger=none", "callbacks=none", "print_config=false", "zeroshot_test=false",
-    "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
-    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false", "data.batch_size=4", "data.eval_batch_size=8",
-    "+data.target.sizes={train: 16, val: 8, test: 10}",
-]
+from tests.helpers.runs import FAST, SMALL_LLAVA, TINY  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

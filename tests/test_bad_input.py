@@ -12,6 +12,9 @@ from PIL import Image
 
 from mllmft.data import LlavaJsonSource, MLLMDataModule
 from mllmft.errors import ConfigError, DataError, UserInputError
+from tests.helpers.data_files import llava_dataset, llava_row
+from tests.helpers.models import TINY_MODELS
+from tests.helpers.runs import CKPT
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -23,25 +26,6 @@ def _png_header(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
-def _row(i, image="img.png", answer="red", **extra):
-    return {"id": f"r{i}", "image": image, "conversations": [{"from": "human", "value": "<image>\nColour?"},
-                                                             {"from": "gpt", "value": answer}], **extra}
-
-
-def _dataset(tmp_path, rows, suffix=".json", text=None):
-    (tmp_path / "images").mkdir(exist_ok=True)
-    if not (tmp_path / "images" / "img.png").exists():
-        Image.new("RGB", (24, 24), "red").save(tmp_path / "images" / "img.png")
-    path = tmp_path / f"train{suffix}"
-    if text is not None:
-        path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    elif suffix == ".jsonl":
-        path.write_text("\n".join(json.dumps(r) for r in rows))
-    else:
-        path.write_text(json.dumps(rows))
-    return LlavaJsonSource("custom", str(tmp_path / "images"), train=str(path))
-
-
 def _setup(processor, source, **kwargs):
     dm = MLLMDataModule(processor, source, batch_size=2, max_length=256, **kwargs)
     dm.setup("fit")
@@ -51,51 +35,51 @@ def _setup(processor, source, **kwargs):
 # --- records: types, keys, ids, paths ---------------------------------------------------------------
 
 def test_a_lone_answer_string_is_one_reference_not_its_characters(tmp_path, tiny_backbone):
-    dm = _setup(tiny_backbone.processor, _dataset(tmp_path, [_row(0, answers="red")]))
+    dm = _setup(tiny_backbone.processor, llava_dataset(tmp_path, [llava_row(0, answers="red")]))
     assert dm.split(dm.target, "train").records[0].answers == ("red",)
 
 
 @pytest.mark.parametrize("row, message", [
-    ({**_row(0), "image": None}, r"record 'r0' .*'image' must be one file path \(a string\), got null"),
-    ({**_row(0), "image": ["a.png", "b.png"]}, r"'image' must be one file path .*got \[\"a.png\""),
-    ({**_row(0), "conversations": "hello"}, r"'conversations' must be a list of turns, got \"hello\""),
-    ({**_row(0), "conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}]},
+    ({**llava_row(0), "image": None}, r"record 'r0' .*'image' must be one file path \(a string\), got null"),
+    ({**llava_row(0), "image": ["a.png", "b.png"]}, r"'image' must be one file path .*got \[\"a.png\""),
+    ({**llava_row(0), "conversations": "hello"}, r"'conversations' must be a list of turns, got \"hello\""),
+    ({**llava_row(0), "conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}]},
      r"turn 0's 'value' must be a string, got 7"),
-    ({**_row(0), "conversations": ["hi", "there"]}, r"turn 0 must be an object"),
-    ({**_row(0), "answers": [1, 2]}, r"'answers' must be a list of strings, got \[1, 2\]"),
-    ({**_row(0), "answers": {"a": 1}}, r"'answers' must be a list of strings"),
-    ({**_row(0), "id": [1]}, r"'id' must be a string or an integer"),
-    ({**_row(0), "task": 5}, r"unknown task 5"),
-    ({**_row(0, answer="C"), "task": "multiple_choice", "options": ["x", "y"]}, r"not the letter of one of its 2"),
+    ({**llava_row(0), "conversations": ["hi", "there"]}, r"turn 0 must be an object"),
+    ({**llava_row(0), "answers": [1, 2]}, r"'answers' must be a list of strings, got \[1, 2\]"),
+    ({**llava_row(0), "answers": {"a": 1}}, r"'answers' must be a list of strings"),
+    ({**llava_row(0), "id": [1]}, r"'id' must be a string or an integer"),
+    ({**llava_row(0), "task": 5}, r"unknown task 5"),
+    ({**llava_row(0, answer="C"), "task": "multiple_choice", "options": ["x", "y"]}, r"not the letter of one of its 2"),
     ("just a string", r"a record must be a JSON object, got str"),
 ])
 def test_wrong_types_are_one_line_errors_naming_the_record(tmp_path, tiny_backbone, row, message):
     with pytest.raises(DataError, match=message):
-        _setup(tiny_backbone.processor, _dataset(tmp_path, [row]))
+        _setup(tiny_backbone.processor, llava_dataset(tmp_path, [row]))
 
 
 @pytest.mark.parametrize("text, message", [
     ('{"id": 1}', r"the top level must be a list of records, got a dict"),
     ('[{"id": 1,}]', r"not valid JSON"),
     ("[]".encode("utf-16"), r"not UTF-8 text"),
-    (json.dumps([_row(0)]).replace("Colour", "Coul\u00e9ur").encode("latin-1"), r"not UTF-8 text"),
+    (json.dumps([llava_row(0)]).replace("Colour", "Coul\u00e9ur").encode("latin-1"), r"not UTF-8 text"),
 ])
 def test_unreadable_files_are_one_line_errors(tmp_path, tiny_backbone, text, message):
     with pytest.raises(DataError, match=message):
-        _setup(tiny_backbone.processor, _dataset(tmp_path, [], text=text))
+        _setup(tiny_backbone.processor, llava_dataset(tmp_path, [], text=text))
 
 
 def test_jsonl_errors_name_the_right_line(tmp_path, tiny_backbone):
-    lines = [json.dumps(_row(0)), "", json.dumps(_row(1)), '{"id": "r2", oops}']
+    lines = [json.dumps(llava_row(0)), "", json.dumps(llava_row(1)), '{"id": "r2", oops}']
     with pytest.raises(DataError, match=r"train.jsonl:4: not valid JSON"):
-        _setup(tiny_backbone.processor, _dataset(tmp_path, [], ".jsonl", text="\n".join(lines)))
+        _setup(tiny_backbone.processor, llava_dataset(tmp_path, [], ".jsonl", text="\n".join(lines)))
 
 
 def test_duplicate_ids_and_unknown_keys_are_reported_once(tmp_path, tiny_backbone, caplog):
-    rows = [_row(0, answer_="x"), _row(0), _row(1)]
+    rows = [llava_row(0, answer_="x"), llava_row(0), llava_row(1)]
     rows[2]["answer"] = "red"  # a typo of "answers"
     with caplog.at_level(logging.WARNING):
-        dm = _setup(tiny_backbone.processor, _dataset(tmp_path, rows))
+        dm = _setup(tiny_backbone.processor, llava_dataset(tmp_path, rows))
     assert len(dm.split(dm.target, "train")) == 3  # nothing dropped
     warnings = [r.getMessage() for r in caplog.records]
     assert any("'answer' in 1 record" in w and "'answer_' in 1 record" in w and "known keys" in w for w in warnings)
@@ -105,7 +89,7 @@ def test_duplicate_ids_and_unknown_keys_are_reported_once(tmp_path, tiny_backbon
 @pytest.mark.parametrize("image", ["../outside.png", "/tmp/elsewhere.png", "sub/../../outside.png"])
 def test_image_paths_leaving_the_data_root_are_refused_unless_allowed(tmp_path, tiny_backbone, image):
     Image.new("RGB", (24, 24)).save(tmp_path / "outside.png")
-    source = _dataset(tmp_path, [_row(0, image=image)])
+    source = llava_dataset(tmp_path, [llava_row(0, image=image)])
     with pytest.raises(DataError, match=r"leaves the data root .*data.allow_outside_root=true"):
         _setup(tiny_backbone.processor, source)
     if image == "../outside.png":
@@ -115,7 +99,7 @@ def test_image_paths_leaving_the_data_root_are_refused_unless_allowed(tmp_path, 
 # --- images ---------------------------------------------------------------------------------------------
 
 def _image_set(tmp_path, name, **kwargs):
-    return _dataset(tmp_path, [_row(0, image=name)], **kwargs)
+    return llava_dataset(tmp_path, [llava_row(0, image=name)], **kwargs)
 
 
 def test_a_truncated_jpeg_is_caught_by_the_default_decode_check(tmp_path, tiny_backbone):
@@ -177,7 +161,7 @@ def test_decompression_bombs_and_oversized_images_are_refused(tmp_path, tiny_bac
 
 
 def test_an_over_long_conversation_is_refused_at_start_up_not_in_a_worker(tmp_path, tiny_backbone):
-    source = _dataset(tmp_path, [_row(0), _row(1, answer="red " * 300)])
+    source = llava_dataset(tmp_path, [llava_row(0), llava_row(1, answer="red " * 300)])
     with pytest.raises(DataError, match=r"record 'r1' .*conversation is \d+ tokens .*than data.max_length=256"):
         _setup(tiny_backbone.processor, source, num_workers=2)
 
@@ -185,8 +169,6 @@ def test_an_over_long_conversation_is_refused_at_start_up_not_in_a_worker(tmp_pa
 def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
     """The count that needs no image processing equals the real one, for every family (see
     ConversationCollator.token_lengths)."""
-    from test_families import TINY_MODELS
-
     from mllmft import api
     from mllmft.data import ShapesSource
     from mllmft.data.record import Record, Turn
@@ -207,9 +189,6 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
 
 
 # --- start-up checks of the run -----------------------------------------------------------------------
-
-CKPT = ("+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-        "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}")
 
 
 @pytest.fixture
@@ -330,17 +309,17 @@ def test_results_without_upstream_sets_are_valid_json_with_null_and_a_reason(com
 
 
 def _with_test_split(tmp_path, rows, **kwargs):
-    source = _dataset(tmp_path, rows)
+    source = llava_dataset(tmp_path, rows)
     return LlavaJsonSource("custom", source.image_root, test=source.files["train"], **kwargs)
 
 
 def test_a_set_is_scored_by_its_records_task(tmp_path):
     """Captions are scored as captions; a set mixing tasks is refused with one line unless its metric
     is set; a metric set in the config wins."""
-    assert _with_test_split(tmp_path, [_row(i, task="caption") for i in range(3)]).metric == "caption"
-    assert _with_test_split(tmp_path, [_row(i) for i in range(3)]).metric == "exact_match"
-    assert _with_test_split(tmp_path, [_row(0)], task="multiple_choice").metric == "multiple_choice"
-    mixed = [_row(0, task="caption"), _row(1, task="vqa")]
+    assert _with_test_split(tmp_path, [llava_row(i, task="caption") for i in range(3)]).metric == "caption"
+    assert _with_test_split(tmp_path, [llava_row(i) for i in range(3)]).metric == "exact_match"
+    assert _with_test_split(tmp_path, [llava_row(0)], task="multiple_choice").metric == "multiple_choice"
+    mixed = [llava_row(0, task="caption"), llava_row(1, task="vqa")]
     with pytest.raises(DataError, match=r"mix the tasks \['caption', 'vqa'\]"):
         _ = _with_test_split(tmp_path, mixed).metric
     assert _with_test_split(tmp_path, mixed, metric="vqa_accuracy").metric == "vqa_accuracy"
@@ -349,18 +328,18 @@ def test_a_set_is_scored_by_its_records_task(tmp_path):
 def test_messages_and_images_records_read_as_conversations(tmp_path):
     """ms-swift's / TRL's format gives the same record as LLaVA's; several images, none, or a system
     message are refused with one line naming the record."""
-    llava = _dataset(tmp_path, [_row(0)]).records("train")[0]
+    llava = llava_dataset(tmp_path, [llava_row(0)]).records("train")[0]
     swift = {"id": "r0", "images": ["img.png"], "messages": [{"role": "user", "content": "<image>\nColour?"},
                                                             {"role": "assistant", "content": "red"}]}
     trl = {"id": "r0", "images": ["img.png"], "messages": [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}
     for row in (swift, trl):
-        record = _dataset(tmp_path, [row]).records("train")[0]
+        record = llava_dataset(tmp_path, [row]).records("train")[0]
         assert (record.turns, record.answers, record.image) == (llava.turns, llava.answers, llava.image)
     for change, message in (({"images": ["img.png", "img.png"]}, "2 images"), ({"images": []}, "0 images"),
                             ({"messages": [{"role": "system", "content": "Be brief."}, *swift["messages"]]},
                              "system message")):
         with pytest.raises(DataError, match=message) as err:
-            _dataset(tmp_path, [{**swift, **change}]).records("train")
+            llava_dataset(tmp_path, [{**swift, **change}]).records("train")
         assert "'r0'" in str(err.value)

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from mllmft import benchmark
-from tests.conftest import FAST, SMALL_LLAVA
+from tests.helpers.runs import FAST, SMALL_LLAVA
 
 # the merges need the full run's last.ckpt: the default callbacks (checkpointing, progress, lr monitor) stay on
 OVERRIDES = [o for o in FAST if o not in ("callbacks=none", "logger=none", "trainer.enable_progress_bar=false")]

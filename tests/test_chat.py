@@ -11,7 +11,7 @@ from mllmft.chat import answer
 from mllmft.data import DigitsSource
 from mllmft.errors import ConfigError, DataError
 from mllmft.run import run
-from tests.conftest import FAST, SMALL_LLAVA
+from tests.helpers.runs import FAST, SMALL_LLAVA
 
 
 @pytest.fixture(scope="module")

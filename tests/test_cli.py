@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import FAST, SMALL_LLAVA
+from tests.helpers.runs import FAST, SMALL_LLAVA
 
 FAST = [*FAST, *SMALL_LLAVA]
 

@@ -6,7 +6,6 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from test_run import CKPT, _StopAt
 
 from mllmft import api
 from mllmft.errors import ConfigError
@@ -14,6 +13,7 @@ from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.commit_balance import BalanceMonitor, answer_kl, answer_log_probs, balance_coefficient
 from mllmft.strategies.commit_lr import CoordinateDescentRule, KappaRule, SideLearningRates
 from mllmft.strategies.runner import StrategyRunner
+from tests.helpers.runs import CKPT, StopAt
 
 COMMIT_STRATEGIES = ["commit", "commit_clr", "constant", "feature_cd", "language_cd", "commit_lora"]
 
@@ -183,7 +183,7 @@ def test_resume_restores_kappa_and_the_schedule(compose, tmp_path):
     whole = api.build(compose(*common))
     whole.trainer.fit(whole.module, datamodule=whole.datamodule)
     first = api.build(compose(*common, CKPT))
-    first.trainer.callbacks.append(_StopAt(3))
+    first.trainer.callbacks.append(StopAt(3))
     first.trainer.fit(first.module, datamodule=first.datamodule)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))

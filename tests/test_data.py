@@ -38,7 +38,7 @@ def _write_llava(tmp_path, rows, suffix=".json"):
     return path
 
 
-def _row(i, image="img.png", answer="a cat"):
+def llava_row(i, image="img.png", answer="a cat"):
     return {"id": f"r{i}", "image": image,
             "conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
                               {"from": "gpt", "value": answer}]}
@@ -47,7 +47,7 @@ def _row(i, image="img.png", answer="a cat"):
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
 def test_llava_json_reader(tmp_path, suffix):
     Image.new("RGB", (20, 20), "red").save(tmp_path / "img.png")
-    rows = [_row(0), {**_row(1), "answers": ["cat", "a cat"], "task": "vqa"}]
+    rows = [llava_row(0), {**llava_row(1), "answers": ["cat", "a cat"], "task": "vqa"}]
     records = read_llava_json(_write_llava(tmp_path, rows, suffix), tmp_path)
     assert records[0].turns == (Turn("user", "What is this?"), Turn("assistant", "a cat"))
     assert records[0].answers == ("a cat",) and records[1].answers == ("cat", "a cat")
@@ -55,11 +55,11 @@ def test_llava_json_reader(tmp_path, suffix):
 
 
 def test_llava_json_rejects_unknown_speaker_and_missing_answer(tmp_path):
-    bad = _row(0)
+    bad = llava_row(0)
     bad["conversations"][1]["from"] = "robot"
     with pytest.raises(DataError, match=r"record 'r0'.*unknown speaker 'robot'"):
         read_llava_json(_write_llava(tmp_path, [bad]), tmp_path)
-    no_answer = _row(1)
+    no_answer = llava_row(1)
     no_answer["conversations"] = no_answer["conversations"][:1]
     with pytest.raises(DataError, match=r"record 'r1'.*end with the assistant"):
         read_llava_json(_write_llava(tmp_path, [no_answer]), tmp_path)
@@ -116,9 +116,9 @@ def test_test_sets_are_target_then_upstream(tiny_backbone):
 
 def test_the_readmes_upstream_overrides_add_sets(compose, tmp_path):
     """README "Bring your own data": a built-in set and a LLaVA JSON set added as upstream sets."""
-    from tests.test_bad_input import _dataset, _row
+    from tests.helpers.data_files import llava_dataset, llava_row
 
-    own = _dataset(tmp_path, [_row(i, task="caption") for i in range(2)])
+    own = llava_dataset(tmp_path, [llava_row(i, task="caption") for i in range(2)])
     cfg = compose("~data.upstream.shapes", "+data.upstream.shapes2={_target_: mllmft.data.ShapesSource, name: shapes2}",
                   f"+data.upstream.mine={{_target_: mllmft.data.LlavaJsonSource, name: mine, "
                   f"image_root: {own.image_root}, test: {own.files['train']}}}")

@@ -1,7 +1,7 @@
 """Every strategy under every engine ends where a single process does on the same global batches.
 
 Each engine (DDP, FSDP2, DeepSpeed ZeRO-2, ZeRO-3; 2 CPU processes, gloo) is launched once and trains
-several strategies inside that launch (tests/engine_worker.py). The reference is one process with
+several strategies inside that launch (tests/helpers/engine_worker.py). The reference is one process with
 gradient accumulation over the two ranks' batches in turn (accumulate_grad_batches=2): the averaged
 gradient the ranks reduce is then the same sum of the same halves, bit for bit, so any difference in
 the final weights comes from the strategy's own per-tensor statistics under sharding. CoMMIT measures
@@ -18,22 +18,15 @@ size lr whatever its sign. Their values mean nothing; they are left out of the c
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from engine_worker import EQUAL_STEPS
 from torch.utils.data import DataLoader, Sampler
 
 from mllmft import api
 from mllmft.data.datamodule import ResumableSampler
+from tests.helpers.engines import launch, relative_deviation
+from tests.helpers.runs import EQUAL_STEPS
 
-WORKER = Path(__file__).with_name("engine_worker.py")
 ENGINES = {"ddp": ["hardware=ddp_cpu"], "fsdp2": ["hardware=fsdp2_cpu"], "zero2": ["hardware=deepspeed_zero2_cpu"],
            "zero3": ["hardware=deepspeed_zero3_cpu"]}
 # in `make test`: these four under every engine, one launch per engine
@@ -51,35 +44,6 @@ SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude
 MEASURED_PER_RANK = ("commit", "ewc")  # reference: the DDP run
 TOLERANCE = 1e-5
 ZERO_GRADIENT = ".self_attn.k_proj.bias"  # ∂L/∂b_k ≡ 0 (see above)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
-    """Run the spec on ``world`` processes; {run: (final trainable weights, [per-rank stats])}."""
-    out.mkdir(parents=True, exist_ok=True)
-    spec = out / "spec.json"
-    spec.write_text(json.dumps({"hardware": hardware, "runs": runs, "out": str(out)}))
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": str(world),
-           "NODE_RANK": "0", "OMP_NUM_THREADS": "1"}
-    logs = [out / f"rank{r}.log" for r in range(world)]
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(spec)], cwd=out, stdout=log.open("w"),
-                              stderr=subprocess.STDOUT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-             for r, log in enumerate(logs)]
-    try:
-        codes = [p.wait(timeout=900) for p in procs]
-    finally:
-        for p in procs:
-            p.kill()
-    if any(codes):
-        raise AssertionError(f"{hardware} exited {codes}:\n" + logs[codes.index(next(c for c in codes if c))]
-                             .read_text()[-4000:])
-    return {name: (torch.load(out / f"{name}.pt", weights_only=True),
-                   [json.loads((out / f"{name}.rank{r}.json").read_text()) for r in range(world)]) for name in runs}
 
 
 class _RanksInTurn(Sampler):
@@ -120,13 +84,6 @@ def _max_difference(a: dict, b: dict) -> float:
 def engine_runs(tmp_path_factory):
     return {engine: launch(tmp_path_factory.mktemp(engine), hardware, {**FAST, **BF16})
             for engine, hardware in ENGINES.items()}
-
-
-def relative_deviation(weights: dict, expected: dict, theta0: dict) -> float:
-    """‖w − w_ref‖ / ‖w_ref − θ0‖: the share of the reference's update the run did differently."""
-    difference = sum(float((weights[k].float() - expected[k].float()).square().sum()) for k in expected)
-    update = sum(float((expected[k].float() - theta0[k].float()).square().sum()) for k in expected)
-    return (difference / update) ** 0.5
 
 
 def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_runs, compose):

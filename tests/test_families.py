@@ -6,18 +6,8 @@ from omegaconf import OmegaConf
 
 from mllmft import api
 from mllmft.backbones import COMPONENTS, load_pretrained
-from mllmft.config import CONF_DIR
 from mllmft.data import IGNORE_INDEX, ShapesSource
-
-# composed, as a run sees them (the tiny ones extend model/_tiny.yaml)
-MODEL_CONFIGS = {p.stem: api.compose([f"model={p.stem}"]).model
-                 for p in sorted((CONF_DIR / "model").glob("*.yaml")) if not p.stem.startswith("_")}
-TINY_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.tiny is not None]
-REAL_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.get("architecture") is not None]
-
-
-def _items(records):
-    return [(i, r, r.load_image()) for i, r in enumerate(records)]
+from tests.helpers.models import MODEL_CONFIGS, REAL_MODELS, TINY_MODELS, generate, items
 
 
 @pytest.mark.parametrize("model", TINY_MODELS)
@@ -40,7 +30,7 @@ def test_labels_are_exactly_the_answers(compose, model):
     backbone = api.build(compose(f"model={model}")).backbone
     records = ShapesSource(sizes={"train": 4}).records("train")
     collator = backbone.collator(256)
-    batch = collator(_items(records))
+    batch = collator(items(records))
     ids, labels = batch["model_inputs"]["input_ids"], batch["labels"]
     tok = backbone.processor.tokenizer
     for s, record in enumerate(records):
@@ -61,27 +51,19 @@ def test_paligemma_answers_are_the_causal_suffix(compose):
 
     backbone = api.build(compose("model=paligemma_tiny")).backbone
     records = ShapesSource(sizes={"train": 4}).records("train")
-    batch = backbone.collator(256)(_items(records))
+    batch = backbone.collator(256)(items(records))
     inputs, labels = batch["model_inputs"], batch["labels"]
     # the prompt (image, BOS, text) is the full-attention prefix; the answer + EOS the causal suffix,
     # which is exactly what is supervised (padding aside)
     suffix = (inputs["token_type_ids"] == 1) & (inputs["attention_mask"] == 1)
     assert torch.equal(labels != IGNORE_INDEX, suffix)
-    generation = backbone.collator(256, generate=True)(_items(records))["model_inputs"]
+    generation = backbone.collator(256, generate=True)(items(records))["model_inputs"]
     assert not generation["token_type_ids"].any()
     two_turns = Record(id="q7", turns=(Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"),
                                        Turn("assistant", "d")), image=records[0].image, task="vqa", answers=("d",),
                        origin="set.json")
     with pytest.raises(DataError, match="q7.*one prompt and one answer"):
-        backbone.collator(256)(_items([two_turns]))
-
-
-def _generate(module, processor, records):
-    batch = module.backbone.collator_class(processor, 256, generate=True)(_items(records))
-    module.model.eval()
-    with torch.no_grad():
-        logits = module.model(**batch["model_inputs"]).logits
-    return logits, module.generate(batch["model_inputs"], 6)
+        backbone.collator(256)(items([two_turns]))
 
 
 @pytest.mark.parametrize("model", TINY_MODELS)
@@ -99,14 +81,14 @@ def test_training_step_generation_and_round_trip(compose, tmp_path, model, scope
     cmap = parts.backbone.components
     assert {cmap.component_of(n) for n in moved} == {cmap.component_of(n) for n in trainable}
     records = ShapesSource(sizes={"test": 3}).records("test")
-    logits, answers = _generate(parts.module, parts.backbone.processor, records)
+    logits, answers = generate(parts.module, parts.backbone.processor, records)
     assert len(answers) == 3
     model_.save_pretrained(tmp_path / "export")
     parts.backbone.processor.save_pretrained(tmp_path / "export")
     family = parts.backbone.family
     reloaded = load_pretrained(family, tmp_path / "export")
     parts.module.model = reloaded.model
-    logits2, answers2 = _generate(parts.module, reloaded.processor, records)
+    logits2, answers2 = generate(parts.module, reloaded.processor, records)
     assert torch.equal(logits, logits2) and answers == answers2
 
 
@@ -123,8 +105,6 @@ def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
     backbone = api.build(compose("model=qwen2_5_vl_tiny", pretrain)).backbone
     assert backbone.info["pretrain"]["steps"] == 2 and backbone.family == "qwen2_5_vl"
     assert type(backbone.processor).__name__ == "ImageOnlyQwen2VLProcessor"
-
-
 
 
 @pytest.mark.parametrize("model", REAL_MODELS)

@@ -3,67 +3,12 @@ against values derived by hand, and the +upstream=general preset in a run."""
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-
 import pytest
-from PIL import Image
 
 from mllmft.data import MME, POPE, MMBench, SEEDBench
 from mllmft.metrics import build_metric
 from mllmft.run import run
-
-
-def _png(color) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (24, 24), color).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _tsv(rows: list[dict]) -> str:
-    header = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image"]
-    return "\n".join(["\t".join(header)] + ["\t".join(str(r[h]) for h in header) for r in rows]) + "\n"
-
-
-def write_general_benchmarks(root):
-    """Each benchmark in its published layout under ``root`` (the data_dir of conf/source/*.yaml)."""
-    (root / "coco" / "val2014").mkdir(parents=True)
-    for i, color in enumerate(("red", "blue")):
-        (root / "coco" / "val2014" / f"COCO_val2014_{i:012d}.jpg").write_bytes(_png(color))
-    (root / "pope").mkdir()
-    pope = [{"question_id": i + 1, "image": f"COCO_val2014_{i % 2:012d}.jpg", "text": "Is there a cat?",
-             "label": label} for i, label in enumerate(["yes", "yes", "no", "no", "yes", "no"])]
-    (root / "pope" / "coco_pope_adversarial.json").write_text("\n".join(json.dumps(p) for p in pope) + "\n")
-    mme = root / "MME_Benchmark_release_version"
-    for subtask, stem in (("existence", "a"), ("existence", "b"), ("code_reasoning", "c")):
-        (mme / subtask).mkdir(parents=True, exist_ok=True)
-        (mme / subtask / f"{stem}.png").write_bytes(_png("green"))
-        (mme / subtask / f"{stem}.txt").write_text("Is it? Please answer yes or no.\tYes\n"
-                                                   "Is it not? Please answer yes or no.\tNo\n")
-    (mme / "artwork" / "images").mkdir(parents=True)
-    (mme / "artwork" / "questions_answers_YN").mkdir()
-    (mme / "artwork" / "images" / "d.jpg").write_bytes(_png("white"))
-    (mme / "artwork" / "questions_answers_YN" / "d.txt").write_text("Is it art?\tYes\nIs it a car?\tNo\n")
-    image = base64.b64encode(_png("black")).decode()
-    rows = [{"index": 10, "question": "Which?", "hint": "nan", "A": "cat", "B": "dog", "C": "bird", "D": "fish",
-             "answer": "B", "category": "attribute", "image": image},
-            {"index": 11, "question": "Is it?", "hint": "Look.", "A": "yes", "B": "no", "C": "nan", "D": "nan",
-             "answer": "A", "category": "logic", "image": "10"}]  # the image of question 10
-    (root / "mmbench").mkdir()
-    (root / "mmbench" / "MMBench_DEV_EN.tsv").write_text(_tsv(rows))
-    (root / "mmbench" / "MMBench_DEV_CN.tsv").write_text(_tsv(rows))
-    (root / "seed_bench" / "SEED-Bench-image").mkdir(parents=True)
-    for name in ("s1.jpg", "s2.jpg", "s3.jpg"):
-        (root / "seed_bench" / "SEED-Bench-image" / name).write_bytes(_png("gray"))
-    questions = [{"question_id": f"q{i}", "question": "What?", "choice_a": "a", "choice_b": "b", "choice_c": "c",
-                  "choice_d": "d", "answer": answer, "data_id": data_id, "data_type": kind, "question_type_id": t}
-                 for i, (answer, data_id, kind, t) in enumerate([
-                     ("A", "s1.jpg", "image", 1), ("C", "s2.jpg", "image", 2), ("B", "s3.jpg", "image", 1),
-                     ("D", "v.mp4", "video", 1)])]
-    (root / "seed_bench" / "SEED-Bench.json").write_text(json.dumps(
-        {"questions": questions, "question_type": {"Scene Understanding": 1, "Instance Identity": 2}}))
-    return root
+from tests.helpers.data_files import write_general_benchmarks
 
 
 @pytest.fixture(scope="module")

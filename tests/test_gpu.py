@@ -39,7 +39,7 @@ GPU_STRATEGIES = {"spider": ["strategy=spider"], "lora": ["strategy=lora", "scop
 def test_strategies_under_sharded_engines_in_bf16(tmp_path):
     """spider, lora, commit and magnitude_mask under ZeRO-2, ZeRO-3 and FSDP2 on CUDA, bf16-mixed, on 2
     GPUs when there are 2 (else 1): per-rank peak memory and step time ÷ full's, printed side by side."""
-    from test_engines import launch
+    from tests.helpers.engines import launch
 
     world = min(2, torch.cuda.device_count())
     lines = []

@@ -7,12 +7,12 @@ positions, the projector inside the vision module).
 
 import pytest
 import torch
-from test_families import MODEL_CONFIGS, TINY_MODELS
-from test_run import ALL_TRAINING_STRATEGIES
 
 from mllmft import api
 from mllmft.backbones import FAMILIES
 from mllmft.errors import ConfigError
+from tests.helpers.models import MODEL_CONFIGS, TINY_MODELS
+from tests.helpers.runs import ALL_TRAINING_STRATEGIES
 
 # pairs refused at start-up by design, with the reason in the error
 DECLARED_UNSUPPORTED = {(strategy, f.name): "does not work with"

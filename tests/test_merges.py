@@ -16,6 +16,7 @@ from mllmft.merges import DARE, TIES, TaskArithmetic, WiSEFT
 from mllmft.merges.model_tailor import input_covariances, row_z, tailor_patch
 from mllmft.run import run
 from mllmft.strategies.dowser_probe import probe_scores
+from tests.helpers.runs import FAST, SMALL_LLAVA
 
 
 def _pair(shape=(64, 48), seed=0):
@@ -208,12 +209,11 @@ def test_every_merge_method_is_run_end_to_end():
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     """One short full fine-tuning run with an export per family (what mllmft-merge reads)."""
-    import tests.conftest as conftest
 
     runs = {}
     for family, model in FAMILIES.items():
         out = tmp_path_factory.mktemp(family)
-        base = conftest.FAST + ([] if model else conftest.SMALL_LLAVA)
+        base = FAST + ([] if model else SMALL_LLAVA)
         cfg = api.compose([*base, *model, f"paths.cache_dir={out / 'cache'}", "trainer.max_steps=3",
                            "export=merged", "module.lr=1e-2"], output_dir=out / "run")
         run(cfg)
@@ -224,10 +224,9 @@ def finetuned(tmp_path_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", MERGES)
 def test_every_merge_runs_end_to_end(finetuned, family, method):
-    import tests.conftest as conftest
 
     out = finetuned[family]
-    base = conftest.FAST + ([] if FAMILIES[family] else conftest.SMALL_LLAVA)
+    base = FAST + ([] if FAMILIES[family] else SMALL_LLAVA)
     cfg = api.compose([*base, *FAMILIES[family], f"paths.cache_dir={out / 'cache'}", f"merge={method}",
                        *MERGES[method], f"finetuned={out / 'run'}", "zeroshot_test=true"],
                       config_name="merge", output_dir=out / method)
@@ -262,11 +261,10 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
 
 def test_a_finetuned_result_of_another_model_is_one_clear_error(finetuned):
     """θ_ft from a Qwen2-VL run merged into the tiny LLaVA: refused before any evaluation, naming it."""
-    import tests.conftest as conftest
     from mllmft.errors import ConfigError
 
     out = finetuned["llava"]
-    cfg = api.compose([*conftest.FAST, *conftest.SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}",
+    cfg = api.compose([*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}",
                        f"finetuned={finetuned['qwen2_vl'] / 'run'}"], config_name="merge", output_dir=out / "wrong")
     with pytest.raises(ConfigError, match="holds a 'qwen2_vl' model, not a 'llava' one"):
         run(cfg, update=merge_update(cfg))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from mllmft.config import CONF_DIR
-from tests.conftest import FAST, SMALL_LLAVA
+from tests.helpers.runs import FAST, SMALL_LLAVA
 
 ROOT = CONF_DIR.parent
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import peft
 import pytest
 import torch
-from test_families import TINY_MODELS, _generate
 
 from mllmft import api
 from mllmft.data import ShapesSource
 from mllmft.errors import ConfigError
 from mllmft.strategies.peft_adapters import PEFT_ROOT
+from tests.helpers.models import TINY_MODELS, generate
 
 OTHER_METHODS = ["dora", "adalora", "vera", "ia3", "prompt_tuning", "prefix_tuning"]
 
@@ -57,7 +57,7 @@ def test_other_peft_methods_take_a_step(compose, model, method):
     frozen_base = [n for n, p in parts.backbone.model.named_parameters()
                    if cmap.component_of(n) == "llm" and ".base_layer." in n]
     assert not set(frozen_base) & moved
-    answers = _generate(parts.module, parts.backbone.processor,
+    answers = generate(parts.module, parts.backbone.processor,
                         ShapesSource(sizes={"test": 2}).records("test"))[1]
     assert len(answers) == 2
 
@@ -102,12 +102,12 @@ def test_merged_export_loads_with_plain_transformers(compose, strategy):
                               "export=merged"))
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     records = ShapesSource(sizes={"test": 3}).records("test")
-    logits, answers = _generate(parts.module, parts.backbone.processor, records)
+    logits, answers = generate(parts.module, parts.backbone.processor, records)
     out = export_model(parts.backbone, "merged", parts.trainer.default_root_dir + "/export")
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert not isinstance(model, peft.PeftModel)
     parts.module.model = model
-    logits2, answers2 = _generate(parts.module, AutoProcessor.from_pretrained(out), records)
+    logits2, answers2 = generate(parts.module, AutoProcessor.from_pretrained(out), records)
     assert answers2 == answers
     torch.testing.assert_close(logits2, logits, rtol=1e-4, atol=1e-4)  # merged weights: float rounding
 
@@ -121,14 +121,14 @@ def test_adapter_export_loads_with_peft(compose):
     parts = api.build(cfg)
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     records = ShapesSource(sizes={"test": 3}).records("test")
-    logits, answers = _generate(parts.module, parts.backbone.processor, records)
+    logits, answers = generate(parts.module, parts.backbone.processor, records)
     out = export_model(parts.backbone, "adapter", parts.trainer.default_root_dir + "/export")
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == parts.backbone.source  # as named, not a cache path
     base = build_tiny(cfg.model.family, cfg.model.tiny).model  # the same random base (seeded)
     parts.module.model = peft.PeftModel.from_pretrained(base, out)
-    logits2, answers2 = _generate(parts.module, parts.backbone.processor, records)
+    logits2, answers2 = generate(parts.module, parts.backbone.processor, records)
     assert answers2 == answers and torch.equal(logits2, logits)
 
 

@@ -13,8 +13,7 @@ from torch import nn
 
 from mllmft.backbones import FAMILIES, Backbone, build_meta
 from mllmft.scope import apply_scope, param_groups
-from tests.test_general_benchmarks import write_general_benchmarks
-from tests.test_readers import build
+from tests.helpers.data_files import write_general_benchmarks, write_reader_layout
 
 # LLaVA-1.5-7B: a Vicuna-7B decoder layer (4 attention and 3 MLP matrices, 2 RMSNorm gains) and the projector
 LAYER = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
@@ -50,7 +49,7 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
         write_general_benchmarks(data_dir)  # first: it makes the folders the others add to
     for name in paper["sets"]:
         if not name.startswith("mmbench"):
-            build(data_dir, name)
+            write_reader_layout(data_dir, name)
     cfg = compose(f"experiment={recipe}", f"paths.data_dir={data_dir}", fast=False)
     assert cfg.model.name == "llava15_7b" and cfg.model.dtype == "bfloat16"
     assert cfg.hardware.precision == "bf16-mixed"

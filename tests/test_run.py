@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mllmft import api
-from mllmft.config import CONF_DIR
 from mllmft.run import run
+from tests.helpers.runs import ALL_TRAINING_STRATEGIES, CKPT, StopAt
 
 SCOPES = ["all", "llm", "connector", "connector_llm_last2", "llm_last_n"]
 TRAINING_STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "l1_sp", "l2_sp",
@@ -38,6 +38,20 @@ def test_one_training_step_moves_exactly_the_trainable_parameters(compose, strat
         assert moved
     else:
         assert moved == trainable, f"trainable parameters that did not move: {sorted(trainable - moved)[:5]}"
+
+
+def test_the_optimizer_and_the_schedule_are_partial_configs(compose):
+    """Any torch optimizer through overrides; it gets the per-component groups and their lrs."""
+    parts = api.build(compose("scope=connector_llm", "+scope.connector.lr_scale=10",
+                              "module.optimizer._target_=torch.optim.SGD", "~module.optimizer.betas",
+                              "+module.optimizer.momentum=0.9", "module.scheduler.warmup_ratio=0.5"))
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    optimizer, schedule = parts.trainer.optimizers[0], parts.trainer.lr_scheduler_configs[0].scheduler
+    assert isinstance(optimizer, torch.optim.SGD) and {g["momentum"] for g in optimizer.param_groups} == {0.9}
+    base = {g["name"].split(".")[0]: lr for g, lr in zip(optimizer.param_groups, schedule.base_lrs)}
+    assert base["connector"] == pytest.approx(10 * base["llm"]) and base["llm"] == pytest.approx(1e-3)
+    # 2 steps, warm-up 1: step 0 at the full lr, then the half cosine reaches 0 at step 2
+    assert schedule.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_zeroshot_only_evaluates(compose):
@@ -98,19 +112,6 @@ def test_pretrained_tiny_model_is_cached_and_fine_tuned_in_train_mode(compose, t
     assert cached[0].stat().st_mtime_ns == stamp
 
 
-class _StopAt(L.Callback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args):
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
-
-
-CKPT = ("+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-        "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}")
-
-
 @pytest.mark.parametrize("strategy, stop_at", [("full", 2), ("full", 3), ("spider", 3), ("spu", 3), ("ewc", 3),
                                               ("random_mask", 3)])
 def test_resume_ends_equal_to_an_uninterrupted_run(compose, tmp_path, strategy, stop_at):
@@ -121,7 +122,7 @@ def test_resume_ends_equal_to_an_uninterrupted_run(compose, tmp_path, strategy, 
     whole.trainer.fit(whole.module, datamodule=whole.datamodule)
 
     first = api.build(compose(*common, CKPT))
-    first.trainer.callbacks.append(_StopAt(stop_at))
+    first.trainer.callbacks.append(StopAt(stop_at))
     first.trainer.fit(first.module, datamodule=first.datamodule)
     assert first.trainer.global_step == stop_at
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
@@ -156,9 +157,6 @@ def test_ddp_fork_two_processes_score_every_sample_once(compose):
 def test_bf16_precisions_train_and_test_on_cpu(compose, precision):
     results = run(compose(f"hardware.precision={precision}", "trainer.max_steps=1"))
     assert results["global_steps"] == 1 and set(results["scores"]["final"]) == {"digits", "shapes"}
-
-
-ALL_TRAINING_STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml") if p.stem != "zeroshot")
 
 
 @pytest.mark.parametrize("strategy", ALL_TRAINING_STRATEGIES)

@@ -202,7 +202,7 @@ def test_spider_logs_diagnostics_and_draws_the_heatmap(compose, tmp_path):
 
 def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
     """‖w_bf16 − w_fp32‖ / ‖w_fp32 − θ0‖ after 5 steps: measured 0.043 (bf16-mixed), 0.11 (bf16-true)."""
-    from test_engines import relative_deviation
+    from tests.helpers.engines import relative_deviation
 
     runs = {p: _fit(compose, "strategy=spider", "trainer.max_steps=5", f"hardware.precision={p}")
             for p in ("32", "bf16-mixed", "bf16-true")}

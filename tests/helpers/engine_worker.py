@@ -1,9 +1,9 @@
-"""One rank of a multi-process engine test, launched by tests/test_engines.py as torchrun would be
+"""One rank of a multi-process engine test, launched by tests.helpers.engines.launch as torchrun would be
 (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT in the environment, so Lightning does not
 re-launch): trains every run of the spec in turn inside one process group, and writes the final
 trainable weights (rank 0) and each rank's strategy state per trainable parameter.
 
-    python tests/engine_worker.py spec.json
+    python tests/helpers/engine_worker.py spec.json
 """
 
 from __future__ import annotations
@@ -15,27 +15,16 @@ import sys
 import time
 from pathlib import Path
 
-import lightning as L
-import torch
-from conftest import FAST, SMALL_LLAVA  # noqa: E402  (sets the offline environment)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script: the repository root
+import tests.helpers  # noqa: E402, F401  (first: the offline environment)
+
+# isort: split
+import lightning as L  # noqa: E402
+import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
 from mllmft.strategies.engines import engine_for  # noqa: E402
-
-# the engine runs and their single-process references share these, so that their steps are comparable
-EQUAL_STEPS = ["trainer.max_steps=3", "data.batch_size=2", "trainer.limit_val_batches=0",
-               "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=1"]
-
-
-class StopAt(L.Callback):
-    """Interrupt training after ``step`` optimizer steps (a resume test's first half)."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_train_batch_end(self, trainer, *args) -> None:
-        if trainer.global_step >= self.step:
-            trainer.should_stop = True
+from tests.helpers.runs import EQUAL_STEPS, FAST, SMALL_LLAVA, StopAt  # noqa: E402
 
 
 class SaveFinalWeights(L.Callback):

@@ -1,0 +1,77 @@
+"""CONTRIBUTING.md's checklists, enforced: each new strategy, family, data set and merge is wired in
+everywhere the checklist says (README tables, exports, config bases), and the tests share helpers
+through tests/helpers/ rather than importing each other."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+import mllmft.data
+import mllmft.merges
+import mllmft.strategies
+from mllmft.backbones import FAMILIES
+from mllmft.config import CONF_DIR
+from tests.helpers.models import TINY_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+
+def _table_rows(section: str, until: str) -> set[str]:
+    """The first-column names (`name`) of the Markdown tables between two README headings."""
+    text = README[README.index(section):README.index(until, README.index(section))]
+    first_cells = re.findall(r"^\| ([^|]+) \|", text, re.M)  # "`a`" or "`a`, `b`"
+    return {name for cell in first_cells for name in re.findall(r"`([a-z0-9_]+)`", cell)}
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def _exported_target(group: str, option: str, package) -> None:
+    target = OmegaConf.load(CONF_DIR / group / f"{option}.yaml").get("_target_")
+    if target is None:
+        return
+    module, name = target.rsplit(".", 1)
+    if module.startswith(package.__name__):
+        assert name in package.__all__, f"{group}/{option}.yaml: {name} is not exported by {package.__name__}"
+
+
+@pytest.mark.parametrize("group, section, until", [("strategy", "### Strategies", "### CoMMIT"),
+                                                   ("merge", "### Post-hoc merges", "## Reading results"),
+                                                   ("source", "## Data sets", "## Bring your own data")])
+def test_every_choice_has_a_row_in_its_readme_table(group, section, until):
+    missing = sorted(set(_options(group)) - _table_rows(section, until))
+    assert not missing, f"README's {section!r} table has no row for {group}={missing}"
+
+
+def test_every_family_has_a_row_in_the_models_table():
+    missing = sorted(set(FAMILIES) - _table_rows("## Models", "## Real checkpoints"))
+    assert not missing, f"README's models table has no row for the families {missing}"
+
+
+@pytest.mark.parametrize("group, package", [("strategy", mllmft.strategies), ("merge", mllmft.merges),
+                                            ("source", mllmft.data)])
+def test_every_configured_class_is_exported_by_its_package(group, package):
+    for option in _options(group):
+        _exported_target(group, option, package)
+
+
+def test_every_tiny_model_config_extends_the_tiny_base():
+    for name in TINY_MODELS:
+        raw = OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml")
+        assert "_tiny" in raw.get("defaults", []), f"model/{name}.yaml: start it with defaults: [_tiny, _self_]"
+
+
+def test_test_modules_share_helpers_not_each_other():
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                leaf = name.removeprefix("tests.")
+                assert not leaf.startswith(("test_", "conftest")), \
+                    f"{path.relative_to(ROOT)} imports {name}: move what it shares to tests/helpers/"
