@@ -1,15 +1,28 @@
-"""Where the Hydra configs live, and the resolvers they use."""
+"""Where the Hydra configs live, the resolvers they use, and the dotted paths they may name."""
 
 from __future__ import annotations
 
+import importlib
 import netrc
 import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from mllmft.errors import ConfigError
+
 # mllmft/conf: in a checkout a link to the repository's conf/, in a wheel the configs themselves
 CONF_DIR = (Path(__file__).parent / "conf").resolve()
+
+
+def import_object(path: str, setting: str):
+    """The object a dotted path names (``my_package.module.NAME``), as ``_target_`` does; a path that does
+    not import is a one-line error naming the setting."""
+    module, _, name = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(f"{setting}={path!r} does not import ({type(err).__name__}: {err})") from err
 
 
 def _wandb_offline() -> bool:

@@ -3,6 +3,8 @@ everywhere the checklist says (README tables, exports, config bases), and the te
 through tests/helpers/ rather than importing each other."""
 
 import ast
+import importlib
+import inspect
 import re
 from pathlib import Path
 
@@ -75,3 +77,22 @@ def test_test_modules_share_helpers_not_each_other():
                 leaf = name.removeprefix("tests.")
                 assert not leaf.startswith(("test_", "conftest")), \
                     f"{path.relative_to(ROOT)} imports {name}: move what it shares to tests/helpers/"
+
+
+@pytest.mark.parametrize("package", ["mllmft.api", "mllmft.backbones", "mllmft.data", "mllmft.merges", "mllmft.metrics",
+                                     "mllmft.strategies"])
+def test_every_public_class_and_function_has_a_docstring(package):
+    module = importlib.import_module(package)
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if inspect.isclass(obj) or inspect.isfunction(obj):
+            doc = (obj.__doc__ or "").strip()  # not inherited; a dataclass's generated "Name(...)" does not count
+            assert doc and not doc.startswith(f"{name}("), f"{package}.{name} has no docstring"
+
+
+@pytest.mark.parametrize("option", _options("strategy"))
+def test_a_strategy_is_named_by_its_config_file(compose, option):
+    """One name per strategy, the `strategy=` choice: in results.json, checkpoints, logs and reports."""
+    from hydra.utils import instantiate
+
+    assert instantiate(compose(f"strategy={option}").strategy).name == option

@@ -16,6 +16,7 @@ from mllmft.backbones.llava import LLAVA
 from mllmft.backbones.llava_next import LLAVA_NEXT, LLAVA_ONEVISION
 from mllmft.backbones.paligemma import PALIGEMMA
 from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
+from mllmft.config import import_object
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
 FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, PALIGEMMA,
@@ -23,27 +24,38 @@ FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QW
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 __all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_meta", "build_tiny",
-           "check_family_supports", "load_pretrained"]
+           "check_family_supports", "find_family", "load_pretrained"]
 
 
 def build_meta(family: str, architecture: dict) -> torch.nn.Module:
     """A real-size model with no memory behind it (``meta`` device), from architecture values stored in
     the repo: parameter counts and component maps can be checked offline without any download."""
-    fam = _family(family)
+    fam = find_family(family)
     config = fam.model_class.config_class(**architecture)
     with torch.device("meta"):
         return fam.model_class(config)
 
 
-def _family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise ConfigError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}")
-    return FAMILIES[name]
+def find_family(name: str) -> Family:
+    """The family ``model.family`` names: a built-in one (a key of ``FAMILIES``), or your own as the
+    dotted path of a ``Family`` object (``my_package.families.MY_FAMILY``), registered under its
+    ``name`` on first use so that everything that looks a family up by name finds it."""
+    if name in FAMILIES:
+        return FAMILIES[name]
+    if "." not in name:
+        raise ConfigError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}, or the dotted path "
+                          "of a Family object of your own")
+    found = import_object(name, "model.family")
+    if not isinstance(found, Family):
+        raise ConfigError(f"model.family={name!r} is a {type(found).__name__}, not a mllmft.backbones.Family")
+    if FAMILIES.setdefault(found.name, found) is not found:
+        raise ConfigError(f"model.family={name!r} is named {found.name!r}, which is already another family's name")
+    return found
 
 
 def check_family_supports(family: str, strategy: str) -> None:
     """A strategy the family declares it cannot run is refused before anything is built."""
-    why = _family(family).unsupported.get(strategy)
+    why = find_family(family).unsupported.get(strategy)
     if why is not None:
         raise ConfigError(f"strategy={strategy} does not work with the {family} family: {why}")
 
@@ -53,13 +65,13 @@ def build_tiny(family: str, spec: Mapping) -> Backbone:
     from mllmft.data.builtin import DigitsSource, ShapesSource
 
     corpus = ShapesSource().corpus() + DigitsSource().corpus()
-    return _family(family).build_tiny(dict(spec), corpus)
+    return find_family(family).build_tiny(dict(spec), corpus)
 
 
 def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
                     attn_implementation: str | None = None, trust_remote_code: bool = False) -> Backbone:
     """Load a checkpoint directory (or an already-cached hub id) saved in the HF format."""
-    fam = _family(family)
+    fam = find_family(family)
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
     local = Path(checkpoint)
@@ -93,7 +105,7 @@ def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
                          "set model.family to match it")
     if getattr(processor, "chat_template", None) is None and fam.chat_template is not None:
         processor.chat_template = fam.chat_template
-    return Backbone(model=model, processor=processor, family=family,
+    return Backbone(model=model, processor=processor, family=fam.name,
                     components=fam.component_map(model), source=str(checkpoint))
 
 

@@ -95,6 +95,8 @@ class Family:
 
 @dataclass
 class Backbone:
+    """A loaded MLLM: the HF model, its processor, its family and where its components' parameters live."""
+
     model: Any  # a transformers PreTrainedModel, or peft's wrapper of one once an adapter strategy attaches
     processor: Any  # a transformers processor; what it carries (tokenizer, image processor ...) is per family
     family: str
@@ -104,9 +106,9 @@ class Backbone:
 
     @property
     def collator_class(self) -> type[ConversationCollator]:
-        from mllmft.backbones import FAMILIES  # the family registry imports this module
+        from mllmft.backbones import find_family  # the family registry imports this module
 
-        return FAMILIES[self.family].collator
+        return find_family(self.family).collator
 
     def collator(self, max_length: int, generate: bool = False) -> ConversationCollator:
         """Records -> this model's inputs (labels on the answers for training; prompts for generation)."""

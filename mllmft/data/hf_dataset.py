@@ -42,6 +42,9 @@ def _open(ds, column: str, image_root: Path | None, index: int) -> Image.Image:
 
 
 class HFDataset:
+    """A Hugging Face ``datasets`` set as a Source: ``splits`` map our split names to its own, ``columns``
+    our fields (image, question, answer(s), ...) to its column names."""
+
     def __init__(self, name: str, path: str, splits: dict[str, str] | None = None, columns: dict | None = None,
                  config_name: str | None = None, image_root: str | None = None, prompt: str = VQA_PROMPT,
                  task: str = "vqa", metric: str = "exact_match", sizes: dict | None = None,

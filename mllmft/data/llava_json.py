@@ -40,6 +40,7 @@ KEYS = {"id", "image", "conversations", "messages", "images", "answers", "option
 
 
 def read_llava_json(path: str | Path, image_root: str | Path, default_task: str = "vqa") -> list[Record]:
+    """The records of a LLaVA-style JSON / JSONL file (or ms-swift / TRL ``messages`` + ``images``), checked."""
     rows = load_llava_rows(path)
     warn_unknown_keys(path, (row for _, row in rows), KEYS)
     return [llava_record(origin, row, Path(image_root), default_task) for origin, row in rows]

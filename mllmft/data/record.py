@@ -19,12 +19,17 @@ ImageSource = Image.Image | str | Path | Callable[[], Image.Image]  # a callable
 
 @dataclass(frozen=True)
 class Turn:
+    """One message of a conversation."""
+
     role: str  # "user" or "assistant"
     text: str
 
 
 @dataclass(frozen=True)
 class Record:
+    """One training or test example: an image, the conversation (user and assistant turns), its task and
+    the references that score the last answer."""
+
     id: str
     image: ImageSource
     turns: tuple[Turn, ...]

@@ -39,6 +39,9 @@ def rounded(scores: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch
 
 
 class Grafting(MergeMethod):
+    """Model grafting (Panigrahi et al., 2023): learn which ``sparsity`` share of δ to graft onto θ0 by
+    gradient steps on a relaxed mask, on target training batches; keep the best rounded mask."""
+
     name = "grafting"
 
     def __init__(self, sparsity: float = 0.1, steps: int = 100, lr: float = 1e7, bias: float = 10.0,

@@ -119,6 +119,9 @@ def input_covariances(model: nn.Module, block: nn.Module, linears: dict[str, nn.
 
 
 class ModelTailor(MergeMethod):
+    """Model Tailor (Zhu et al., 2024): per LLM linear, a ``patch`` share of δ chosen by salience and
+    sensitivity, then an OBS-style compensation of the rest from the target inputs' covariance."""
+
     name = "model_tailor"
 
     def __init__(self, patch: float = 0.1, block: int = 128, samples: int = 128, salience: float = 0.8,

@@ -24,6 +24,8 @@ from mllmft.merges.base import MergeMethod
 
 
 class WiSEFT(MergeMethod):
+    """WiSE-FT (Wortsman et al., 2022): (1 − α) θ0 + α θ_ft, tensor by tensor."""
+
     name = "wise_ft"
 
     def __init__(self, alpha: float = 0.5):
@@ -35,6 +37,8 @@ class WiSEFT(MergeMethod):
 
 
 class TaskArithmetic(MergeMethod):
+    """Task arithmetic (Ilharco et al., 2023): θ0 + ``scale`` · (θ_ft − θ0)."""
+
     name = "task_arithmetic"
 
     def __init__(self, scale: float = 1.0):
@@ -46,6 +50,9 @@ class TaskArithmetic(MergeMethod):
 
 
 class DARE(MergeMethod):
+    """DARE (Yu et al., 2024): drop each entry of δ = θ_ft − θ0 with probability ``drop``, rescale the rest
+    by 1/(1 − drop), add ``scale`` · δ to θ0."""
+
     name = "dare"
 
     def __init__(self, drop: float = 0.9, scale: float = 1.0, seed: int = 0):
@@ -62,6 +69,9 @@ class DARE(MergeMethod):
 
 
 class TIES(MergeMethod):
+    """TIES (Yadav et al., 2023) with one task vector: keep the top ``density`` of |δ| per tensor, add
+    ``scale`` times it to θ0 (sign election is trivial with one model)."""
+
     name = "ties"
 
     def __init__(self, density: float = 0.2, scale: float = 1.0):

@@ -14,6 +14,8 @@ def exact_match(prediction: str, references) -> float:
 
 
 class ExactMatch(GeneratedAnswers):
+    """Per cent of predictions equal to a reference after VQA normalisation (``exact_match``)."""
+
     name = "exact_match"
 
     def score(self, answers: list[Answer]):

@@ -19,6 +19,8 @@ from torchmetrics import Metric
 
 @dataclass(frozen=True)
 class Answer:
+    """One generated answer with what scores it: the sample's index and id, prompt, prediction, references."""
+
     index: int
     id: str
     prompt: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 
 def harmonic_mean(a: float, b: float) -> float:
+    """H of two scores (0 when both are 0): the trade-off between target and upstream."""
     return 0.0 if a + b <= 0 else 2.0 * a * b / (a + b)
 
 

@@ -95,6 +95,9 @@ class AnchorPenalty(_AnchoredStrategy):
 
 
 class EWC(_AnchoredStrategy):
+    """Elastic weight consolidation: loss + λ/2 · Σ F (θ − θ0)², F the diagonal Fisher of the base model
+    on the upstream data (``fisher_batches`` batches of ``fisher_split``), measured once at the start."""
+
     name = "ewc"
 
     def __init__(self, lam: float = 1.0, fisher_batches: int = 8, fisher_split: str = "train",

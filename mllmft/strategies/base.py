@@ -29,6 +29,10 @@ from mllmft.backbones import Backbone
 
 
 class TuningStrategy:
+    """A tuning strategy: ``attach`` changes the model once (freezing, masks, adapters); the tensor hooks
+    (``before_step``, ``after_step``, ...) run through the StrategyRunner on every engine; ``extra_loss``
+    adds a term to the loss. ``name`` is the ``strategy=`` choice it is configured by."""
+
     name: str = "base"
     trains: bool = True  # False: the run only evaluates
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)

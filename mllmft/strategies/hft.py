@@ -20,6 +20,8 @@ from mllmft.strategies.base import TuningStrategy
 
 
 class HFT(TuningStrategy):
+    """Half Fine-Tuning: a seeded, static half of each LLM decoder layer's projections and norms frozen."""
+
     name = "hft"
 
     def __init__(self, seed: int = 0, attention: tuple[str, ...] | None = None, mlp: tuple[str, ...] | None = None,

@@ -43,6 +43,9 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 class ModelDowser(TuningStrategy):
+    """Model-Dowser: exactly ``ratio`` of each LLM linear's entries train, those the data-free probe scores
+    lowest (output sensitivity × |W| × input activation); the rest held by a static gradient mask."""
+
     name = "model_dowser"
 
     def __init__(self, ratio: float = 0.1, sequences: int = 64, length: int = 64, batch_size: int = 4,

@@ -216,6 +216,8 @@ class _PromptLearning(PeftStrategy):
 
 
 class PromptTuning(_PromptLearning):
+    """peft's prompt tuning: ``num_virtual_tokens`` trained input embeddings before the prompt."""
+
     name = "prompt_tuning"
 
     def peft_config(self, target_modules, modules_to_save):
@@ -224,6 +226,8 @@ class PromptTuning(_PromptLearning):
 
 
 class PrefixTuning(_PromptLearning):
+    """peft's prefix tuning: trained key/value prefixes in every LLM attention layer."""
+
     name = "prefix_tuning"
 
     def peft_config(self, target_modules, modules_to_save):

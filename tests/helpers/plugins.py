@@ -1,0 +1,33 @@
+"""A metric and a model family of "your own", named by dotted path in a config (tests/test_plugins.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from mllmft.backbones.llava import LLAVA
+from mllmft.metrics import Answer, GeneratedAnswers
+
+
+class FirstWordMatch(GeneratedAnswers):
+    """Per cent of predictions whose first word is a reference's first word."""
+
+    name = "first_word"
+
+    def score(self, answers: list[Answer]):
+        def first(text: str) -> str:
+            return (text.split() or [""])[0].lower()
+
+        per_sample = [float(any(first(a.prediction) == first(r) for r in a.references)) for a in answers]
+        return {"score": 100.0 * sum(per_sample) / max(1, len(per_sample))}, per_sample
+
+
+def _build_tiny(spec: dict, corpus: list[str]):
+    backbone = LLAVA.build_tiny(spec, corpus)
+    backbone.family = "my_llava"
+    return backbone
+
+
+# LLaVA under another name, refusing one strategy: what a family of one's own declares
+MY_LLAVA = dataclasses.replace(LLAVA, name="my_llava", build_tiny=_build_tiny,
+                               unsupported={"hft": "this family's layers are not to be half-frozen"})
+NOT_A_FAMILY = 42
