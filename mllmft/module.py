@@ -44,8 +44,11 @@ def _root_unsharded(model):
         model.reshard()
 
 
-def test_scores(trainer: L.Trainer, names: list[str]) -> tuple[dict[str, float], dict[str, int], dict[str, dict]]:
-    """({set: headline score}, {set: samples scored}, {set: every other figure}) of the last test run."""
+def logged_test_scores(trainer: L.Trainer,
+                       names: list[str]) -> tuple[dict[str, float], dict[str, int], dict[str, dict]]:
+    """({set: headline score}, {set: samples scored}, {set: every other figure}) of the last test run, from
+    what the module logged: under ddp_fork/spawn the test runs in child processes and only the logged
+    metrics come back to the launching one."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     details = {n: {k[len(f"test/{n}/"):]: v for k, v in metrics.items()
                    if k.startswith(f"test/{n}/") and not k.endswith("/samples")} for n in names}
@@ -100,8 +103,9 @@ class MLLMFineTuner(L.LightningModule):
     """Fine-tunes ``backbone.model`` with a tuning strategy; tests by greedy generation.
 
     ``test_sets`` describes the test dataloaders, in order (the target first): name, metric, answer
-    length; after each ``trainer.test`` read the scores with ``test_scores(trainer, names)``. Predictions go to
-    ``<run dir>/predictions/<test_phase>-<set>.jsonl`` (id, prompt, prediction, references, score).
+    length; after each ``trainer.test`` read the scores with ``logged_test_scores(trainer, names)``.
+    Predictions go to ``<run dir>/predictions/<test_phase>-<set>.jsonl`` (id, prompt, prediction,
+    references, score).
     """
 
     def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
@@ -203,7 +207,7 @@ class MLLMFineTuner(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # Logged (not only returned) so the numbers reach the launching process under ddp_fork/spawn,
-        # where this module lives in child processes: read them with `test_scores(trainer, ...)`.
+        # where this module lives in child processes: read them with `logged_test_scores(trainer, ...)`.
         seconds = time.perf_counter() - self._test_started
         total = 0.0
         for i, name in enumerate(self.test_set_names):

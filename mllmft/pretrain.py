@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from mllmft.backbones import build_tiny
 from mllmft.data import MLLMDataModule
-from mllmft.module import MLLMFineTuner, cosine_with_warmup, test_scores
+from mllmft.module import MLLMFineTuner, cosine_with_warmup, logged_test_scores
 from mllmft.progress import PlainProgress, StepProgressBar
 from mllmft.scope import apply_scope
 from mllmft.strategies import FullFineTuning
@@ -85,7 +85,7 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
                         use_distributed_sampler=False)
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
-    score = test_scores(trainer, [source.name])[0][source.name]
+    score = logged_test_scores(trainer, [source.name])[0][source.name]
     backbone.model.save_pretrained(tmp)
     backbone.processor.save_pretrained(tmp)
     report = {"family": family, "upstream_set": source.name, "upstream_test_exact_match": score,

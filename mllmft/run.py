@@ -30,7 +30,7 @@ from mllmft.errors import ConfigError
 from mllmft.export import check_export, export_model
 from mllmft.loggers import log_hyperparameters, log_images, log_summary
 from mllmft.metrics import tradeoff_scores
-from mllmft.module import check_hyperparameters, test_scores
+from mllmft.module import check_hyperparameters, logged_test_scores
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
 from mllmft.strategies.base import TuningStrategy
@@ -165,7 +165,7 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
     if changes and cfg.zeroshot_test:
         module.test_phase = "zeroshot"
         trainer.test(module, datamodule=datamodule, verbose=False)
-        scores["zeroshot"], _, details["zeroshot"] = test_scores(trainer, names)
+        scores["zeroshot"], _, details["zeroshot"] = logged_test_scores(trainer, names)
         if trainer.is_global_zero:  # kept if the run stops before its end (status "partial")
             write_results(make_results(cfg, parts, scores, details, {}, 0, time.time() - started), out / "results.json")
     steps, run_info = 0, {}
@@ -179,11 +179,9 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
     module.test_phase = "final"
     trainer.test(module, datamodule=datamodule, verbose=False,
                  ckpt_path=None if changes else cfg.get("ckpt_path"))
-    scores["final"], samples, details["final"] = test_scores(trainer, names)
+    scores["final"], samples, details["final"] = logged_test_scores(trainer, names)
     throughput = float(trainer.callback_metrics["test/samples_per_s"])
-    results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started)
-    results["run"].update(run_info)
-    results["eval_samples_per_s"] = round(throughput, 2)
+    results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started, run_info, throughput)
     if trainer.is_global_zero:
         write_results(results, out / "results.json")
         log.info("results written to %s", out / "results.json")
@@ -201,7 +199,9 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
 
 
 def make_results(cfg: DictConfig, parts: RunParts, scores: dict, details: dict, samples: dict, steps: int,
-                 seconds: float) -> dict:
+                 seconds: float, run_info: dict | None = None, samples_per_s: float | None = None) -> dict:
+    """results.json: complete once ``scores`` has the final test, partial (zero-shot only) before.
+    ``run_info`` joins ``run`` (mllmft-merge's merge); ``samples_per_s`` is the final test's throughput."""
     names = parts.datamodule.test_set_names
     target, upstream = names[0], names[1:]
     tradeoff = {}
@@ -218,7 +218,7 @@ def make_results(cfg: DictConfig, parts: RunParts, scores: dict, details: dict, 
         "run": {"model": cfg.model.name, "family": backbone.family, "backbone_source": backbone.source,
                 "strategy": parts.strategy.name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
                 "seed": cfg.seed, "output_dir": str(cfg.paths.output_dir),
-                **({"strategy_info": info} if (info := parts.strategy.summary()) else {})},
+                **({"strategy_info": info} if (info := parts.strategy.summary()) else {}), **(run_info or {})},
         "metrics": {t.name: dict(t.metric) for t in parts.datamodule.test_sets},
         "target": target, "upstream": upstream,
         "scores": scores,
@@ -229,6 +229,7 @@ def make_results(cfg: DictConfig, parts: RunParts, scores: dict, details: dict, 
         "pretrain": backbone.info.get("pretrain"),
         "global_steps": steps,
         "wall_time_s": round(seconds, 2),
+        "eval_samples_per_s": None if samples_per_s is None else round(samples_per_s, 2),
         # every knob of the run, resolved: what mllmft-report groups runs by (all but the seed)
         "config": resolved(cfg),
     }

@@ -211,8 +211,8 @@ def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
                for p, r in runs.items()}
     assert relative_deviation(weights["bf16-mixed"], weights["32"], theta0) <= 0.10
     assert relative_deviation(weights["bf16-true"], weights["32"], theta0) <= 0.25
-    assert {t.dtype for t in runs["bf16-true"]["strategy"].theta0.parts.values()} == {torch.bfloat16}
-    assert {t.dtype for t in runs["bf16-true"]["strategy"].accumulated.values()} == {torch.float32}
+    assert {t.dtype for t in runs["bf16-true"].strategy.theta0.parts.values()} == {torch.bfloat16}
+    assert {t.dtype for t in runs["bf16-true"].strategy.accumulated.values()} == {torch.float32}
 
 
 def test_spider_state_is_six_bytes_per_parameter_in_bf16(compose):
