@@ -34,6 +34,7 @@ test-gpu: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mllmft tests bench
+	$(BIN)/ruff format --check mllmft tests bench
 
 # mypy on mllmft/ ([tool.mypy] in pyproject.toml); CI runs it with lint before the tests
 typecheck: $(STAMP)

@@ -33,8 +33,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    commands = {f"{entry} {flag}": [str(BIN / entry), *flag.split()]
-                for entry in ("mllmft-train", "mllmft-eval", "mllmft-merge") for flag in ("--help", "--cfg job")}
+    commands = {
+        f"{entry} {flag}": [str(BIN / entry), *flag.split()]
+        for entry in ("mllmft-train", "mllmft-eval", "mllmft-merge")
+        for flag in ("--help", "--cfg job")
+    }
     commands["python -c 'import mllmft.run'"] = [sys.executable, "-c", "import mllmft.run"]
     measured = {label: seconds(command, args.runs) for label, command in commands.items()}
     reference = measured["python -c 'import mllmft.run'"]

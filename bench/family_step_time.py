@@ -24,15 +24,30 @@ from strategy_overhead import StepTimer  # noqa: E402
 from mllmft import api  # noqa: E402
 from mllmft.config import CONF_DIR  # noqa: E402
 
-MODELS = [p.stem for p in sorted((CONF_DIR / "model").glob("*.yaml"))
-          if not p.stem.startswith("_") and api.compose([f"model={p.stem}"]).model.get("tiny") is not None]
+MODELS = [
+    p.stem
+    for p in sorted((CONF_DIR / "model").glob("*.yaml"))
+    if not p.stem.startswith("_") and api.compose([f"model={p.stem}"]).model.get("tiny") is not None
+]
 
 
 def measure(model: str, steps: int, warmup: int) -> dict:
-    cfg = api.compose([f"model={model}", "model.pretrain=null", "scope=all", "logger=none", "callbacks=none",
-                       "print_config=false", f"trainer.max_steps={steps + warmup}", "trainer.limit_val_batches=0",
-                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-                       "data.batch_size=16"], output_dir=f"logs/bench/{model}")
+    cfg = api.compose(
+        [
+            f"model={model}",
+            "model.pretrain=null",
+            "scope=all",
+            "logger=none",
+            "callbacks=none",
+            "print_config=false",
+            f"trainer.max_steps={steps + warmup}",
+            "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "data.batch_size=16",
+        ],
+        output_dir=f"logs/bench/{model}",
+    )
     parts = api.build(cfg)
     timer = StepTimer(warmup)
     parts.trainer.callbacks.append(timer)
@@ -41,8 +56,11 @@ def measure(model: str, steps: int, warmup: int) -> dict:
     collator = parts.backbone.collator(512)
     ids = collator([(0, record, record.load_image())])["model_inputs"]["input_ids"]
     image_tokens = int((ids == collator.image_token_id).sum())
-    return {"step_s": statistics.median(timer.times), "image_tokens": image_tokens,
-            "params": sum(p.numel() for p in parts.backbone.model.parameters())}
+    return {
+        "step_s": statistics.median(timer.times),
+        "image_tokens": image_tokens,
+        "params": sum(p.numel() for p in parts.backbone.model.parameters()),
+    }
 
 
 def main() -> None:

@@ -33,8 +33,17 @@ from mllmft.module import cosine_factor  # noqa: E402
 
 
 def _config(model: list[str], steps: int, batch_size: int, out: str):
-    return api.compose([*model, "strategy=full", "print_config=false", f"trainer.max_steps={steps}",
-                        "trainer.limit_val_batches=0", f"data.batch_size={batch_size}"], output_dir=out)
+    return api.compose(
+        [
+            *model,
+            "strategy=full",
+            "print_config=false",
+            f"trainer.max_steps={steps}",
+            "trainer.limit_val_batches=0",
+            f"data.batch_size={batch_size}",
+        ],
+        output_dir=out,
+    )
 
 
 class StepEnds(L.Callback):
@@ -46,7 +55,7 @@ class StepEnds(L.Callback):
 
 
 def _median_step(ends: list[float], warmup: int) -> float:
-    return statistics.median(b - a for a, b in zip(ends[warmup:], ends[warmup + 1:]))
+    return statistics.median(b - a for a, b in zip(ends[warmup:], ends[warmup + 1 :]))
 
 
 def framework(model: list[str], steps: int, warmup: int, batch_size: int) -> float:

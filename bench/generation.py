@@ -26,10 +26,19 @@ from mllmft import api  # noqa: E402
 
 
 def _parts(samples: int, batch_size: int, max_new_tokens: int, out: str) -> dict:
-    cfg = api.compose([*MODEL, "strategy=zeroshot", "~data.upstream.shapes", "print_config=false", "logger=none",
-                       f"+data.target.sizes={{train: 16, val: 8, test: {samples}}}",
-                       f"data.eval_batch_size={batch_size}", f"module.max_new_tokens={max_new_tokens}"],
-                      output_dir=out)
+    cfg = api.compose(
+        [
+            *MODEL,
+            "strategy=zeroshot",
+            "~data.upstream.shapes",
+            "print_config=false",
+            "logger=none",
+            f"+data.target.sizes={{train: 16, val: 8, test: {samples}}}",
+            f"data.eval_batch_size={batch_size}",
+            f"module.max_new_tokens={max_new_tokens}",
+        ],
+        output_dir=out,
+    )
     return api.build(cfg)
 
 
@@ -42,9 +51,10 @@ def direct(samples: int, batch_size: int, max_new_tokens: int) -> float:
         with torch.no_grad():
             for batch in loader:
                 inputs = batch["model_inputs"]
-                output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tokenizer.pad_token_id)
-                tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                output = model.generate(
+                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+                )
+                tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
                 seen += len(batch["ids"])
         return seen / (time.perf_counter() - started)
 
@@ -73,8 +83,10 @@ def main() -> None:
             else:
                 reported, wall = test_loop(args.samples, args.batch_size, args.max_new_tokens)
                 best["test"], best["test_reported"] = max(best["test"], wall), max(best["test_reported"], reported)
-    print(f"model.generate: {best['generate']:.1f} samples/s   trainer.test: {best['test']:.1f} samples/s "
-          f"(its own test/samples_per_s: {best['test_reported']:.1f})   ratio {best['test'] / best['generate']:.3f}")
+    print(
+        f"model.generate: {best['generate']:.1f} samples/s   trainer.test: {best['test']:.1f} samples/s "
+        f"(its own test/samples_per_s: {best['test_reported']:.1f})   ratio {best['test'] / best['generate']:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -27,10 +27,22 @@ from mllmft.strategies import GMT, SPIDER, SPU  # noqa: E402
 from mllmft.strategies.engines import LocalEngine  # noqa: E402
 from mllmft.strategies.runner import StepContext  # noqa: E402
 
-MODELS = {"small": ["model.tiny.text_hidden=256", "model.tiny.vision_hidden=128", "model.tiny.text_layers=6",
-                    "model.tiny.vision_layers=4", "model.tiny.heads=4"],
-          "48M": ["model.tiny.text_hidden=576", "model.tiny.text_layers=12", "model.tiny.vision_hidden=256",
-                  "model.tiny.vision_layers=4", "model.tiny.heads=8"]}
+MODELS = {
+    "small": [
+        "model.tiny.text_hidden=256",
+        "model.tiny.vision_hidden=128",
+        "model.tiny.text_layers=6",
+        "model.tiny.vision_layers=4",
+        "model.tiny.heads=4",
+    ],
+    "48M": [
+        "model.tiny.text_hidden=576",
+        "model.tiny.text_layers=12",
+        "model.tiny.vision_hidden=256",
+        "model.tiny.vision_layers=4",
+        "model.tiny.heads=8",
+    ],
+}
 
 
 def fresh_gradients(model: torch.nn.Module, generator: torch.Generator) -> None:
@@ -55,8 +67,10 @@ def main() -> None:
     parser.add_argument("--model", default="48M", choices=list(MODELS))
     parser.add_argument("--reps", type=int, default=5)
     args = parser.parse_args()
-    cfg = api.compose(["model.pretrain=null", *MODELS[args.model], "logger=none", "callbacks=none",
-                       "print_config=false"], output_dir="logs/bench/strategy_math")
+    cfg = api.compose(
+        ["model.pretrain=null", *MODELS[args.model], "logger=none", "callbacks=none", "print_config=false"],
+        output_dir="logs/bench/strategy_math",
+    )
     model = api.build(cfg).backbone.model
     engine = LocalEngine()
     fragments = engine.fragments(model)
@@ -70,13 +84,17 @@ def main() -> None:
     spu = SPU(keep_ratio=0.1)
     spu.window_steps = 0  # straight to the masked phase: the first call chooses, the rest apply
     spu.scores = {f.name: torch.randn(f.size, generator=generator) for f in fragments}
-    hooks = {"spider (Σ g, then masks + pull-back)": lambda: (spider.before_step(ctx), spider.after_step(ctx)),
-             "gmt (before_step: top-k of |g|)": lambda: gmt.before_step(ctx),
-             "spu (before_step: fixed mask)": lambda: spu.before_step(ctx)}
+    hooks = {
+        "spider (Σ g, then masks + pull-back)": lambda: (spider.before_step(ctx), spider.after_step(ctx)),
+        "gmt (before_step: top-k of |g|)": lambda: gmt.before_step(ctx),
+        "spu (before_step: fixed mask)": lambda: spu.before_step(ctx),
+    }
     spu.before_step(ctx)
     numel = sum(f.numel for f in fragments)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}: "
-          f"{numel:,} trainable entries in {len(fragments)} tensors; fastest of {args.reps}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}: "
+        f"{numel:,} trainable entries in {len(fragments)} tensors; fastest of {args.reps}"
+    )
     for name, hook in hooks.items():
         print(f"{name:42s} {fastest(hook, model, generator, args.reps) * 1e3:9.1f} ms per step")
 

@@ -29,14 +29,39 @@ import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
 
-STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "model_dowser", "l1_sp",
-              "l2_sp", "ewc"]
-MODEL = ["model.pretrain=null", "model.tiny.text_hidden=256", "model.tiny.vision_hidden=128",
-         "model.tiny.text_layers=6", "model.tiny.vision_layers=4", "model.tiny.heads=4"]
+STRATEGIES = [
+    "full",
+    "spider",
+    "magnitude_mask",
+    "random_mask",
+    "gmt",
+    "spu",
+    "hft",
+    "model_dowser",
+    "l1_sp",
+    "l2_sp",
+    "ewc",
+]
+MODEL = [
+    "model.pretrain=null",
+    "model.tiny.text_hidden=256",
+    "model.tiny.vision_hidden=128",
+    "model.tiny.text_layers=6",
+    "model.tiny.vision_layers=4",
+    "model.tiny.heads=4",
+]
 # the bench model (4.8 M parameters) and a ~48 M one, closer to the shapes where a strategy's per-tensor work shows
-MODELS = {"small": MODEL,
-          "48M": ["model.pretrain=null", "model.tiny.text_hidden=576", "model.tiny.text_layers=12",
-                  "model.tiny.vision_hidden=256", "model.tiny.vision_layers=4", "model.tiny.heads=8"]}
+MODELS = {
+    "small": MODEL,
+    "48M": [
+        "model.pretrain=null",
+        "model.tiny.text_hidden=576",
+        "model.tiny.text_layers=12",
+        "model.tiny.vision_hidden=256",
+        "model.tiny.vision_layers=4",
+        "model.tiny.heads=8",
+    ],
+}
 
 
 class StepTimer(L.Callback):
@@ -51,23 +76,51 @@ class StepTimer(L.Callback):
             self.times.append(time.perf_counter() - self._start)
 
 
-def measure(strategy: str, steps: int, warmup: int, batch_size: int, scope: str, extra: tuple[str, ...] = (),
-            model: list[str] = MODEL) -> dict:
-    cfg = api.compose([*model, f"strategy={strategy}", f"scope={scope}", *extra, "logger=none", "callbacks=none",
-                       "print_config=false", f"trainer.max_steps={steps + warmup}", "trainer.limit_val_batches=0",
-                       "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-                       f"data.batch_size={batch_size}", "trainer.log_every_n_steps=1000000"],
-                      output_dir=f"logs/bench/{strategy}")
+def measure(
+    strategy: str,
+    steps: int,
+    warmup: int,
+    batch_size: int,
+    scope: str,
+    extra: tuple[str, ...] = (),
+    model: list[str] = MODEL,
+) -> dict:
+    cfg = api.compose(
+        [
+            *model,
+            f"strategy={strategy}",
+            f"scope={scope}",
+            *extra,
+            "logger=none",
+            "callbacks=none",
+            "print_config=false",
+            f"trainer.max_steps={steps + warmup}",
+            "trainer.limit_val_batches=0",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            f"data.batch_size={batch_size}",
+            "trainer.log_every_n_steps=1000000",
+        ],
+        output_dir=f"logs/bench/{strategy}",
+    )
     parts = api.build(cfg)
     timer = StepTimer(warmup)
     parts.trainer.callbacks.append(timer)
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     trainable = sum(p.numel() for p in parts.backbone.model.parameters() if p.requires_grad)
-    optimizer_bytes = sum(t.numel() * t.element_size() for state in parts.trainer.optimizers[0].state.values()
-                          for t in state.values() if torch.is_tensor(t) and t.ndim > 0)
-    return {"step_s": statistics.median(timer.times), "mean_step_s": statistics.fmean(timer.times),
-            "trainable": trainable,
-            "state_bytes_per_param": parts.strategy.state_nbytes() / trainable, "optimizer_bytes": optimizer_bytes}
+    optimizer_bytes = sum(
+        t.numel() * t.element_size()
+        for state in parts.trainer.optimizers[0].state.values()
+        for t in state.values()
+        if torch.is_tensor(t) and t.ndim > 0
+    )
+    return {
+        "step_s": statistics.median(timer.times),
+        "mean_step_s": statistics.fmean(timer.times),
+        "trainable": trainable,
+        "state_bytes_per_param": parts.strategy.state_nbytes() / trainable,
+        "optimizer_bytes": optimizer_bytes,
+    }
 
 
 def main() -> None:
@@ -87,14 +140,17 @@ def main() -> None:
             if name not in best or result["step_s"] < best[name]["step_s"]:
                 best[name] = result
     full = best["full"]["step_s"]
-    print(f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"model {args.model}, scope={args.scope}, batch {args.batch_size}")
-    print(f"{'strategy':16s} {'step ms':>9s} {'÷ full':>8s} {'trainable':>11s} {'state B/param':>14s} "
-          f"{'optim MB':>9s}")
+    print(
+        f"\ntorch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"model {args.model}, scope={args.scope}, batch {args.batch_size}"
+    )
+    print(f"{'strategy':16s} {'step ms':>9s} {'÷ full':>8s} {'trainable':>11s} {'state B/param':>14s} {'optim MB':>9s}")
     for name in names:
         r = best[name]
-        print(f"{name:16s} {1000 * r['step_s']:9.1f} {r['step_s'] / full:8.3f} {r['trainable']:11,d} "
-              f"{r['state_bytes_per_param']:14.2f} {r['optimizer_bytes'] / 2**20:9.2f}")
+        print(
+            f"{name:16s} {1000 * r['step_s']:9.1f} {r['step_s'] / full:8.3f} {r['trainable']:11,d} "
+            f"{r['state_bytes_per_param']:14.2f} {r['optimizer_bytes'] / 2**20:9.2f}"
+        )
 
 
 if __name__ == "__main__":

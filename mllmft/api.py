@@ -1,10 +1,10 @@
 """The same runs from Python (notebooks): compose a config from overrides, build the pieces, run.
 
-    from mllmft import api
-    cfg = api.compose(["strategy=full", "trainer.max_steps=20"])
-    parts = api.build(cfg)           # backbone, strategy, datamodule, module, trainer
-    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
-    results = api.run(cfg)           # or everything, as mllmft-train does
+from mllmft import api
+cfg = api.compose(["strategy=full", "trainer.max_steps=20"])
+parts = api.build(cfg)           # backbone, strategy, datamodule, module, trainer
+parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+results = api.run(cfg)           # or everything, as mllmft-train does
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from mllmft.run import RunParts, prepare, run
 __all__ = ["RunParts", "build", "compose", "run"]
 
 
-def compose(overrides: list[str] | None = None, config_name: str = "train",
-            output_dir: str | Path | None = None) -> DictConfig:
+def compose(
+    overrides: list[str] | None = None, config_name: str = "train", output_dir: str | Path | None = None
+) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with command-line style overrides, outside a Hydra app.
 
     ``paths.output_dir`` (set by Hydra's run directory on the command line) defaults to

@@ -37,10 +37,20 @@ def choices(group: str) -> list[str]:
 
 def plan(strategies: list[str], merges: list[str], seeds: list[int], out: Path) -> list[dict]:
     """The runs, fine-tuning first (a merge needs the ``full`` run of its seed)."""
-    runs = [{"name": s, "kind": "strategy", "seed": k, "dir": str(out / s / f"seed{k}")}
-            for k in seeds for s in strategies]
-    runs += [{"name": m, "kind": "merge", "seed": k, "dir": str(out / f"merge_{m}" / f"seed{k}"),
-              "finetuned": str(out / MERGED_RUN / f"seed{k}")} for k in seeds for m in merges]
+    runs = [
+        {"name": s, "kind": "strategy", "seed": k, "dir": str(out / s / f"seed{k}")} for k in seeds for s in strategies
+    ]
+    runs += [
+        {
+            "name": m,
+            "kind": "merge",
+            "seed": k,
+            "dir": str(out / f"merge_{m}" / f"seed{k}"),
+            "finetuned": str(out / MERGED_RUN / f"seed{k}"),
+        }
+        for k in seeds
+        for m in merges
+    ]
     return runs
 
 
@@ -49,8 +59,15 @@ def command(run: dict, overrides: list[str]) -> list[str]:
         head = ["mllmft.merge", f"merge={run['name']}", f"finetuned={_quoted(run['finetuned'])}"]
     else:
         head = ["mllmft.train", f"strategy={run['name']}"]
-    return [sys.executable, "-m", *head, f"seed={run['seed']}", f"hydra.run.dir={_quoted(run['dir'])}",
-            "print_config=false", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        *head,
+        f"seed={run['seed']}",
+        f"hydra.run.dir={_quoted(run['dir'])}",
+        "print_config=false",
+        *overrides,
+    ]
 
 
 def _quoted(path: str) -> str:
@@ -81,8 +98,10 @@ def check_manifest(out: Path, overrides: list[str]) -> dict:
         return {"overrides": overrides, "runs": {}}
     manifest = json.loads(path.read_text())
     if manifest.get("overrides") != overrides:
-        raise SystemExit(f"mllmft-benchmark: error: {out} holds a benchmark with the overrides "
-                         f"{manifest.get('overrides')}, not {overrides}; use another --out or the same overrides")
+        raise SystemExit(
+            f"mllmft-benchmark: error: {out} holds a benchmark with the overrides "
+            f"{manifest.get('overrides')}, not {overrides}; use another --out or the same overrides"
+        )
     return manifest
 
 
@@ -103,16 +122,21 @@ def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict) -
             manifest["runs"][key] = {**run, "status": "complete"}
             continue
         if run["kind"] == "merge" and not is_complete(Path(run["finetuned"])):
-            status: dict[str, object] = {"status": "failed",
-                                         "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete"}
+            status: dict[str, object] = {
+                "status": "failed",
+                "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete",
+            }
         else:
             run_dir.mkdir(parents=True, exist_ok=True)
             started = time.perf_counter()
             with (run_dir / "run.log").open("w") as log:
                 code = subprocess.run(command(run, overrides), stdout=log, stderr=subprocess.STDOUT).returncode
             seconds = round(time.perf_counter() - started, 1)
-            status = ({"status": "complete", "seconds": seconds} if code == 0 and is_complete(run_dir) else
-                      {"status": "failed", "seconds": seconds, "error": last_error(run_dir / "run.log")})
+            status = (
+                {"status": "complete", "seconds": seconds}
+                if code == 0 and is_complete(run_dir)
+                else {"status": "failed", "seconds": seconds, "error": last_error(run_dir / "run.log")}
+            )
         manifest["runs"][key] = {**run, **status}
         write_manifest(out, manifest)
         if status["status"] == "complete":
@@ -127,14 +151,22 @@ def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict) -
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    ours, overrides = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    parser = argparse.ArgumentParser(prog="mllmft-benchmark", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--strategies", nargs="+", default=[s for s in choices("strategy") if s != "zeroshot"],
-                        help="strategy configs (default: every one; each run's zero-shot test is the zero-shot point)")
-    parser.add_argument("--merges", nargs="*", default=choices("merge"),
-                        help=f"merge configs applied to the {MERGED_RUN} run of each seed (default: every one; "
-                             "none if given no names)")
+    ours, overrides = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = argparse.ArgumentParser(
+        prog="mllmft-benchmark", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--strategies",
+        nargs="+",
+        default=[s for s in choices("strategy") if s != "zeroshot"],
+        help="strategy configs (default: every one; each run's zero-shot test is the zero-shot point)",
+    )
+    parser.add_argument(
+        "--merges",
+        nargs="*",
+        default=choices("merge"),
+        help=f"merge configs applied to the {MERGED_RUN} run of each seed (default: every one; none if given no names)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--out", type=Path, default=Path("logs/benchmark"), help="the benchmark's directory")
     args = parser.parse_args(ours)
@@ -143,8 +175,10 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"no {group} config {', '.join(unknown)} (choose from {', '.join(choices(group))})")
     if args.merges and MERGED_RUN not in args.strategies:
-        parser.error(f"the merges merge the {MERGED_RUN} run: add {MERGED_RUN} to --strategies, or give --merges no "
-                     "names to run none")
+        parser.error(
+            f"the merges merge the {MERGED_RUN} run: add {MERGED_RUN} to --strategies, or give --merges no "
+            "names to run none"
+        )
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
     manifest = check_manifest(out, overrides)
@@ -156,8 +190,10 @@ def main(argv: list[str] | None = None) -> None:
 
         report([str(out), "--out", str(out / "report")])
     if failed:
-        sys.exit(f"mllmft-benchmark: {len(failed)} of {len(runs)} runs failed (listed above; their run.log says why); "
-                 "run the same command again to retry them")
+        sys.exit(
+            f"mllmft-benchmark: {len(failed)} of {len(runs)} runs failed (listed above; their run.log says why); "
+            "run the same command again to retry them"
+        )
 
 
 if __name__ == "__main__":

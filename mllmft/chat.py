@@ -47,14 +47,26 @@ def answer(cfg: DictConfig) -> str:
         if not (Path(cfg.adapter) / "adapter_config.json").is_file():
             raise ConfigError(f"adapter={cfg.adapter}: no adapter_config.json there (an export=adapter directory)")
         backbone.model = peft.PeftModel.from_pretrained(backbone.model, cfg.adapter)
-    module = MLLMFineTuner(backbone, strategy, cfg.scope, test_sets=[TestSet("chat")],
-                           max_new_tokens=cfg.max_new_tokens, run_identity=identity)
+    module = MLLMFineTuner(
+        backbone,
+        strategy,
+        cfg.scope,
+        test_sets=[TestSet("chat")],
+        max_new_tokens=cfg.max_new_tokens,
+        run_identity=identity,
+    )
     if cfg.get("ckpt_path"):
         checkpoint = read_checkpoint(cfg.ckpt_path)
         check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=False, model_state=module.state_dict())
         module.load_state_dict(checkpoint["state_dict"], strict=False)  # trainable tensors; the rest is the base
-    record = Record(id="chat", image=Path(cfg.image), turns=(Turn("user", str(cfg.prompt)), Turn("assistant", "")),
-                    task="vqa", answers=("",), origin="the command line")
+    record = Record(
+        id="chat",
+        image=Path(cfg.image),
+        turns=(Turn("user", str(cfg.prompt)), Turn("assistant", "")),
+        task="vqa",
+        answers=("",),
+        origin="the command line",
+    )
     image = record.load_image(MAX_IMAGE_PIXELS)
     batch = backbone.collator(cfg.data.max_length, generate=True)([(0, record, image)])
     module.eval()

@@ -52,9 +52,14 @@ def weights_fingerprint(model: nn.Module, sample: int = 16) -> str:
 
 def run_identity(backbone, scope: Mapping, strategy: str) -> dict:
     """What a checkpoint of this run records (call before the strategy wraps or trains the model)."""
-    return {"family": backbone.family, "backbone_source": backbone.source,
-            "architecture": architecture_hash(backbone.model), "weights": weights_fingerprint(backbone.model),
-            "scope": plain_scope(scope), "strategy": strategy}
+    return {
+        "family": backbone.family,
+        "backbone_source": backbone.source,
+        "architecture": architecture_hash(backbone.model),
+        "weights": weights_fingerprint(backbone.model),
+        "scope": plain_scope(scope),
+        "strategy": strategy,
+    }
 
 
 def plain_scope(scope: Mapping) -> dict:
@@ -78,8 +83,10 @@ def read_checkpoint(path: str | Path) -> dict:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint (truncated, corrupted, or not a "
-                          f"weights-only Lightning checkpoint): {first}") from err
+        raise ConfigError(
+            f"ckpt_path={path} is not a readable checkpoint (truncated, corrupted, or not a "
+            f"weights-only Lightning checkpoint): {first}"
+        ) from err
     sharded = path.name in (DCP_METADATA, *DEEPSPEED_STATES)  # their tensors are elsewhere
     if not isinstance(checkpoint, dict) or (not sharded and "state_dict" not in checkpoint):
         raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no state_dict)")
@@ -94,42 +101,58 @@ def _state_file_of(directory: Path) -> Path:
     for name in DEEPSPEED_STATES:
         if (directory / tag / name).is_file():
             return directory / tag / name
-    raise ConfigError(f"ckpt_path={directory} is a directory but neither a distributed (FSDP2) checkpoint (no "
-                      f"{DCP_METADATA}) nor a DeepSpeed one (no {tag}/*model_states.pt)")
+    raise ConfigError(
+        f"ckpt_path={directory} is a directory but neither a distributed (FSDP2) checkpoint (no "
+        f"{DCP_METADATA}) nor a DeepSpeed one (no {tag}/*model_states.pt)"
+    )
 
 
-def check_checkpoint(checkpoint: dict, identity: dict, path, resuming: bool,
-                     model_state: Mapping[str, torch.Tensor] | None = None) -> None:
+def check_checkpoint(
+    checkpoint: dict, identity: dict, path, resuming: bool, model_state: Mapping[str, torch.Tensor] | None = None
+) -> None:
     """Refuse a checkpoint of another model, scope or (when resuming) strategy, or whose tensors do
     not fit this run's (``model_state``: the module's state dict)."""
     saved = checkpoint.get("mllmft")
     if not isinstance(saved, dict) or "weights" not in saved:
-        raise ConfigError(f"ckpt_path={path} records no mllmft run identity (written by another program or an "
-                          "older mllmft): it cannot be matched to this run's model")
+        raise ConfigError(
+            f"ckpt_path={path} records no mllmft run identity (written by another program or an "
+            "older mllmft): it cannot be matched to this run's model"
+        )
     if saved.get("family") != identity["family"] or saved.get("architecture") != identity["architecture"]:
         raise ConfigError(f"ckpt_path={path} is of another model: {_model(saved)}; this run builds {_model(identity)}")
     if saved["weights"] != identity["weights"]:
-        raise ConfigError(f"ckpt_path={path} was trained from other base weights: {saved.get('backbone_source')} "
-                          f"(weights {saved['weights']}); this run loads {identity['backbone_source']} "
-                          f"(weights {identity['weights']})")
+        raise ConfigError(
+            f"ckpt_path={path} was trained from other base weights: {saved.get('backbone_source')} "
+            f"(weights {saved['weights']}); this run loads {identity['backbone_source']} "
+            f"(weights {identity['weights']})"
+        )
     if saved.get("scope") != identity["scope"]:
-        raise ConfigError(f"ckpt_path={path} was trained with scope {saved.get('scope')}; this run's scope is "
-                          f"{identity['scope']}: set the same scope")
+        raise ConfigError(
+            f"ckpt_path={path} was trained with scope {saved.get('scope')}; this run's scope is "
+            f"{identity['scope']}: set the same scope"
+        )
     if resuming and saved.get("strategy") != identity["strategy"]:
-        raise ConfigError(f"ckpt_path={path} was trained with strategy={saved.get('strategy')}; this run resumes it "
-                          f"with strategy={identity['strategy']}: set strategy={saved.get('strategy')}")
+        raise ConfigError(
+            f"ckpt_path={path} was trained with strategy={saved.get('strategy')}; this run resumes it "
+            f"with strategy={identity['strategy']}: set strategy={saved.get('strategy')}"
+        )
     if model_state is not None and "state_dict" in checkpoint:
         unknown = [name for name in checkpoint["state_dict"] if name not in model_state]
         if unknown:  # loading with strict=False would drop them silently: the base model, not the run's
-            raise ConfigError(f"ckpt_path={path} holds {len(unknown)} tensors this run's model does not have (e.g. "
-                              f"{unknown[0]}): it was trained with strategy={saved.get('strategy')}; set "
-                              f"strategy={saved.get('strategy')} with the run's knobs to load it")
+            raise ConfigError(
+                f"ckpt_path={path} holds {len(unknown)} tensors this run's model does not have (e.g. "
+                f"{unknown[0]}): it was trained with strategy={saved.get('strategy')}; set "
+                f"strategy={saved.get('strategy')} with the run's knobs to load it"
+            )
         for name, tensor in checkpoint["state_dict"].items():
             if name in model_state and tuple(tensor.shape) != tuple(model_state[name].shape):
-                raise ConfigError(f"ckpt_path={path}: tensor {name} has shape {list(tensor.shape)}, this run's "
-                                  f"{list(model_state[name].shape)}")
+                raise ConfigError(
+                    f"ckpt_path={path}: tensor {name} has shape {list(tensor.shape)}, this run's "
+                    f"{list(model_state[name].shape)}"
+                )
 
 
 def _model(identity: Mapping) -> str:
-    return (f"{identity.get('family')} from {identity.get('backbone_source')} "
-            f"(architecture {identity.get('architecture')})")
+    return (
+        f"{identity.get('family')} from {identity.get('backbone_source')} (architecture {identity.get('architecture')})"
+    )

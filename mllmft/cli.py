@@ -51,8 +51,10 @@ def user_error_message(err: BaseException) -> str | None:
     instantiation = next((e for e in chain if isinstance(e, InstantiationException)), None)
     cause = instantiation.__cause__ if instantiation is not None else None
     if isinstance(cause, (TypeError, ValueError)):  # a _target_ called with arguments it refuses
-        key = next((line.split(":", 1)[1].strip() for line in str(instantiation).splitlines()
-                    if line.startswith("full_key:")), "config")
+        key = next(
+            (line.split(":", 1)[1].strip() for line in str(instantiation).splitlines() if line.startswith("full_key:")),
+            "config",
+        )
         return one_line(f"{key}: {cause}")
     return None
 

@@ -58,9 +58,15 @@ def _run_name(model: str, strategy: str) -> str:
     """``<model>-<strategy>`` and the command line's knobs, e.g. ``tiny_llava-spider module.lr=3e-4 seed=1``:
     every job of a sweep gets its own name."""
     hydra = hydra_config()
-    overrides = [] if hydra is None else [o for o in hydra.overrides.task
-                                          if not o.lstrip("+~").startswith(_NOT_A_KNOB)
-                                          and not o.startswith(("strategy=", "model="))]
+    overrides = (
+        []
+        if hydra is None
+        else [
+            o
+            for o in hydra.overrides.task
+            if not o.lstrip("+~").startswith(_NOT_A_KNOB) and not o.startswith(("strategy=", "model="))
+        ]
+    )
     return " ".join([f"{model}-{strategy}", *overrides])
 
 

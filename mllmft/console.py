@@ -15,8 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from rich.tree import Tree
 
-CONFIG_ORDER = ("model", "scope", "strategy", "data", "hardware", "trainer", "module", "callbacks",
-                "logger", "paths")
+CONFIG_ORDER = ("model", "scope", "strategy", "data", "hardware", "trainer", "module", "callbacks", "logger", "paths")
 
 
 def config_tree(cfg: DictConfig) -> Tree:
@@ -39,8 +38,11 @@ def print_config(cfg: DictConfig, run_dir: str | Path | None = None) -> None:
     if hydra is None or run_dir is None:
         rich.print(tree)
         return
-    choices = {g: c for g, c in hydra.runtime.choices.items()
-               if not g.startswith("hydra") and g != "local" and c not in (None, "null")}
+    choices = {
+        g: c
+        for g, c in hydra.runtime.choices.items()
+        if not g.startswith("hydra") and g != "local" and c not in (None, "null")
+    }
     choices = {g: choices[g] for g in sorted(choices, key=lambda g: (CONFIG_ORDER + (g,)).index(g))}
     rich.print("[bold]" + " ".join(f"{g}={c}" for g, c in choices.items()) + "[/bold]")
     if hydra.overrides.task:
@@ -93,8 +95,10 @@ def quiet_library_notices() -> None:
 def print_results(results: dict) -> None:
     target, upstream = results["target"], results["upstream"]
     metrics = results.get("metrics", {})
-    table = Table(title=f"{results['run']['strategy']} on {target} (target) | upstream: "
-                        f"{', '.join(upstream) or 'none'} (scores in %)")
+    table = Table(
+        title=f"{results['run']['strategy']} on {target} (target) | upstream: "
+        f"{', '.join(upstream) or 'none'} (scores in %)"
+    )
     table.add_column("model")
     for name in (target, *upstream):
         header = [f"{name} (target)" if name == target else name, metrics.get(name, {}).get("name", "")]
@@ -107,13 +111,16 @@ def print_results(results: dict) -> None:
         scores, trade = results["scores"].get(key), results["tradeoff"].get(key)
         if scores is None:
             continue
-        table.add_row(label, *(_number(scores[n]) for n in (target, *upstream)),
-                      *(_number(trade[k]) for k in ("S_t", "S_u", "H")))
+        table.add_row(
+            label, *(_number(scores[n]) for n in (target, *upstream)), *(_number(trade[k]) for k in ("S_t", "S_u", "H"))
+        )
     rich.print(table)
     final = results["tradeoff"]["final"]
     if final.get("O") is not None:
-        rich.print(f"E (target gain) = {final['E']:+.1f}   F (upstream change) = {final['F']:+.1f}   "
-                   f"O = E + F = {final['O']:+.1f}")
+        rich.print(
+            f"E (target gain) = {final['E']:+.1f}   F (upstream change) = {final['F']:+.1f}   "
+            f"O = E + F = {final['O']:+.1f}"
+        )
 
 
 def _number(value: float | None) -> str:
@@ -128,5 +135,6 @@ def progress(items: Iterable, description: str, total: int, min_total: int = 500
         return
     from rich.progress import track
 
-    yield from track(items, description=description, total=total, transient=True,
-                     console=rich.console.Console(stderr=True))
+    yield from track(
+        items, description=description, total=total, transient=True, console=rich.console.Console(stderr=True)
+    )

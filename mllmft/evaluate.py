@@ -1,8 +1,8 @@
 """``mllmft-eval``: evaluate a backbone (zero-shot, or a checkpoint) on the target and upstream sets.
 
-    mllmft-eval                                   # the configured backbone, as loaded
-    mllmft-eval model.checkpoint=/path/to/hf_dir  # any HF checkpoint directory
-    mllmft-eval ckpt_path=logs/.../last.ckpt      # a training checkpoint of mllmft-train
+mllmft-eval                                   # the configured backbone, as loaded
+mllmft-eval model.checkpoint=/path/to/hf_dir  # any HF checkpoint directory
+mllmft-eval ckpt_path=logs/.../last.ckpt      # a training checkpoint of mllmft-train
 """
 
 from __future__ import annotations

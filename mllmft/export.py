@@ -34,15 +34,20 @@ def check_export(kind: str | None, strategy: TuningStrategy) -> None:
     strategy = getattr(strategy, "base", strategy)  # CoMMIT wraps the strategy that updates the weights
     if not isinstance(strategy, PeftStrategy):
         if kind == "adapter":
-            raise ConfigError(f"export=adapter needs a peft strategy (lora, adalora, ...); strategy={strategy.name} "
-                              "changes the weights themselves: use export=merged")
+            raise ConfigError(
+                f"export=adapter needs a peft strategy (lora, adalora, ...); strategy={strategy.name} "
+                "changes the weights themselves: use export=merged"
+            )
         return
     if kind == "adapter" and strategy.bare_parameters:
-        raise ConfigError(f"export=adapter cannot carry {strategy.bare_parameters}: the scope trains them but peft "
-                          "saves only adapters and whole modules. Use export=merged, or freeze them in the scope")
+        raise ConfigError(
+            f"export=adapter cannot carry {strategy.bare_parameters}: the scope trains them but peft "
+            "saves only adapters and whole modules. Use export=merged, or freeze them in the scope"
+        )
     if kind == "merged" and not strategy.targets_linears:
-        raise ConfigError(f"export=merged: {strategy.name}'s virtual tokens cannot be merged into the weights; "
-                          "use export=adapter")
+        raise ConfigError(
+            f"export=merged: {strategy.name}'s virtual tokens cannot be merged into the weights; use export=adapter"
+        )
 
 
 def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None) -> Path:

@@ -46,8 +46,10 @@ def _load_rank_state(strategy, checkpoint: dict, directory: Path) -> dict:
         return checkpoint
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved["world_size"] != strategy.world_size:
-        raise ConfigError(f"{directory} was saved by {saved['world_size']} ranks; this run has {strategy.world_size}: "
-                          "resume a sharded checkpoint with the same number of processes")
+        raise ConfigError(
+            f"{directory} was saved by {saved['world_size']} ranks; this run has {strategy.world_size}: "
+            "resume a sharded checkpoint with the same number of processes"
+        )
     checkpoint.setdefault("callbacks", {}).update(saved["state"])
     return checkpoint
 
@@ -85,8 +87,9 @@ class FSDP2Strategy(ModelParallelStrategy):
             key = f"optimizer_{i}"
             state = {key: get_optimizer_state_dict(module, optimizer)}
             load(state, checkpoint_id=path)
-            set_optimizer_state_dict(module, optimizer, optim_state_dict=state[key],
-                                     options=StateDictOptions(cpu_offload=True))
+            set_optimizer_state_dict(
+                module, optimizer, optim_state_dict=state[key], options=StateDictOptions(cpu_offload=True)
+            )
         metadata = torch.load(path / METADATA, map_location="cpu", weights_only=weights_only)
         return _load_rank_state(self, metadata, path)
 

@@ -42,9 +42,17 @@ def merge_update(cfg: DictConfig):
         extra = sum(t.numel() * t.element_size() for t in finetuned.tensors.values())
         seconds = round(time.perf_counter() - started, 3)
         log.info("merge=%s: %d tensors from %s in %.1f s", method.name, changed, finetuned.source, seconds)
-        return {"merge": {"method": method.name, **method.knobs(), "finetuned": finetuned.source,
-                          "finetuned_strategy": finetuned.strategy,
-                          "tensors_changed": changed, "seconds": seconds, "extra_bytes": extra}}
+        return {
+            "merge": {
+                "method": method.name,
+                **method.knobs(),
+                "finetuned": finetuned.source,
+                "finetuned_strategy": finetuned.strategy,
+                "tensors_changed": changed,
+                "seconds": seconds,
+                "extra_bytes": extra,
+            }
+        }
 
     return update
 

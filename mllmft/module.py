@@ -44,20 +44,31 @@ def _root_unsharded(model):
         model.reshard()
 
 
-def logged_test_scores(trainer: L.Trainer,
-                       names: list[str]) -> tuple[dict[str, float], dict[str, int], dict[str, dict]]:
+def logged_test_scores(
+    trainer: L.Trainer, names: list[str]
+) -> tuple[dict[str, float], dict[str, int], dict[str, dict]]:
     """({set: headline score}, {set: samples scored}, {set: every other figure}) of the last test run, from
     what the module logged: under ddp_fork/spawn the test runs in child processes and only the logged
     metrics come back to the launching one."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    details = {n: {k[len(f"test/{n}/"):]: v for k, v in metrics.items()
-                   if k.startswith(f"test/{n}/") and not k.endswith("/samples")} for n in names}
+    details = {
+        n: {
+            k[len(f"test/{n}/") :]: v
+            for k, v in metrics.items()
+            if k.startswith(f"test/{n}/") and not k.endswith("/samples")
+        }
+        for n in names
+    }
     return ({n: metrics[f"test/{n}"] for n in names}, {n: int(metrics[f"test/{n}/samples"]) for n in names}, details)
 
 
-def check_hyperparameters(lr: float, weight_decay: float = 0.0, max_new_tokens: int = 16,
-                          optimizer: Callable | Mapping | None = None,
-                          scheduler: Callable | Mapping | None = None) -> None:
+def check_hyperparameters(
+    lr: float,
+    weight_decay: float = 0.0,
+    max_new_tokens: int = 16,
+    optimizer: Callable | Mapping | None = None,
+    scheduler: Callable | Mapping | None = None,
+) -> None:
     """The optimisation and generation knobs, in range (``module.*`` in the config); the optimizer's and
     the scheduler's are checked where they are the known ones (AdamW's betas, the cosine's ratios)."""
     check_number("module.lr", lr, 0, low_open=True)
@@ -83,16 +94,19 @@ def _keywords(factory: Callable | Mapping | None) -> Mapping:
 
 def cosine_factor(warmup_steps: int, total_steps: int, min_ratio: float = 0.0) -> Callable[[int], float]:
     """The lr multiplier at each step: linear warm-up from 1/warmup_steps to 1, then a half cosine to min_ratio."""
+
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
         progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
     return factor
 
 
-def cosine_with_warmup(optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.03,
-                       min_lr_ratio: float = 0.0) -> LambdaLR:
+def cosine_with_warmup(
+    optimizer: torch.optim.Optimizer, num_training_steps: int, warmup_ratio: float = 0.03, min_lr_ratio: float = 0.0
+) -> LambdaLR:
     """The default ``module.scheduler``: warm-up over ``warmup_ratio`` of the optimizer steps (at least
     one), then cosine decay to ``min_lr_ratio`` of each group's lr. Stepped every optimizer step."""
     warmup = max(1, int(warmup_ratio * num_training_steps))
@@ -108,11 +122,19 @@ class MLLMFineTuner(L.LightningModule):
     references, score).
     """
 
-    def __init__(self, backbone: Backbone, strategy: TuningStrategy, scope: Mapping,
-                 test_sets: Sequence[TestSet], lr: float = 1e-4, weight_decay: float = 0.0,
-                 optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-                 scheduler: Callable[..., LRScheduler] | None = None, max_new_tokens: int = 16,
-                 run_identity: dict | None = None):
+    def __init__(
+        self,
+        backbone: Backbone,
+        strategy: TuningStrategy,
+        scope: Mapping,
+        test_sets: Sequence[TestSet],
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., LRScheduler] | None = None,
+        max_new_tokens: int = 16,
+        run_identity: dict | None = None,
+    ):
         super().__init__()
         check_hyperparameters(lr, weight_decay, max_new_tokens, optimizer, scheduler)
         self.backbone = backbone
@@ -157,8 +179,9 @@ class MLLMFineTuner(L.LightningModule):
     def configure_optimizers(self):
         groups = param_groups(self.backbone, self.scope, self.lr, self.weight_decay)
         if not groups:
-            raise ConfigError("nothing to train: the scope leaves no parameter trainable "
-                             "(use strategy=zeroshot to evaluate only)")
+            raise ConfigError(
+                "nothing to train: the scope leaves no parameter trainable (use strategy=zeroshot to evaluate only)"
+            )
         optimizer = self.make_optimizer(groups, lr=self.lr)
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = self.make_scheduler(optimizer, num_training_steps=steps)
@@ -172,8 +195,10 @@ class MLLMFineTuner(L.LightningModule):
         if mesh is None or isinstance(self.model, FSDPModule):
             return
         if mesh["tensor_parallel"].size() != 1:
-            raise ConfigError("hardware.lightning_strategy: tensor parallelism is not supported; set "
-                              "tensor_parallel_size: 1 (FSDP2 data parallelism only)")
+            raise ConfigError(
+                "hardware.lightning_strategy: tensor parallelism is not supported; set "
+                "tensor_parallel_size: 1 (FSDP2 data parallelism only)"
+            )
         for path in self.backbone.components.layers.values():
             for block in self.model.get_submodule(path):
                 fully_shard(block, mesh=mesh["data_parallel"])
@@ -188,15 +213,21 @@ class MLLMFineTuner(L.LightningModule):
         # done must keep stepping (synced_gpus) until all are, or the others wait for it forever.
         synced = self._trainer is not None and self.trainer.world_size > 1 and engine_for(self.trainer).gathers_weights
         with _root_unsharded(self.model):
-            output = self.model.generate(**model_inputs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                                         do_sample=False, pad_token_id=tokenizer.pad_token_id, synced_gpus=synced)
-        new_tokens = output[:, model_inputs["input_ids"].shape[1]:]
+            output = self.model.generate(
+                **model_inputs,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                synced_gpus=synced,
+            )
+        new_tokens = output[:, model_inputs["input_ids"].shape[1] :]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
     def test_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         predictions = self.generate(batch["model_inputs"], self.test_lengths[dataloader_idx])
-        self.test_metric(dataloader_idx).update(batch["index"], batch["ids"], batch["prompts"], predictions,
-                                                 batch["references"], batch.get("options"))
+        self.test_metric(dataloader_idx).update(
+            batch["index"], batch["ids"], batch["prompts"], predictions, batch["references"], batch.get("options")
+        )
 
     def test_metric(self, i: int) -> GeneratedAnswers:
         """The metric of test set ``i`` (a ModuleList item, typed)."""
@@ -226,30 +257,52 @@ class MLLMFineTuner(L.LightningModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w") as f:
             for answer, score in metric.last_per_sample:
-                f.write(json.dumps({"id": answer.id, "prompt": answer.prompt, "prediction": answer.prediction,
-                                    "references": list(answer.references), "score": score}) + "\n")
+                f.write(
+                    json.dumps(
+                        {
+                            "id": answer.id,
+                            "prompt": answer.prompt,
+                            "prediction": answer.prediction,
+                            "references": list(answer.references),
+                            "score": score,
+                        }
+                    )
+                    + "\n"
+                )
 
     # --- checkpoints ------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         frozen = {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         # the strategy's own state is the StrategyRunner's (a callback state, per rank when sharded)
-        checkpoint["mllmft"] = {"backbone_source": self.backbone.source, "strategy": self.strategy.name,
-                                **(self.run_identity or {})}
+        checkpoint["mllmft"] = {
+            "backbone_source": self.backbone.source,
+            "strategy": self.strategy.name,
+            **(self.run_identity or {}),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if self.run_identity is not None:
-            check_checkpoint(checkpoint, self.run_identity, "the checkpoint", resuming=self.trainer.state.fn == "fit",
-                             model_state=self.state_dict())
+            check_checkpoint(
+                checkpoint,
+                self.run_identity,
+                "the checkpoint",
+                resuming=self.trainer.state.fn == "fit",
+                model_state=self.state_dict(),
+            )
         if "state_dict" not in checkpoint:  # FSDP2 / DeepSpeed restore the tensors themselves
             return
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
         unexpected = sorted(set(checkpoint["state_dict"]) - set(self.state_dict()))
         if unexpected:
-            raise ConfigError(f"the checkpoint holds {len(unexpected)} tensors this model does not have "
-                             f"(e.g. {unexpected[:3]}): was it made with another model, or with a peft "
-                             "strategy (evaluate it with the same strategy=..., scope=...)?")
+            raise ConfigError(
+                f"the checkpoint holds {len(unexpected)} tensors this model does not have "
+                f"(e.g. {unexpected[:3]}): was it made with another model, or with a peft "
+                "strategy (evaluate it with the same strategy=..., scope=...)?"
+            )
         missing = sorted(trainable - set(checkpoint["state_dict"]))
         if missing:
-            raise ConfigError(f"the checkpoint lacks {len(missing)} trainable parameters of this run "
-                             f"(e.g. {missing[:3]}): was it made with another scope or strategy?")
+            raise ConfigError(
+                f"the checkpoint lacks {len(missing)} trainable parameters of this run "
+                f"(e.g. {missing[:3]}): was it made with another scope or strategy?"
+            )

@@ -42,13 +42,15 @@ def _plain(x) -> dict:
 
 
 def cache_key(family: str, tiny: Mapping, pretrain: Mapping) -> str:
-    blob = json.dumps({"family": family, "tiny": _plain(tiny), "pretrain": _plain(pretrain),
-                       "format": FORMAT}, sort_keys=True)
+    blob = json.dumps(
+        {"family": family, "tiny": _plain(tiny), "pretrain": _plain(pretrain), "format": FORMAT}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def pretrained_tiny(family: str, tiny: Mapping, pretrain: Mapping, cache_dir: str | Path,
-                    accelerator: str = "auto") -> Path:
+def pretrained_tiny(
+    family: str, tiny: Mapping, pretrain: Mapping, cache_dir: str | Path, accelerator: str = "auto"
+) -> Path:
     """Path of the pre-trained checkpoint, training it first if this config has none cached."""
     root = Path(cache_dir) / "pretrained"
     out = root / f"{family}-{cache_key(family, tiny, pretrain)}"
@@ -68,30 +70,56 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
     backbone = build_tiny(family, tiny)
     apply_scope(backbone, ALL_TRAINABLE)
     source = instantiate(pretrain["source"])
-    data = MLLMDataModule(backbone.processor, source, batch_size=pretrain["batch_size"],
-                          eval_batch_size=64, max_length=pretrain.get("max_length", 128),
-                          collator_class=backbone.collator_class)
+    data = MLLMDataModule(
+        backbone.processor,
+        source,
+        batch_size=pretrain["batch_size"],
+        eval_batch_size=64,
+        max_length=pretrain.get("max_length", 128),
+        collator_class=backbone.collator_class,
+    )
     schedule = functools.partial(cosine_with_warmup, warmup_ratio=pretrain.get("warmup_ratio", 0.05))
-    module = MLLMFineTuner(backbone, FullFineTuning(), ALL_TRAINABLE, data.test_sets, lr=pretrain["lr"],
-                           scheduler=schedule, max_new_tokens=8)
+    module = MLLMFineTuner(
+        backbone,
+        FullFineTuning(),
+        ALL_TRAINABLE,
+        data.test_sets,
+        lr=pretrain["lr"],
+        scheduler=schedule,
+        max_new_tokens=8,
+    )
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     # default_root_dir: the test's predictions file goes with the cached model, not into the cwd
     label = f"pre-training tiny {family}"
-    trainer = L.Trainer(max_steps=pretrain["max_steps"], accelerator=accelerator, devices=1, default_root_dir=tmp,
-                        logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        limit_val_batches=0, gradient_clip_val=1.0,
-                        callbacks=[StepProgressBar(label), PlainProgress(train_label=label)],
-                        use_distributed_sampler=False)
+    trainer = L.Trainer(
+        max_steps=pretrain["max_steps"],
+        accelerator=accelerator,
+        devices=1,
+        default_root_dir=tmp,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        gradient_clip_val=1.0,
+        callbacks=[StepProgressBar(label), PlainProgress(train_label=label)],
+        use_distributed_sampler=False,
+    )
     trainer.fit(module, datamodule=data)
     trainer.test(module, datamodule=data, verbose=False)
     score = logged_test_scores(trainer, [source.name])[0][source.name]
     backbone.model.save_pretrained(tmp)
     backbone.processor.save_pretrained(tmp)
-    report = {"family": family, "upstream_set": source.name, "upstream_test_exact_match": score,
-              "steps": pretrain["max_steps"], "seconds": round(time.time() - started, 1),
-              "tiny": _plain(tiny), "pretrain": _plain(pretrain), "format": FORMAT}
+    report = {
+        "family": family,
+        "upstream_set": source.name,
+        "upstream_test_exact_match": score,
+        "steps": pretrain["max_steps"],
+        "seconds": round(time.time() - started, 1),
+        "tiny": _plain(tiny),
+        "pretrain": _plain(pretrain),
+        "format": FORMAT,
+    }
     (tmp / "pretrain.json").write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
-    log.info("pre-trained tiny %s: %s test exact match %.1f (%.0f s)", family, source.name, score,
-             report["seconds"])
+    log.info("pre-trained tiny %s: %s test exact match %.1f (%.0f s)", family, source.name, score, report["seconds"])

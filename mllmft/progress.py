@@ -107,8 +107,15 @@ class PlainProgress(Callback):
             self._next += self.every_percent
         loss = trainer.callback_metrics.get("train/loss")
         rate = step / max(1e-9, time.perf_counter() - self._started)
-        log.info("%s: step %d/%d (%.0f%%)%s, %.2f steps/s", self.train_label, step, total, share,
-                 f", loss {float(loss):.4f}" if loss is not None else "", rate)
+        log.info(
+            "%s: step %d/%d (%.0f%%)%s, %.2f steps/s",
+            self.train_label,
+            step,
+            total,
+            share,
+            f", loss {float(loss):.4f}" if loss is not None else "",
+            rate,
+        )
 
     def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx: int = 0) -> None:
         if self.enabled and trainer.is_global_zero and batch_idx == 0:

@@ -33,10 +33,25 @@ from rich.table import Table
 COLUMNS = ("S_t", "S_u", "H", "E", "F", "O")
 # knobs that name where or how visibly a run ran, not what it computed
 # (finetuned: a merge's input path differs per seed; the strategy that made it is the knob, from run.merge)
-IGNORED = ("seed", "data.seed", "paths", "finetuned", "logger", "callbacks", "hydra", "print_config", "task_name",
-           "ckpt_path",
-           "export", "optimized_metric", "data.num_workers", "trainer.default_root_dir",
-           "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps")
+IGNORED = (
+    "seed",
+    "data.seed",
+    "paths",
+    "finetuned",
+    "logger",
+    "callbacks",
+    "hydra",
+    "print_config",
+    "task_name",
+    "ckpt_path",
+    "export",
+    "optimized_metric",
+    "data.num_workers",
+    "trainer.default_root_dir",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+)
 
 
 def load_runs(paths: list[Path]) -> tuple[list[dict], list[str]]:
@@ -69,8 +84,11 @@ def failed_runs(paths: list[Path]) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             lines.append(f"{manifest}: not a readable benchmark manifest")
             continue
-        lines += [f"{run['name']} seed {run['seed']}: {run.get('error', 'not run')} ({run['dir']}/run.log)"
-                  for run in planned.values() if run.get("status") != "complete"]
+        lines += [
+            f"{run['name']} seed {run['seed']}: {run.get('error', 'not run')} ({run['dir']}/run.log)"
+            for run in planned.values()
+            if run.get("status") != "complete"
+        ]
     return lines
 
 
@@ -89,8 +107,11 @@ def knobs(run: dict) -> dict[str, str]:
     config = run.get("config")
     if config is None:
         summary = run["run"]
-        config = {"model": {"name": summary["model"]}, "strategy": {"name": summary["strategy"]},
-                  "scope": summary.get("scope")}
+        config = {
+            "model": {"name": summary["model"]},
+            "strategy": {"name": summary["strategy"]},
+            "scope": summary.get("scope"),
+        }
     flat: dict[str, str] = {}
     seed = run["run"].get("seed")
 
@@ -122,8 +143,9 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
     for run, k in zip(runs, flat):
         groups[(label(run), *sorted(k.items()))].append(run)
         clusters[(run["run"]["model"], label(run), k["target"], k["upstream"])].append(k)
-    varying = sorted({key for members in clusters.values() for k in members for key in k
-                      if len({m.get(key) for m in members}) > 1})
+    varying = sorted(
+        {key for members in clusters.values() for k in members for key in k if len({m.get(key) for m in members}) > 1}
+    )
     rows, warnings = [], []
     for key, members in groups.items():
         k = dict(key[1:])
@@ -132,11 +154,19 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
             by_seed[m["run"].get("seed")].append(m)
         repeated = {s: len(ms) for s, ms in by_seed.items() if len(ms) > 1}
         if repeated:
-            warnings.append(f"{label(members[0])} ({', '.join(f'{v}={k.get(v)}' for v in varying) or 'all'}): "
-                            f"seed {', '.join(map(str, repeated))} ran more than once; averaged as one seed")
-        row = {"model": members[0]["run"]["model"], "strategy": label(members[0]),
-               "target": members[0]["target"], "upstream": ",".join(members[0]["upstream"]),
-               "seeds": len(by_seed), "runs": len(members), **{v: _cell(k.get(v)) for v in varying}}
+            warnings.append(
+                f"{label(members[0])} ({', '.join(f'{v}={k.get(v)}' for v in varying) or 'all'}): "
+                f"seed {', '.join(map(str, repeated))} ran more than once; averaged as one seed"
+            )
+        row = {
+            "model": members[0]["run"]["model"],
+            "strategy": label(members[0]),
+            "target": members[0]["target"],
+            "upstream": ",".join(members[0]["upstream"]),
+            "seeds": len(by_seed),
+            "runs": len(members),
+            **{v: _cell(k.get(v)) for v in varying},
+        }
         for col in COLUMNS:
             _mean_std(row, col, by_seed, lambda m, c=col: m["tradeoff"]["final"].get(c))
         for name in (members[0]["target"], *members[0]["upstream"]):  # every set's own score
@@ -151,8 +181,9 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
 
 def _mean_std(row: dict, col: str, by_seed: dict, value) -> None:
     """row[col], row[col_std]: the mean and std over seeds of ``value(run)`` (each seed's runs averaged)."""
-    per_seed = [statistics.fmean(vals) for ms in by_seed.values()
-                if (vals := [v for m in ms if (v := value(m)) is not None])]
+    per_seed = [
+        statistics.fmean(vals) for ms in by_seed.values() if (vals := [v for m in ms if (v := value(m)) is not None])
+    ]
     if per_seed:
         row[col] = statistics.fmean(per_seed)
         row[f"{col}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
@@ -228,31 +259,49 @@ def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: P
     separations(rows)
     ranked = sorted(rows, key=lambda r: -r.get("H", float("-inf")))
     names = ("strategy", *varying)
-    lines = [f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | beats | beaten by |",
-             "|" + "---|" * (len(names) + len(COLUMNS) + 3)]
-    lines += [f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, c) for c in COLUMNS)} "
-              f"| {r['seeds']} | {r.get('beats', '')} | {r.get('beaten_by', '')} |" for r in ranked]
-    top = [r["strategy"] + "".join(f" {k}={r[k]}" for k in varying if r.get(k)) for r in ranked
-           if r.get("beaten_by") == 0]
-    lines += ["", "Mean ± standard deviation over seeds. *beats* / *beaten by*: how many rows this row's H is above / "
-              "below by more than σ₁ + σ₂ (the two rows' standard deviations); closer pairs the seeds cannot order. "
-              f"Beaten by no row: {', '.join(top)}."]
+    lines = [
+        f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | beats | beaten by |",
+        "|" + "---|" * (len(names) + len(COLUMNS) + 3),
+    ]
+    lines += [
+        f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, c) for c in COLUMNS)} "
+        f"| {r['seeds']} | {r.get('beats', '')} | {r.get('beaten_by', '')} |"
+        for r in ranked
+    ]
+    top = [
+        r["strategy"] + "".join(f" {k}={r[k]}" for k in varying if r.get(k)) for r in ranked if r.get("beaten_by") == 0
+    ]
+    lines += [
+        "",
+        "Mean ± standard deviation over seeds. *beats* / *beaten by*: how many rows this row's H is above / "
+        "below by more than σ₁ + σ₂ (the two rows' standard deviations); closer pairs the seeds cannot order. "
+        f"Beaten by no row: {', '.join(top)}.",
+    ]
     if failed:
         lines += ["", "Failed runs (not in the table):", *[f"- {line}" for line in failed]]
     (out / "table.md").write_text("\n".join(lines) + "\n")
     write_csv(ranked, out / "table.csv")
-    sets = list(dict.fromkeys(c.removeprefix("set:") for r in ranked for c in r if c.startswith("set:") and
-                              not c.endswith("_std")))
+    sets = list(
+        dict.fromkeys(
+            c.removeprefix("set:") for r in ranked for c in r if c.startswith("set:") and not c.endswith("_std")
+        )
+    )
     header = [*names, *(f"{s} (target)" if s == ranked[0]["target"] else s for s in sets)] if ranked else []
     per_set = [f"| {' | '.join(header)} |", "|" + "---|" * len(header)]
-    per_set += [f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, 'set:' + s) for s in sets)} |"
-                for r in ranked]
+    per_set += [
+        f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, 'set:' + s) for s in sets)} |"
+        for r in ranked
+    ]
     (out / "per_set.md").write_text("\n".join(per_set) + "\n")
     with (out / "per_set.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*names, *(x for s in sets for x in (s, f"{s}_std"))])
-        writer.writerows([[r.get(c, "") for c in names] + [r.get(f"set:{s}{x}", "") for s in sets for x in ("", "_std")]
-                          for r in ranked])
+        writer.writerows(
+            [
+                [r.get(c, "") for c in names] + [r.get(f"set:{s}{x}", "") for s in sets for x in ("", "_std")]
+                for r in ranked
+            ]
+        )
 
 
 if __name__ == "__main__":

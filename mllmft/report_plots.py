@@ -64,8 +64,9 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 6.5))
-    top = 5 + max(max(r["S_t"] + r["S_t_std"], r["S_u"] + r["S_u_std"], (r.get("zeroshot") or {}).get("S_u") or 0)
-                  for r in rows)
+    top = 5 + max(
+        max(r["S_t"] + r["S_t_std"], r["S_u"] + r["S_u_std"], (r.get("zeroshot") or {}).get("S_u") or 0) for r in rows
+    )
     top = min(100.0, top)
     for h in range(10, 100, 10):  # iso-H: S_u = H·S_t / (2·S_t − H), defined for S_t > H / 2
         xs = [h / 2 + (top - h / 2) * i / 200 for i in range(1, 201)]
@@ -76,10 +77,21 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
     for merged, marker, colour in ((False, "o", "tab:blue"), (True, "s", "tab:orange")):
         group = [r for r in rows if is_merge(r) == merged]
         if group:
-            ax.errorbar([r["S_t"] for r in group], [r["S_u"] for r in group],
-                        xerr=[r["S_t_std"] for r in group], yerr=[r["S_u_std"] for r in group],
-                        fmt=marker, color=colour, ms=5, capsize=2, lw=0.7, elinewidth=0.6, ecolor=colour,
-                        alpha=0.85, label="post-hoc merge (of a fine-tuned run)" if merged else "fine-tuning strategy")
+            ax.errorbar(
+                [r["S_t"] for r in group],
+                [r["S_u"] for r in group],
+                xerr=[r["S_t_std"] for r in group],
+                yerr=[r["S_u_std"] for r in group],
+                fmt=marker,
+                color=colour,
+                ms=5,
+                capsize=2,
+                lw=0.7,
+                elinewidth=0.6,
+                ecolor=colour,
+                alpha=0.85,
+                label="post-hoc merge (of a fine-tuned run)" if merged else "fine-tuning strategy",
+            )
     place_labels(ax, [(row_name(r, varying, short=True), r["S_t"] / top, r["S_u"] / top) for r in rows])
     front = pareto_front([(r["S_t"], r["S_u"]) for r in rows])
     ax.plot(*zip(*front), color="tab:red", lw=1.2, ls="--", label="Pareto front")
@@ -87,10 +99,14 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
     if zeroshot:
         ax.plot(zeroshot["S_t"], zeroshot["S_u"], "*", color="black", ms=12, label="zero-shot model")
     seeds = sorted({r["seeds"] for r in rows})
-    ax.set(xlim=(0, top), ylim=(0, top), xlabel=f"target score S_t on {rows[0]['target']} (0-100)",
-           ylabel=f"upstream score S_u, mean of {rows[0]['upstream']} (0-100)",
-           title=f"{rows[0]['model']}: specialisation vs generalisation "
-                 f"(mean ± std over {'/'.join(map(str, seeds))} seeds)")
+    ax.set(
+        xlim=(0, top),
+        ylim=(0, top),
+        xlabel=f"target score S_t on {rows[0]['target']} (0-100)",
+        ylabel=f"upstream score S_u, mean of {rows[0]['upstream']} (0-100)",
+        title=f"{rows[0]['model']}: specialisation vs generalisation "
+        f"(mean ± std over {'/'.join(map(str, seeds))} seeds)",
+    )
     ax.legend(loc="upper center", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -98,8 +114,18 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
 
 
 # where a point's label may go, in axes fractions from the point: right/left, above/below, then further out
-OFFSETS = [(0.008, 0.006), (0.008, -0.03), (-0.008, 0.006), (-0.008, -0.03), (0.008, 0.04), (0.008, -0.064),
-           (-0.008, 0.04), (-0.008, -0.064), (0.008, 0.074), (0.008, -0.098)]
+OFFSETS = [
+    (0.008, 0.006),
+    (0.008, -0.03),
+    (-0.008, 0.006),
+    (-0.008, -0.03),
+    (0.008, 0.04),
+    (0.008, -0.064),
+    (-0.008, 0.04),
+    (-0.008, -0.064),
+    (0.008, 0.074),
+    (0.008, -0.098),
+]
 
 
 def place_labels(ax, labels: list[tuple[str, float, float]], char: float = 0.0075, height: float = 0.024) -> None:
@@ -115,9 +141,17 @@ def place_labels(ax, labels: list[tuple[str, float, float]], char: float = 0.007
                 break
         placed.append(box)
         far = abs(dy) > 0.035
-        ax.annotate(text, (x, y), xycoords="axes fraction", xytext=(box[0], box[1]), textcoords="axes fraction",
-                    fontsize=7, ha="left", va="bottom",
-                    arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if far else None)
+        ax.annotate(
+            text,
+            (x, y),
+            xycoords="axes fraction",
+            xytext=(box[0], box[1]),
+            textcoords="axes fraction",
+            fontsize=7,
+            ha="left",
+            va="bottom",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if far else None,
+        )
 
 
 def _zeroshot(rows: list[dict]) -> dict | None:
@@ -135,15 +169,24 @@ def h_figure(rows: list[dict], varying: list[str]):
 
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(ranked) + 1.5))
     colours = ["tab:orange" if is_merge(r) else "tab:blue" for r in ranked]
-    ax.barh(range(len(ranked)), [r["H"] for r in ranked], xerr=[r["H_std"] for r in ranked], color=colours,
-            capsize=2, error_kw={"lw": 0.8})
+    ax.barh(
+        range(len(ranked)),
+        [r["H"] for r in ranked],
+        xerr=[r["H_std"] for r in ranked],
+        color=colours,
+        capsize=2,
+        error_kw={"lw": 0.8},
+    )
     ax.set_yticks(range(len(ranked)), [row_name(r, varying) for r in ranked], fontsize=8)
-    handles: list[Artist] = [Patch(color="tab:blue", label="fine-tuning strategy"),
-                             Patch(color="tab:orange", label="post-hoc merge")]
+    handles: list[Artist] = [
+        Patch(color="tab:blue", label="fine-tuning strategy"),
+        Patch(color="tab:orange", label="post-hoc merge"),
+    ]
     zeroshot = _zeroshot(ranked)
     if zeroshot and zeroshot.get("H") is not None:
-        handles.append(ax.axvline(zeroshot["H"], color="black", lw=0.8, ls=":",
-                                  label=f"zero-shot H = {zeroshot['H']:.1f}"))
+        handles.append(
+            ax.axvline(zeroshot["H"], color="black", lw=0.8, ls=":", label=f"zero-shot H = {zeroshot['H']:.1f}")
+        )
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set(xlabel="H = 2·S_t·S_u / (S_t + S_u)  (mean ± std over seeds)")
     ax.set_title(f"{ranked[0]['model']}, target {ranked[0]['target']}: H per strategy", fontsize=10)
@@ -178,8 +221,16 @@ def knob_figure(name: str, knob: str, curve: list[dict]):
     xs = [float(r[knob]) for r in curve]
     for col, style in (("S_t", "o-"), ("S_u", "s-"), ("H", "^--")):
         if all(col in r for r in curve):
-            ax.errorbar(xs, [r[col] for r in curve], yerr=[r[f"{col}_std"] for r in curve], fmt=style, capsize=2,
-                        ms=4, lw=1, label={"S_t": f"S_t ({curve[0]['target']})", "S_u": "S_u (upstream)"}.get(col, col))
+            ax.errorbar(
+                xs,
+                [r[col] for r in curve],
+                yerr=[r[f"{col}_std"] for r in curve],
+                fmt=style,
+                capsize=2,
+                ms=4,
+                lw=1,
+                label={"S_t": f"S_t ({curve[0]['target']})", "S_u": "S_u (upstream)"}.get(col, col),
+            )
     ax.set(xlabel=knob, ylabel="score (0-100)", title=f"{name}: scores against {knob}")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)

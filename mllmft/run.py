@@ -75,9 +75,13 @@ def build_backbone(model: DictConfig, pretrained: Path | None = None) -> Backbon
     """The checkpoint ``model.checkpoint`` names; else the tiny model, from the checkpoint
     ``pretrain_stage`` made of it, or random."""
     if model.get("checkpoint"):
-        return load_pretrained(model.family, model.checkpoint, dtype=model.get("dtype", "float32"),
-                               attn_implementation=model.get("attn_implementation"),
-                               trust_remote_code=model.get("trust_remote_code", False))
+        return load_pretrained(
+            model.family,
+            model.checkpoint,
+            dtype=model.get("dtype", "float32"),
+            attn_implementation=model.get("attn_implementation"),
+            trust_remote_code=model.get("trust_remote_code", False),
+        )
     if pretrained is not None:
         backbone = load_pretrained(model.family, pretrained)
         backbone.info["pretrain"] = json.loads((pretrained / "pretrain.json").read_text())
@@ -121,26 +125,33 @@ def prepare(cfg: DictConfig) -> RunParts:
     check_export(cfg.get("export"), strategy)
     trains = strategy.trains and not cfg.get("evaluate_only", False)
     if trains and not any(p.requires_grad for p in backbone.model.parameters()):
-        raise ConfigError(f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "
-                          "no parameter trainable (use strategy=zeroshot to evaluate only)")
+        raise ConfigError(
+            f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "
+            "no parameter trainable (use strategy=zeroshot to evaluate only)"
+        )
     # Live objects go in through partials: Hydra would turn a dataclass kwarg into a config node.
-    datamodule = instantiate(cfg.data, _partial_=True)(processor=backbone.processor,
-                                                       collator_class=backbone.collator_class)
+    datamodule = instantiate(cfg.data, _partial_=True)(
+        processor=backbone.processor, collator_class=backbone.collator_class
+    )
     if trains:  # bad data fails here, before any step
         datamodule.setup("fit")
     datamodule.setup("test")
-    module = instantiate(cfg.module, _partial_=True)(backbone=backbone, strategy=strategy, scope=cfg.scope,
-                                                     test_sets=datamodule.test_sets,
-                                                     run_identity=identity)
+    module = instantiate(cfg.module, _partial_=True)(
+        backbone=backbone, strategy=strategy, scope=cfg.scope, test_sets=datamodule.test_sets, run_identity=identity
+    )
     if checkpoint is not None:
         check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=trains, model_state=module.state_dict())
         del checkpoint  # Lightning reads it again where it restores it
     loggers = _instantiate_all(cfg.get("logger"))
     runner = [StrategyRunner(strategy, backbone.components)] if strategy.acts_on_training else []
-    trainer = instantiate(cfg.trainer, callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks(),
-                          logger=loggers or False)
-    return RunParts(backbone=backbone, strategy=strategy, datamodule=datamodule, module=module, trainer=trainer,
-                    loggers=loggers)
+    trainer = instantiate(
+        cfg.trainer,
+        callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks(),
+        logger=loggers or False,
+    )
+    return RunParts(
+        backbone=backbone, strategy=strategy, datamodule=datamodule, module=module, trainer=trainer, loggers=loggers
+    )
 
 
 def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> dict:
@@ -177,8 +188,7 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
         steps = int(trainer.callback_metrics.get("trainer/steps", 0))
     # an evaluation-only run may still start from a training checkpoint
     module.test_phase = "final"
-    trainer.test(module, datamodule=datamodule, verbose=False,
-                 ckpt_path=None if changes else cfg.get("ckpt_path"))
+    trainer.test(module, datamodule=datamodule, verbose=False, ckpt_path=None if changes else cfg.get("ckpt_path"))
     scores["final"], samples, details["final"] = logged_test_scores(trainer, names)
     throughput = float(trainer.callback_metrics["test/samples_per_s"])
     results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started, run_info, throughput)
@@ -198,8 +208,17 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
     return results
 
 
-def make_results(cfg: DictConfig, parts: RunParts, scores: dict, details: dict, samples: dict, steps: int,
-                 seconds: float, run_info: dict | None = None, samples_per_s: float | None = None) -> dict:
+def make_results(
+    cfg: DictConfig,
+    parts: RunParts,
+    scores: dict,
+    details: dict,
+    samples: dict,
+    steps: int,
+    seconds: float,
+    run_info: dict | None = None,
+    samples_per_s: float | None = None,
+) -> dict:
     """results.json: complete once ``scores`` has the final test, partial (zero-shot only) before.
     ``run_info`` joins ``run`` (mllmft-merge's merge); ``samples_per_s`` is the final test's throughput."""
     names = parts.datamodule.test_set_names
@@ -215,12 +234,20 @@ def make_results(cfg: DictConfig, parts: RunParts, scores: dict, details: dict, 
     results = {
         "schema": RESULTS_SCHEMA,
         "status": "complete" if "final" in scores else "partial",  # partial: the zero-shot test only
-        "run": {"model": cfg.model.name, "family": backbone.family, "backbone_source": backbone.source,
-                "strategy": parts.strategy.name, "scope": OmegaConf.to_container(cfg.scope, resolve=True),
-                "seed": cfg.seed, "output_dir": str(cfg.paths.output_dir),
-                **({"strategy_info": info} if (info := parts.strategy.summary()) else {}), **(run_info or {})},
+        "run": {
+            "model": cfg.model.name,
+            "family": backbone.family,
+            "backbone_source": backbone.source,
+            "strategy": parts.strategy.name,
+            "scope": OmegaConf.to_container(cfg.scope, resolve=True),
+            "seed": cfg.seed,
+            "output_dir": str(cfg.paths.output_dir),
+            **({"strategy_info": info} if (info := parts.strategy.summary()) else {}),
+            **(run_info or {}),
+        },
         "metrics": {t.name: dict(t.metric) for t in parts.datamodule.test_sets},
-        "target": target, "upstream": upstream,
+        "target": target,
+        "upstream": upstream,
         "scores": scores,
         "details": details,
         "samples": samples,
@@ -247,8 +274,11 @@ def without_nan(results: dict, upstream: bool) -> dict:
             return [clean(v, f"{path}[{i}]") for i, v in enumerate(value)]
         if isinstance(value, float) and not math.isfinite(value):
             key = path.rsplit(".", 1)[-1]
-            reasons[path] = ("no upstream set to measure it on" if not upstream and key in UPSTREAM_SCORES
-                             else f"not a finite number ({value})")
+            reasons[path] = (
+                "no upstream set to measure it on"
+                if not upstream and key in UPSTREAM_SCORES
+                else f"not a finite number ({value})"
+            )
             return None
         return value
 

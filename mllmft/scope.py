@@ -58,9 +58,13 @@ def param_groups(backbone: Backbone, scope: Mapping, lr: float, weight_decay: fl
         key = (component, decay)
         if key not in groups:
             scale = float((scope.get(component) or {}).get("lr_scale", 1.0))
-            groups[key] = {"name": component if decay else f"{component}.no_decay", "params": [],
-                           "param_names": [], "lr": lr * scale,
-                           "weight_decay": weight_decay if decay else 0.0}
+            groups[key] = {
+                "name": component if decay else f"{component}.no_decay",
+                "params": [],
+                "param_names": [],
+                "lr": lr * scale,
+                "weight_decay": weight_decay if decay else 0.0,
+            }
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     return list(groups.values())

@@ -1,7 +1,7 @@
 """``mllmft-train``: fine-tune with a strategy, then test on the target and upstream sets.
 
-    mllmft-train strategy=full scope=llm data=digits trainer.max_steps=50
-    mllmft-train -m strategy=full,zeroshot seed=1,2
+mllmft-train strategy=full scope=llm data=digits trainer.max_steps=50
+mllmft-train -m strategy=full,zeroshot seed=1,2
 """
 
 from __future__ import annotations

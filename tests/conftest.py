@@ -32,7 +32,10 @@ def compose(tmp_path):
         base = FAST if fast else []
         if fast and not any(o.startswith("model=") for o in overrides):
             base = [*base, *SMALL_LLAVA]
-        return api.compose([*base, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}",
-                            *overrides], config_name=config_name, output_dir=tmp_path / run_dir)
+        return api.compose(
+            [*base, f"paths.cache_dir={tmp_path / 'cache'}", f"paths.log_dir={tmp_path / 'logs'}", *overrides],
+            config_name=config_name,
+            output_dir=tmp_path / run_dir,
+        )
 
     return _compose

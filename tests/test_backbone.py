@@ -14,14 +14,16 @@ def test_inert_vision_params_follow_the_feature_layer(tiny_backbone):
     model.config.vision_feature_layer = -2
     from mllmft.backbones.llava import component_map
 
-    assert component_map(model).inert == ("model.vision_tower.encoder.layers.1",
-                                          "model.vision_tower.post_layernorm")
+    assert component_map(model).inert == ("model.vision_tower.encoder.layers.1", "model.vision_tower.post_layernorm")
 
 
 SCOPES = {
     "all": {"vision": {"train": True}, "connector": {"train": True}, "llm": {"train": True}},
-    "connector_llm_last2": {"vision": {"train": False}, "connector": {"train": True, "lr_scale": 0.1},
-                            "llm": {"train": True, "last_n_layers": 2}},
+    "connector_llm_last2": {
+        "vision": {"train": False},
+        "connector": {"train": True, "lr_scale": 0.1},
+        "llm": {"train": True, "last_n_layers": 2},
+    },
 }
 
 
@@ -34,8 +36,10 @@ def test_scope_all_trains_everything_but_inert(tiny_backbone):
 def test_spider_scope_trains_projector_and_last_two_layers(tiny_backbone):
     apply_scope(tiny_backbone, SCOPES["connector_llm_last2"])
     trainable = {n for n, p in tiny_backbone.model.named_parameters() if p.requires_grad}
-    assert all(n.startswith(("model.multi_modal_projector", "model.language_model.layers.2",
-                             "model.language_model.layers.3")) for n in trainable)
+    assert all(
+        n.startswith(("model.multi_modal_projector", "model.language_model.layers.2", "model.language_model.layers.3"))
+        for n in trainable
+    )
     assert any("layers.3" in n for n in trainable) and any("projector" in n for n in trainable)
     groups = {g["name"]: g for g in param_groups(tiny_backbone, SCOPES["connector_llm_last2"], 1e-3, 0.01)}
     assert set(groups) == {"connector", "connector.no_decay", "llm", "llm.no_decay"}
@@ -55,7 +59,8 @@ def test_scope_errors_are_clear(tiny_backbone):
 
 def _logits(backbone, records):
     batch = ConversationCollator(backbone.processor, 128, generate=True)(
-        [(i, r, r.load_image()) for i, r in enumerate(records)])
+        [(i, r, r.load_image()) for i, r in enumerate(records)]
+    )
     with torch.no_grad():
         return batch["model_inputs"]["input_ids"], backbone.model(**batch["model_inputs"]).logits
 

@@ -19,6 +19,7 @@ from tests.helpers.runs import CKPT
 
 def _png_header(width: int, height: int) -> bytes:
     """A valid PNG signature and header claiming a huge image, with no pixel data to speak of."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -34,36 +35,48 @@ def _setup(processor, source, **kwargs):
 
 # --- records: types, keys, ids, paths ---------------------------------------------------------------
 
+
 def test_a_lone_answer_string_is_one_reference_not_its_characters(tmp_path, tiny_backbone):
     dm = _setup(tiny_backbone.processor, llava_dataset(tmp_path, [llava_row(0, answers="red")]))
     assert dm.split(dm.target, "train").records[0].answers == ("red",)
 
 
-@pytest.mark.parametrize("row, message", [
-    ({**llava_row(0), "image": None}, r"record 'r0' .*'image' must be one file path \(a string\), got null"),
-    ({**llava_row(0), "image": ["a.png", "b.png"]}, r"'image' must be one file path .*got \[\"a.png\""),
-    ({**llava_row(0), "conversations": "hello"}, r"'conversations' must be a list of turns, got \"hello\""),
-    ({**llava_row(0), "conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}]},
-     r"turn 0's 'value' must be a string, got 7"),
-    ({**llava_row(0), "conversations": ["hi", "there"]}, r"turn 0 must be an object"),
-    ({**llava_row(0), "answers": [1, 2]}, r"'answers' must be a list of strings, got \[1, 2\]"),
-    ({**llava_row(0), "answers": {"a": 1}}, r"'answers' must be a list of strings"),
-    ({**llava_row(0), "id": [1]}, r"'id' must be a string or an integer"),
-    ({**llava_row(0), "task": 5}, r"unknown task 5"),
-    ({**llava_row(0, answer="C"), "task": "multiple_choice", "options": ["x", "y"]}, r"not the letter of one of its 2"),
-    ("just a string", r"a record must be a JSON object, got str"),
-])
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({**llava_row(0), "image": None}, r"record 'r0' .*'image' must be one file path \(a string\), got null"),
+        ({**llava_row(0), "image": ["a.png", "b.png"]}, r"'image' must be one file path .*got \[\"a.png\""),
+        ({**llava_row(0), "conversations": "hello"}, r"'conversations' must be a list of turns, got \"hello\""),
+        (
+            {**llava_row(0), "conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}]},
+            r"turn 0's 'value' must be a string, got 7",
+        ),
+        ({**llava_row(0), "conversations": ["hi", "there"]}, r"turn 0 must be an object"),
+        ({**llava_row(0), "answers": [1, 2]}, r"'answers' must be a list of strings, got \[1, 2\]"),
+        ({**llava_row(0), "answers": {"a": 1}}, r"'answers' must be a list of strings"),
+        ({**llava_row(0), "id": [1]}, r"'id' must be a string or an integer"),
+        ({**llava_row(0), "task": 5}, r"unknown task 5"),
+        (
+            {**llava_row(0, answer="C"), "task": "multiple_choice", "options": ["x", "y"]},
+            r"not the letter of one of its 2",
+        ),
+        ("just a string", r"a record must be a JSON object, got str"),
+    ],
+)
 def test_wrong_types_are_one_line_errors_naming_the_record(tmp_path, tiny_backbone, row, message):
     with pytest.raises(DataError, match=message):
         _setup(tiny_backbone.processor, llava_dataset(tmp_path, [row]))
 
 
-@pytest.mark.parametrize("text, message", [
-    ('{"id": 1}', r"the top level must be a list of records, got a dict"),
-    ('[{"id": 1,}]', r"not valid JSON"),
-    ("[]".encode("utf-16"), r"not UTF-8 text"),
-    (json.dumps([llava_row(0)]).replace("Colour", "Coul\u00e9ur").encode("latin-1"), r"not UTF-8 text"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"id": 1}', r"the top level must be a list of records, got a dict"),
+        ('[{"id": 1,}]', r"not valid JSON"),
+        ("[]".encode("utf-16"), r"not UTF-8 text"),
+        (json.dumps([llava_row(0)]).replace("Colour", "Coul\u00e9ur").encode("latin-1"), r"not UTF-8 text"),
+    ],
+)
 def test_unreadable_files_are_one_line_errors(tmp_path, tiny_backbone, text, message):
     with pytest.raises(DataError, match=message):
         _setup(tiny_backbone.processor, llava_dataset(tmp_path, [], text=text))
@@ -97,6 +110,7 @@ def test_image_paths_leaving_the_data_root_are_refused_unless_allowed(tmp_path, 
 
 
 # --- images ---------------------------------------------------------------------------------------------
+
 
 def _image_set(tmp_path, name, **kwargs):
     return llava_dataset(tmp_path, [llava_row(0, image=name)], **kwargs)
@@ -134,8 +148,9 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path, tiny_backbone, caplog):
         dm = _setup(tiny_backbone.processor, _image_set(tmp_path, "deep.png"))
     image = dm.split(dm.target, "train").records[0].load_image()
     assert [image.getpixel((x, 0))[0] for x in range(4)] == [0, 1, 128, 255]
-    assert any("were 16-bit, scaled to 8 bits" in r.getMessage() or "was 16-bit" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "were 16-bit, scaled to 8 bits" in r.getMessage() or "was 16-bit" in r.getMessage() for r in caplog.records
+    )
 
 
 def test_animated_images_use_their_first_frame_and_are_counted(tmp_path, tiny_backbone, caplog):
@@ -156,8 +171,7 @@ def test_decompression_bombs_and_oversized_images_are_refused(tmp_path, tiny_bac
         _setup(tiny_backbone.processor, _image_set(tmp_path, "bomb.png"), image_check=image_check)
     Image.new("RGB", (40, 30)).save(tmp_path / "images" / "big.png")
     with pytest.raises(DataError, match=r"big.png is 40x30 = 1,200 pixels, more than data.max_image_pixels=1,000"):
-        _setup(tiny_backbone.processor, _image_set(tmp_path, "big.png"), image_check=image_check,
-               max_image_pixels=1000)
+        _setup(tiny_backbone.processor, _image_set(tmp_path, "big.png"), image_check=image_check, max_image_pixels=1000)
 
 
 def test_an_over_long_conversation_is_refused_at_start_up_not_in_a_worker(tmp_path, tiny_backbone):
@@ -176,15 +190,30 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
     sizes = [(64, 64), (97, 50), (40, 120)]
     for model in TINY_MODELS:
         backbone = api.build(compose(f"model={model}")).backbone
-        records = [Record(r.id, Image.new("RGB", s, "red"), r.turns, r.task, r.answers)
-                   for r, s in zip(ShapesSource(sizes={"train": 3}).records("train"), sizes)]
+        records = [
+            Record(r.id, Image.new("RGB", s, "red"), r.turns, r.task, r.answers)
+            for r, s in zip(ShapesSource(sizes={"train": 3}).records("train"), sizes)
+        ]
         if backbone.family != "paligemma":  # single-turn only
-            records.append(Record("mt", Image.new("RGB", sizes[1]), (Turn("user", "Colour?"), Turn("assistant", "red"),
-                                  Turn("user", "And the shape?"), Turn("assistant", "a square")), "vqa", ("x",)))
+            records.append(
+                Record(
+                    "mt",
+                    Image.new("RGB", sizes[1]),
+                    (
+                        Turn("user", "Colour?"),
+                        Turn("assistant", "red"),
+                        Turn("user", "And the shape?"),
+                        Turn("assistant", "a square"),
+                    ),
+                    "vqa",
+                    ("x",),
+                )
+            )
         for generate in (False, True):
             collator = backbone.collator(4096, generate)
-            collated = [int(collator([(0, r, r.load_image())])["model_inputs"]["attention_mask"].sum())
-                        for r in records]
+            collated = [
+                int(collator([(0, r, r.load_image())])["model_inputs"]["attention_mask"].sum()) for r in records
+            ]
             assert collator.token_lengths(records, [r.image.size for r in records]) == collated, (model, generate)
 
 
@@ -206,13 +235,22 @@ def _build(compose, *overrides):
     return api.build(compose(*overrides))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["++model.tiny.seed=1"], r"was trained from other base weights: tiny \(random\) \(weights \w+\); this run loads"),
-    (["++model.tiny.text_layers=2"], r"is of another model: llava from tiny \(random\) \(architecture \w+\); this run "
-                                     r"builds llava"),
-    (["strategy=spider"], r"was trained with strategy=full; this run resumes it with strategy=spider"),
-    (["scope=llm"], r"was trained with scope .*this run's scope is"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["++model.tiny.seed=1"],
+            r"was trained from other base weights: tiny \(random\) \(weights \w+\); this run loads",
+        ),
+        (
+            ["++model.tiny.text_layers=2"],
+            r"is of another model: llava from tiny \(random\) \(architecture \w+\); this run "
+            r"builds llava",
+        ),
+        (["strategy=spider"], r"was trained with strategy=full; this run resumes it with strategy=spider"),
+        (["scope=llm"], r"was trained with scope .*this run's scope is"),
+    ],
+)
 def test_a_checkpoint_of_another_run_is_refused_before_anything_runs(compose, checkpoint, overrides, message):
     with pytest.raises(ConfigError, match=message):
         _build(compose, f"ckpt_path={checkpoint}", "scope=connector_llm", *overrides)
@@ -226,31 +264,44 @@ def test_missing_garbage_and_truncated_checkpoints_are_one_line_errors(compose, 
     import torch
 
     torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
-    for name, message in (("nope.ckpt", "no such checkpoint file"), ("garbage.ckpt", "not a readable checkpoint"),
-                          ("cut.ckpt", "not a readable checkpoint"), ("plain.ckpt", "not a readable checkpoint"),
-                          ("foreign.ckpt", "records no mllmft run identity")):
+    for name, message in (
+        ("nope.ckpt", "no such checkpoint file"),
+        ("garbage.ckpt", "not a readable checkpoint"),
+        ("cut.ckpt", "not a readable checkpoint"),
+        ("plain.ckpt", "not a readable checkpoint"),
+        ("foreign.ckpt", "records no mllmft run identity"),
+    ):
         with pytest.raises(UserInputError, match=message) as info:
             _build(compose, f"ckpt_path={tmp_path / name}", "scope=connector_llm")
         assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["module.lr=-1"], r"module.lr=-1; expected a value > 0"),
-    (["module.lr=0"], r"module.lr=0; expected a value > 0"),
-    (["module.scheduler.warmup_ratio=2"], r"module.scheduler.warmup_ratio=2; expected a value in \[0, 1\]"),
-    (["module.optimizer.betas=[0.9,1.5]"], r"module.optimizer.betas\[1\]=1.5"),
-    (["data.batch_size=0"], r"data.batch_size=0; expected an integer >= 1"),
-    (["data.image_check=full"], r"data.image_check='full'"),
-    (["scope=llm", "scope.llm.train=false"], r"nothing to train"),
-    (["scope=llm_last_n", "scope.llm.last_n_layers=0"], r"scope.llm.last_n_layers=0; expected an integer in \[1, 4\]"),
-    (["scope=llm_last_n", "scope.llm.last_n_layers=9"], r"scope.llm.last_n_layers=9"),
-    (["scope=llm", "scope.llm.lr_scale=-2"], r"scope.llm.lr_scale=-2"),
-    (["strategy=spider", "strategy.eps=0"], r"strategy.eps=0"),
-    (["strategy=gmt", "strategy.keep_ratio=1.5"], r"strategy.keep_ratio=1.5"),
-    (["strategy=lora", "strategy.r=0"], r"strategy.r=0"),
-    (["+data.target.metric=vqa_accuracy", "+data.target.metric_args={mode: lenient}"], r"vqa_accuracy mode='lenient'"),
-    (["+data.target.metric_args={mode: official}"], r"metric 'exact_match' does not take metric_args"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["module.lr=-1"], r"module.lr=-1; expected a value > 0"),
+        (["module.lr=0"], r"module.lr=0; expected a value > 0"),
+        (["module.scheduler.warmup_ratio=2"], r"module.scheduler.warmup_ratio=2; expected a value in \[0, 1\]"),
+        (["module.optimizer.betas=[0.9,1.5]"], r"module.optimizer.betas\[1\]=1.5"),
+        (["data.batch_size=0"], r"data.batch_size=0; expected an integer >= 1"),
+        (["data.image_check=full"], r"data.image_check='full'"),
+        (["scope=llm", "scope.llm.train=false"], r"nothing to train"),
+        (
+            ["scope=llm_last_n", "scope.llm.last_n_layers=0"],
+            r"scope.llm.last_n_layers=0; expected an integer in \[1, 4\]",
+        ),
+        (["scope=llm_last_n", "scope.llm.last_n_layers=9"], r"scope.llm.last_n_layers=9"),
+        (["scope=llm", "scope.llm.lr_scale=-2"], r"scope.llm.lr_scale=-2"),
+        (["strategy=spider", "strategy.eps=0"], r"strategy.eps=0"),
+        (["strategy=gmt", "strategy.keep_ratio=1.5"], r"strategy.keep_ratio=1.5"),
+        (["strategy=lora", "strategy.r=0"], r"strategy.r=0"),
+        (
+            ["+data.target.metric=vqa_accuracy", "+data.target.metric_args={mode: lenient}"],
+            r"vqa_accuracy mode='lenient'",
+        ),
+        (["+data.target.metric_args={mode: official}"], r"metric 'exact_match' does not take metric_args"),
+    ],
+)
 def test_settings_out_of_range_stop_the_run_before_anything_is_evaluated(compose, overrides, message):
     from hydra.errors import InstantiationException
 
@@ -286,8 +337,10 @@ def test_hydra_and_worker_wrapped_errors_become_their_cause(compose):
     with pytest.raises(Exception) as info:
         instantiate({"strategy": {"_target_": "mllmft.strategies.SPIDER", "maks": "soft"}})
     assert user_error_message(info.value) == "strategy: SPIDER.__init__() got an unexpected keyword argument 'maks'"
-    worker = ("Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-              '  File "x.py", line 1, in <module>\nmllmft.errors.DataError: record \'r1\' (f:3): bad image')
+    worker = (
+        "Caught DataError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        "  File \"x.py\", line 1, in <module>\nmllmft.errors.DataError: record 'r1' (f:3): bad image"
+    )
     assert one_line(worker) == "record 'r1' (f:3): bad image"
     assert user_error_message(RuntimeError("a bug")) is None  # bugs keep their traceback
 
@@ -329,17 +382,27 @@ def test_messages_and_images_records_read_as_conversations(tmp_path):
     """ms-swift's / TRL's format gives the same record as LLaVA's; several images, none, or a system
     message are refused with one line naming the record."""
     llava = llava_dataset(tmp_path, [llava_row(0)]).records("train")[0]
-    swift = {"id": "r0", "images": ["img.png"], "messages": [{"role": "user", "content": "<image>\nColour?"},
-                                                            {"role": "assistant", "content": "red"}]}
-    trl = {"id": "r0", "images": ["img.png"], "messages": [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]}
+    swift = {
+        "id": "r0",
+        "images": ["img.png"],
+        "messages": [{"role": "user", "content": "<image>\nColour?"}, {"role": "assistant", "content": "red"}],
+    }
+    trl = {
+        "id": "r0",
+        "images": ["img.png"],
+        "messages": [
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Colour?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        ],
+    }
     for row in (swift, trl):
         record = llava_dataset(tmp_path, [row]).records("train")[0]
         assert (record.turns, record.answers, record.image) == (llava.turns, llava.answers, llava.image)
-    for change, message in (({"images": ["img.png", "img.png"]}, "2 images"), ({"images": []}, "0 images"),
-                            ({"messages": [{"role": "system", "content": "Be brief."}, *swift["messages"]]},
-                             "system message")):
+    for change, message in (
+        ({"images": ["img.png", "img.png"]}, "2 images"),
+        ({"images": []}, "0 images"),
+        ({"messages": [{"role": "system", "content": "Be brief."}, *swift["messages"]]}, "system message"),
+    ):
         with pytest.raises(DataError, match=message) as err:
             llava_dataset(tmp_path, [{**swift, **change}]).records("train")
         assert "'r0'" in str(err.value)

@@ -72,8 +72,13 @@ def test_a_failed_run_is_listed_its_merges_wait_and_a_restart_retries_only_it(tm
     assert "- full seed 2: mllmft: error: full is broken" in table and "| spider |" in table
     manifest = json.loads((out / "benchmark.json").read_text())
     assert {k: v["status"] for k, v in manifest["runs"].items()} == {
-        "full/seed1": "failed", "spider/seed1": "complete", "full/seed2": "failed", "spider/seed2": "complete",
-        "merge_wise_ft/seed1": "failed", "merge_wise_ft/seed2": "failed"}
+        "full/seed1": "failed",
+        "spider/seed1": "complete",
+        "full/seed2": "failed",
+        "spider/seed2": "complete",
+        "merge_wise_ft/seed1": "failed",
+        "merge_wise_ft/seed2": "failed",
+    }
 
     calls.clear()
     monkeypatch.setattr(benchmark, "command", _fake(set(), calls))

@@ -19,10 +19,22 @@ def trained(tmp_path_factory):
     """A short LoRA run with an adapter export, its checkpoint and its test predictions, plus the
     first digits test image as a PNG file."""
     out = tmp_path_factory.mktemp("chat")
-    cfg = api.compose([*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}", "strategy=lora",
-                       "strategy.init=gaussian", "scope=connector_llm", "trainer.max_steps=3", "export=adapter",
-                       "callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor"],
-                      output_dir=out / "run")
+    cfg = api.compose(
+        [
+            *FAST,
+            *SMALL_LLAVA,
+            f"paths.cache_dir={out / 'cache'}",
+            "strategy=lora",
+            "strategy.init=gaussian",
+            "scope=connector_llm",
+            "trainer.max_steps=3",
+            "export=adapter",
+            "callbacks=default",
+            "~callbacks.rich_progress_bar",
+            "~callbacks.lr_monitor",
+        ],
+        output_dir=out / "run",
+    )
     run(cfg)
     record = DigitsSource(sizes={"train": 16, "val": 8, "test": 10}).records("test")[0]
     record.load_image().save(out / "digit.png")
@@ -32,16 +44,26 @@ def trained(tmp_path_factory):
 
 
 def _chat(out, *overrides):
-    return api.compose([*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}", f"image={out / 'digit.png'}",
-                        *overrides], config_name="chat", output_dir=out / "chat")
+    return api.compose(
+        [*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}", f"image={out / 'digit.png'}", *overrides],
+        config_name="chat",
+        output_dir=out / "chat",
+    )
 
 
 @pytest.mark.parametrize("source", ["adapter", "checkpoint"])
 def test_chat_answers_as_the_test_phase_did(trained, source):
     out, prompt, prediction = trained
-    where = ([f"adapter={out / 'run' / 'export'}"] if source == "adapter" else
-             [f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}", "strategy=lora", "strategy.init=gaussian",
-              "scope=connector_llm"])
+    where = (
+        [f"adapter={out / 'run' / 'export'}"]
+        if source == "adapter"
+        else [
+            f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}",
+            "strategy=lora",
+            "strategy.init=gaussian",
+            "scope=connector_llm",
+        ]
+    )
     assert answer(_chat(out, f"prompt={prompt}", *where)) == prediction
 
 
@@ -52,15 +74,26 @@ def test_chat_refuses_what_it_cannot_use(trained, tmp_path):
     with pytest.raises(ConfigError, match="adapter_config.json"):
         answer(_chat(out, f"prompt={prompt}", f"adapter={tmp_path}"))
     with pytest.raises(ConfigError, match="strategy"):  # a LoRA checkpoint needs strategy=lora
-        answer(_chat(out, f"prompt={prompt}", f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}",
-                     "scope=connector_llm"))
+        answer(
+            _chat(
+                out, f"prompt={prompt}", f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}", "scope=connector_llm"
+            )
+        )
 
 
 def test_eval_of_a_peft_checkpoint_without_its_strategy_is_refused(trained):
     """Loaded with strict=False, its adapter tensors would be dropped and the base model tested."""
     out, _, _ = trained
-    cfg = api.compose([*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}", "scope=connector_llm",
-                       f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}"], config_name="eval",
-                      output_dir=out / "eval")
+    cfg = api.compose(
+        [
+            *FAST,
+            *SMALL_LLAVA,
+            f"paths.cache_dir={out / 'cache'}",
+            "scope=connector_llm",
+            f"ckpt_path={out / 'run' / 'checkpoints' / 'last.ckpt'}",
+        ],
+        config_name="eval",
+        output_dir=out / "eval",
+    )
     with pytest.raises(ConfigError, match="strategy=lora"):
         api.build(cfg)

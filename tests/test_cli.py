@@ -15,8 +15,11 @@ from tests.helpers.runs import FAST, SMALL_LLAVA
 FAST = [*FAST, *SMALL_LLAVA]
 
 BIN = Path(sys.executable).parent
-PRETRAIN = ["+model.pretrain.source.sizes={train: 16, test: 8}", "model.pretrain.max_steps=3",
-            "model.pretrain.batch_size=4"]
+PRETRAIN = [
+    "+model.pretrain.source.sizes={train: 16, test: 8}",
+    "model.pretrain.max_steps=3",
+    "model.pretrain.batch_size=4",
+]
 
 
 def _run(args, tmp_path, timeout=300):
@@ -44,8 +47,9 @@ def test_real_ddp_launcher_two_cpu_processes(tmp_path):
 
 
 def test_multirun_sweep(tmp_path):
-    proc = _run([BIN / "mllmft-train", "-m", *FAST, "strategy=full,zeroshot", "seed=1,2",
-                 "hydra.sweep.dir=sweep"], tmp_path)
+    proc = _run(
+        [BIN / "mllmft-train", "-m", *FAST, "strategy=full,zeroshot", "seed=1,2", "hydra.sweep.dir=sweep"], tmp_path
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(runs) == 4
@@ -55,8 +59,16 @@ def test_multirun_sweep(tmp_path):
 
 def test_optuna_search_maximises_h_over_the_strategy_knobs(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
-    proc = _run([BIN / "mllmft-train", "hparams_search=l2_sp_optuna", "hydra.sweeper.n_trials=2", *FAST,
-                 "hydra.sweep.dir=sweep"], tmp_path)
+    proc = _run(
+        [
+            BIN / "mllmft-train",
+            "hparams_search=l2_sp_optuna",
+            "hydra.sweeper.n_trials=2",
+            *FAST,
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     trials = sorted((tmp_path / "sweep").glob("*/results.json"))
     assert len(trials) == 2
@@ -70,8 +82,7 @@ def test_optuna_search_maximises_h_over_the_strategy_knobs(tmp_path):
 def test_eval_entry_point_on_an_exported_checkpoint(tmp_path, tiny_backbone):
     tiny_backbone.model.save_pretrained(tmp_path / "export")
     tiny_backbone.processor.save_pretrained(tmp_path / "export")
-    proc = _run([BIN / "mllmft-eval", *FAST, f"model.checkpoint={tmp_path / 'export'}", "hydra.run.dir=run"],
-                tmp_path)
+    proc = _run([BIN / "mllmft-eval", *FAST, f"model.checkpoint={tmp_path / 'export'}", "hydra.run.dir=run"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["run"]["strategy"] == "zeroshot" and results["run"]["backbone_source"].endswith("export")
@@ -81,15 +92,37 @@ def test_merge_sweep_from_a_training_checkpoint_spans_the_two_runs(tmp_path):
     """The WiSE-FT sweep of the issue on a run directory with only checkpoints/last.ckpt: α = 0 scores
     as the base model and α = 1 as the fine-tuned one, set by set; no ``finetuned``: one line, exit 2."""
     checkpoints = ["callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor"]  # no logger here
-    train = _run([BIN / "mllmft-train", *FAST, *checkpoints, "trainer.max_steps=3", "module.lr=1e-2",
-                  "zeroshot_test=true", "hydra.run.dir=run"], tmp_path)
+    train = _run(
+        [
+            BIN / "mllmft-train",
+            *FAST,
+            *checkpoints,
+            "trainer.max_steps=3",
+            "module.lr=1e-2",
+            "zeroshot_test=true",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
     assert train.returncode == 0, train.stderr[-3000:]
     trained = json.loads((tmp_path / "run" / "results.json").read_text())
-    proc = _run([BIN / "mllmft-merge", "-m", *FAST, "merge=wise_ft", "merge.alpha=0,1", f"finetuned={tmp_path / 'run'}",
-                 "hydra.sweep.dir=sweep"], tmp_path)
+    proc = _run(
+        [
+            BIN / "mllmft-merge",
+            "-m",
+            *FAST,
+            "merge=wise_ft",
+            "merge.alpha=0,1",
+            f"finetuned={tmp_path / 'run'}",
+            "hydra.sweep.dir=sweep",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    merged = {json.loads(r.read_text())["run"]["merge"]["alpha"]: json.loads(r.read_text())
-              for r in (tmp_path / "sweep").glob("*/results.json")}
+    merged = {
+        json.loads(r.read_text())["run"]["merge"]["alpha"]: json.loads(r.read_text())
+        for r in (tmp_path / "sweep").glob("*/results.json")
+    }
     assert set(merged) == {0, 1}
     assert merged[1]["run"]["merge"]["finetuned"].endswith("last.ckpt")
     assert merged[0]["scores"]["final"] == trained["scores"]["zeroshot"]
@@ -101,18 +134,31 @@ def test_merge_sweep_from_a_training_checkpoint_spans_the_two_runs(tmp_path):
 @pytest.mark.parametrize("case", ["unknown_strategy", "missing_image", "empty_answer"])
 def test_bad_input_is_one_clear_message(tmp_path, case):
     Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.png")
-    rows = [{"id": "a1", "image": "ok.png", "conversations": [
-        {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}]
+    rows = [
+        {
+            "id": "a1",
+            "image": "ok.png",
+            "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
+        }
+    ]
     if case == "missing_image":
         rows.append({**rows[0], "id": "b2", "image": "missing.png"})
         expected = "record 'b2'"
     elif case == "empty_answer":
-        rows.append({"id": "c3", "image": "ok.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": ""}]})
+        rows.append(
+            {
+                "id": "c3",
+                "image": "ok.png",
+                "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": ""}],
+            }
+        )
         expected = "record 'c3'"
     (tmp_path / "d.json").write_text(json.dumps(rows))
-    data = ["data=llava_json", f"data.target.image_root={tmp_path}",
-            *(f"data.target.{s}={tmp_path / 'd.json'}" for s in ("train", "val", "test"))]
+    data = [
+        "data=llava_json",
+        f"data.target.image_root={tmp_path}",
+        *(f"data.target.{s}={tmp_path / 'd.json'}" for s in ("train", "val", "test")),
+    ]
     args = [*FAST, "strategy=nope"] if case == "unknown_strategy" else [*FAST, *data]
     proc = _run([BIN / "mllmft-train", *args], tmp_path)
     assert proc.returncode != 0
@@ -123,8 +169,9 @@ def test_bad_input_is_one_clear_message(tmp_path, case):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("hardware, strategy", [("fsdp2_cpu", "spider"), ("fsdp2_cpu", "lora"),
-                                               ("deepspeed_zero3_cpu", "spider")])
+@pytest.mark.parametrize(
+    "hardware, strategy", [("fsdp2_cpu", "spider"), ("fsdp2_cpu", "lora"), ("deepspeed_zero3_cpu", "spider")]
+)
 def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, hardware, strategy):
     """The whole job on 2 processes (the launcher re-runs the command per rank): zero-shot test, fit,
     test, results.json from rank 0, and an export gathered from the shards that plain transformers loads."""
@@ -132,9 +179,22 @@ def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, 
 
     from mllmft import api
 
-    proc = _run([sys.executable, "-m", "mllmft.train", *FAST, f"hardware={hardware}", f"strategy={strategy}",
-                 "scope=connector_llm", "trainer.max_steps=3", "zeroshot_test=true", "export=merged",
-                 "hydra.run.dir=run"], tmp_path)
+    proc = _run(
+        [
+            sys.executable,
+            "-m",
+            "mllmft.train",
+            *FAST,
+            f"hardware={hardware}",
+            f"strategy={strategy}",
+            "scope=connector_llm",
+            "trainer.max_steps=3",
+            "zeroshot_test=true",
+            "export=merged",
+            "hydra.run.dir=run",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
@@ -155,12 +215,26 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path):
     assert last == "mllmft: error: strategy.mask='foo'; expected one of ('soft', 'binary')"
     assert "Traceback" not in proc.stderr
     Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
-    rows = [{"id": "a", "image": "img.png", "conversations": [{"from": "human", "value": "Q?"},
-                                                            {"from": "gpt", "value": "A"}]}]
+    rows = [
+        {
+            "id": "a",
+            "image": "img.png",
+            "conversations": [{"from": "human", "value": "Q?"}, {"from": "gpt", "value": "A"}],
+        }
+    ]
     (tmp_path / "data.jsonl").write_text(json.dumps(rows[0]) + "\n" + '{"id": "b", "image": null}\n')
-    proc = _run([BIN / "mllmft-train", *FAST, "data=llava_json", f"data.target.image_root={tmp_path}",
-                 *(f"data.target.{s}={tmp_path / 'data.jsonl'}" for s in ("train", "val", "test")),
-                 "data.num_workers=2", "hydra.run.dir=run2"], tmp_path)
+    proc = _run(
+        [
+            BIN / "mllmft-train",
+            *FAST,
+            "data=llava_json",
+            f"data.target.image_root={tmp_path}",
+            *(f"data.target.{s}={tmp_path / 'data.jsonl'}" for s in ("train", "val", "test")),
+            "data.num_workers=2",
+            "hydra.run.dir=run2",
+        ],
+        tmp_path,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "data.jsonl:2): 'image' must be one file path (a string), got null" in proc.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run2" / "predictions").exists()  # refused before the zero-shot test

@@ -28,9 +28,18 @@ def test_labels_are_exactly_the_answers(tiny_backbone):
 
 def test_multi_turn_supervises_every_answer_and_no_question(tiny_backbone):
     image = Image.new("RGB", (16, 16), "blue")
-    record = Record("mt", image, (Turn("user", "What colour?"), Turn("assistant", "blue"),
-                                  Turn("user", "And the shape?"), Turn("assistant", "a square")),
-                    "vqa", ("a square",))
+    record = Record(
+        "mt",
+        image,
+        (
+            Turn("user", "What colour?"),
+            Turn("assistant", "blue"),
+            Turn("user", "And the shape?"),
+            Turn("assistant", "a square"),
+        ),
+        "vqa",
+        ("a square",),
+    )
     batch = ConversationCollator(tiny_backbone.processor, 128)(_items([record]))
     ids, labels = batch["model_inputs"]["input_ids"][0], batch["labels"][0]
     spans, current = [], []

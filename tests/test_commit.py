@@ -44,8 +44,12 @@ class _ToyModule(L.LightningModule):
         return self.model(**batch["model_inputs"], labels=batch["labels"]).loss
 
     def configure_optimizers(self):
-        return torch.optim.SGD([{"params": [self.model.enc], "lr": self.lrs[0], "name": "connector"},
-                                {"params": [self.model.llm], "lr": self.lrs[1], "name": "llm"}])
+        return torch.optim.SGD(
+            [
+                {"params": [self.model.enc], "lr": self.lrs[0], "name": "connector"},
+                {"params": [self.model.llm], "lr": self.lrs[1], "name": "llm"},
+            ]
+        )
 
 
 def _toy_batches(n):
@@ -85,9 +89,15 @@ def _fit_toy(lrs, steps, every_k=1, side_lr=None):
     monitor = BalanceMonitor(every_k=every_k, ema=0.0)
     monitor.sides = {"enc": "encoder", "llm": "llm"}
     runner = StrategyRunner(_Measure(monitor, side_lr), components=None)
-    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[runner],
-                        default_root_dir=tempfile.mkdtemp(prefix="mllmft-toy-"))  # its κ plot, not in the cwd
+    trainer = L.Trainer(
+        max_steps=steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[runner],
+        default_root_dir=tempfile.mkdtemp(prefix="mllmft-toy-"),
+    )  # its κ plot, not in the cwd
     trainer.fit(module, train_dataloaders=torch.utils.data.DataLoader(_toy_batches(steps), batch_size=None))
     return monitor, module
 
@@ -161,8 +171,9 @@ def test_auxiliary_term_pushes_away_from_the_previous_distribution():
 
 @pytest.mark.parametrize("strategy", COMMIT_STRATEGIES)
 def test_every_commit_strategy_trains_and_logs_kappa(compose, tmp_path, strategy):
-    cfg = compose(f"strategy={strategy}", "scope=connector_llm", "strategy.every_k=2", "trainer.max_steps=4",
-                  "logger=csv")
+    cfg = compose(
+        f"strategy={strategy}", "scope=connector_llm", "strategy.every_k=2", "trainer.max_steps=4", "logger=csv"
+    )
     results = api.run(cfg)
     assert results["run"]["strategy"] == strategy and results["global_steps"] == 4
     assert (tmp_path / "run" / "commit_kappa.png").is_file()
@@ -178,8 +189,15 @@ def test_commit_needs_both_sides_trainable(compose):
 
 
 def test_resume_restores_kappa_and_the_schedule(compose, tmp_path):
-    common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0",
-              "strategy=commit", "scope=connector_llm", "strategy.every_k=1", "strategy.ema=0.5"]
+    common = [
+        "trainer.max_steps=5",
+        "data.target.sizes.train=8",
+        "trainer.limit_val_batches=0",
+        "strategy=commit",
+        "scope=connector_llm",
+        "strategy.every_k=1",
+        "strategy.ema=0.5",
+    ]
     whole = api.build(compose(*common))
     whole.trainer.fit(whole.module, datamodule=whole.datamodule)
     first = api.build(compose(*common, CKPT))
@@ -199,14 +217,22 @@ class _SaveKappa(L.Callback):
         self.directory = directory
 
     def on_train_end(self, trainer, pl_module):
-        torch.save({"history": pl_module.strategy.monitor.history, "weights": pl_module.model.state_dict()},
-                   self.directory / f"rank{trainer.global_rank}.pt")
+        torch.save(
+            {"history": pl_module.strategy.monitor.history, "weights": pl_module.model.state_dict()},
+            self.directory / f"rank{trainer.global_rank}.pt",
+        )
 
 
 def test_ddp_ranks_agree_on_kappa_and_weights(compose, tmp_path):
     # each rank measures on its own batch; κ is averaged over ranks, so the lr (and weights) agree
-    cfg = compose("strategy=commit", "scope=connector_llm", "strategy.every_k=1", "hardware=ddp_cpu",
-                  "hardware.lightning_strategy=ddp_fork", "trainer.max_steps=3")
+    cfg = compose(
+        "strategy=commit",
+        "scope=connector_llm",
+        "strategy.every_k=1",
+        "hardware=ddp_cpu",
+        "hardware.lightning_strategy=ddp_fork",
+        "trainer.max_steps=3",
+    )
     parts = api.build(cfg)
     parts.trainer.callbacks.append(_SaveKappa(tmp_path))
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
@@ -220,8 +246,14 @@ def test_measuring_kappa_does_not_change_training(compose):
     # train exactly like plain fine-tuning
     weights = {}
     for strategy in ("full", "constant"):
-        parts = api.build(compose(f"strategy={strategy}", "scope=connector_llm", "strategy.every_k=1"
-                                  if strategy == "constant" else "seed=42", "trainer.max_steps=3"))
+        parts = api.build(
+            compose(
+                f"strategy={strategy}",
+                "scope=connector_llm",
+                "strategy.every_k=1" if strategy == "constant" else "seed=42",
+                "trainer.max_steps=3",
+            )
+        )
         parts.trainer.fit(parts.module, datamodule=parts.datamodule)
         weights[strategy] = parts.backbone.model.state_dict()
     assert all(torch.equal(weights["full"][k], weights["constant"][k]) for k in weights["full"])

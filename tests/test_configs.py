@@ -18,8 +18,14 @@ from mllmft.strategies import TuningStrategy
 
 ADDED_GROUPS = ("source", "datamodule", "upstream")
 # Groups whose files need values a user must supply.
-REQUIRED = {("data", "llava_json"): ["data.target.image_root=/x", "data.target.train=/x/t.json",
-                                     "data.target.val=/x/v.json", "data.target.test=/x/s.json"]}
+REQUIRED = {
+    ("data", "llava_json"): [
+        "data.target.image_root=/x",
+        "data.target.train=/x/t.json",
+        "data.target.val=/x/v.json",
+        "data.target.test=/x/s.json",
+    ]
+}
 
 
 def _options(group: str) -> list[str]:
@@ -67,8 +73,9 @@ def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, opt
             assert instantiate(node, **({"name": "t"} if "WandbLogger" in node._target_ else {})) is not None
     elif group == "module":
         strategy = instantiate(cfg.strategy)
-        module = instantiate(cfg.module, _partial_=True)(backbone=tiny_backbone, strategy=strategy,
-                                                         scope=cfg.scope, test_sets=[TestSet("a")])
+        module = instantiate(cfg.module, _partial_=True)(
+            backbone=tiny_backbone, strategy=strategy, scope=cfg.scope, test_sets=[TestSet("a")]
+        )
         assert isinstance(module, L.LightningModule)
 
 
@@ -88,17 +95,23 @@ def test_unknown_strategy_is_a_clear_error(compose):
 
 def test_config_groups_are_documented_in_readme():
     readme = (Path(CONF_DIR).parent / "README.md").read_text()
-    for group in ("model", "scope", "strategy", "data", "hardware", "merge", "source", "experiment",
-                  "hparams_search"):
+    for group in ("model", "scope", "strategy", "data", "hardware", "merge", "source", "experiment", "hparams_search"):
         for option in _options(group):
             if not option.startswith("_"):  # a base that the group's files extend
                 assert f"`{option}`" in readme, f"README does not mention {group}={option}"
 
 
-@pytest.mark.parametrize("option, stage, offload", [("deepspeed_zero2", 2, None), ("deepspeed_zero3", 3, None),
-                                                    ("deepspeed_zero2_offload", 2, "cpu"),
-                                                    ("deepspeed_zero3_offload", 3, "cpu"),
-                                                    ("deepspeed_zero2_cpu", 2, None), ("deepspeed_zero3_cpu", 3, None)])
+@pytest.mark.parametrize(
+    "option, stage, offload",
+    [
+        ("deepspeed_zero2", 2, None),
+        ("deepspeed_zero3", 3, None),
+        ("deepspeed_zero2_offload", 2, "cpu"),
+        ("deepspeed_zero3_offload", 3, "cpu"),
+        ("deepspeed_zero2_cpu", 2, None),
+        ("deepspeed_zero3_cpu", 3, None),
+    ],
+)
 def test_deepspeed_choices_carry_their_config(compose, option, stage, offload):
     from mllmft.hardware import DeepSpeedStrategy
 

@@ -24,7 +24,7 @@ README = (ROOT / "README.md").read_text()
 
 def _table_rows(section: str, until: str) -> set[str]:
     """The first-column names (`name`) of the Markdown tables between two README headings."""
-    text = README[README.index(section):README.index(until, README.index(section))]
+    text = README[README.index(section) : README.index(until, README.index(section))]
     first_cells = re.findall(r"^\| ([^|]+) \|", text, re.M)  # "`a`" or "`a`, `b`"
     return {name for cell in first_cells for name in re.findall(r"`([a-z0-9_]+)`", cell)}
 
@@ -42,9 +42,14 @@ def _exported_target(group: str, option: str, package) -> None:
         assert name in package.__all__, f"{group}/{option}.yaml: {name} is not exported by {package.__name__}"
 
 
-@pytest.mark.parametrize("group, section, until", [("strategy", "### Strategies", "### CoMMIT"),
-                                                   ("merge", "### Post-hoc merges", "## Reading results"),
-                                                   ("source", "## Data sets", "## Bring your own data")])
+@pytest.mark.parametrize(
+    "group, section, until",
+    [
+        ("strategy", "### Strategies", "### CoMMIT"),
+        ("merge", "### Post-hoc merges", "## Reading results"),
+        ("source", "## Data sets", "## Bring your own data"),
+    ],
+)
 def test_every_choice_has_a_row_in_its_readme_table(group, section, until):
     missing = sorted(set(_options(group)) - _table_rows(section, until))
     assert not missing, f"README's {section!r} table has no row for {group}={missing}"
@@ -55,8 +60,9 @@ def test_every_family_has_a_row_in_the_models_table():
     assert not missing, f"README's models table has no row for the families {missing}"
 
 
-@pytest.mark.parametrize("group, package", [("strategy", mllmft.strategies), ("merge", mllmft.merges),
-                                            ("source", mllmft.data)])
+@pytest.mark.parametrize(
+    "group, package", [("strategy", mllmft.strategies), ("merge", mllmft.merges), ("source", mllmft.data)]
+)
 def test_every_configured_class_is_exported_by_its_package(group, package):
     for option in _options(group):
         _exported_target(group, option, package)
@@ -71,16 +77,23 @@ def test_every_tiny_model_config_extends_the_tiny_base():
 def test_test_modules_share_helpers_not_each_other():
     for path in sorted((ROOT / "tests").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for name in names:
                 leaf = name.removeprefix("tests.")
-                assert not leaf.startswith(("test_", "conftest")), \
+                assert not leaf.startswith(("test_", "conftest")), (
                     f"{path.relative_to(ROOT)} imports {name}: move what it shares to tests/helpers/"
+                )
 
 
-@pytest.mark.parametrize("package", ["mllmft.api", "mllmft.backbones", "mllmft.data", "mllmft.merges", "mllmft.metrics",
-                                     "mllmft.strategies"])
+@pytest.mark.parametrize(
+    "package", ["mllmft.api", "mllmft.backbones", "mllmft.data", "mllmft.merges", "mllmft.metrics", "mllmft.strategies"]
+)
 def test_every_public_class_and_function_has_a_docstring(package):
     module = importlib.import_module(package)
     for name in module.__all__:

@@ -39,9 +39,11 @@ def _write_llava(tmp_path, rows, suffix=".json"):
 
 
 def llava_row(i, image="img.png", answer="a cat"):
-    return {"id": f"r{i}", "image": image,
-            "conversations": [{"from": "human", "value": "<image>\nWhat is this?"},
-                              {"from": "gpt", "value": answer}]}
+    return {
+        "id": f"r{i}",
+        "image": image,
+        "conversations": [{"from": "human", "value": "<image>\nWhat is this?"}, {"from": "gpt", "value": answer}],
+    }
 
 
 @pytest.mark.parametrize("suffix", [".json", ".jsonl"])
@@ -93,8 +95,10 @@ def test_missing_and_corrupt_images_fail_at_setup(tmp_path, tiny_backbone):
     (tmp_path / "corrupt.jpg").write_bytes(b"not a jpeg at all")
     missing = single_turn("m1", tmp_path / "nope.png", "q", "a", "vqa", origin="train.json[3]")
     corrupt = single_turn("c1", tmp_path / "corrupt.jpg", "q", "a", "vqa")
-    for record, message in ((missing, r"record 'm1' \(train.json\[3\]\): image file not found: .*nope.png"),
-                            (corrupt, r"record 'c1'.*cannot read image .*corrupt.jpg")):
+    for record, message in (
+        (missing, r"record 'm1' \(train.json\[3\]\): image file not found: .*nope.png"),
+        (corrupt, r"record 'c1'.*cannot read image .*corrupt.jpg"),
+    ):
         dm = MLLMDataModule(tiny_backbone.processor, _Files([record]))
         with pytest.raises(DataError, match=message):
             dm.setup("fit")
@@ -106,8 +110,12 @@ def test_missing_and_corrupt_images_fail_at_setup(tmp_path, tiny_backbone):
 
 
 def test_test_sets_are_target_then_upstream(tiny_backbone):
-    dm = MLLMDataModule(tiny_backbone.processor, DigitsSource(sizes={"test": 6}),
-                        {"shapes": ShapesSource(sizes={"test": 5})}, eval_batch_size=4)
+    dm = MLLMDataModule(
+        tiny_backbone.processor,
+        DigitsSource(sizes={"test": 6}),
+        {"shapes": ShapesSource(sizes={"test": 5})},
+        eval_batch_size=4,
+    )
     dm.setup("test")
     assert dm.test_set_names == ["digits", "shapes"]
     loaders = dm.test_dataloader()
@@ -119,9 +127,12 @@ def test_the_readmes_upstream_overrides_add_sets(compose, tmp_path):
     from tests.helpers.data_files import llava_dataset, llava_row
 
     own = llava_dataset(tmp_path, [llava_row(i, task="caption") for i in range(2)])
-    cfg = compose("~data.upstream.shapes", "+data.upstream.shapes2={_target_: mllmft.data.ShapesSource, name: shapes2}",
-                  f"+data.upstream.mine={{_target_: mllmft.data.LlavaJsonSource, name: mine, "
-                  f"image_root: {own.image_root}, test: {own.files['train']}}}")
+    cfg = compose(
+        "~data.upstream.shapes",
+        "+data.upstream.shapes2={_target_: mllmft.data.ShapesSource, name: shapes2}",
+        f"+data.upstream.mine={{_target_: mllmft.data.LlavaJsonSource, name: mine, "
+        f"image_root: {own.image_root}, test: {own.files['train']}}}",
+    )
     parts = api.build(cfg)
     assert parts.datamodule.test_set_names == ["digits", "shapes2", "mine"]
     assert parts.datamodule.test_sets[2].metric["name"] == "caption"  # by its records' task

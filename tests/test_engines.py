@@ -27,20 +27,39 @@ from mllmft.data.datamodule import ResumableSampler
 from tests.helpers.engines import launch, relative_deviation
 from tests.helpers.runs import EQUAL_STEPS
 
-ENGINES = {"ddp": ["hardware=ddp_cpu"], "fsdp2": ["hardware=fsdp2_cpu"], "zero2": ["hardware=deepspeed_zero2_cpu"],
-           "zero3": ["hardware=deepspeed_zero3_cpu"]}
+ENGINES = {
+    "ddp": ["hardware=ddp_cpu"],
+    "fsdp2": ["hardware=fsdp2_cpu"],
+    "zero2": ["hardware=deepspeed_zero2_cpu"],
+    "zero3": ["hardware=deepspeed_zero3_cpu"],
+}
 # in `make test`: these four under every engine, one launch per engine
-FAST = {"spider": ["strategy=spider"], "gmt": ["strategy=gmt"], "l2_sp": ["strategy=l2_sp", "strategy.lam=1.0"],
-        "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"]}
+FAST = {
+    "spider": ["strategy=spider"],
+    "gmt": ["strategy=gmt"],
+    "l2_sp": ["strategy=l2_sp", "strategy.lam=1.0"],
+    "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"],
+}
 BF16 = {"spider_bf16": ["strategy=spider", "hardware.precision=bf16-mixed"]}  # against fp32: a tolerance
-SLOW = {"spider_binary": ["strategy=spider", "strategy.mask=binary"], "magnitude_mask": ["strategy=magnitude_mask"],
-        "random_mask": ["strategy=random_mask"], "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
-        "hft": ["strategy=hft"], "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
-        "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
-        "model_dowser": ["strategy=model_dowser", "scope=llm_last_n", "scope.llm.last_n_layers=2",
-                         "strategy.sequences=4", "strategy.length=8", "strategy.passes=2"],
-        "full": ["strategy=full"],  # LoRA without dropout: each rank would draw its own
-        "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"]}
+SLOW = {
+    "spider_binary": ["strategy=spider", "strategy.mask=binary"],
+    "magnitude_mask": ["strategy=magnitude_mask"],
+    "random_mask": ["strategy=random_mask"],
+    "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
+    "hft": ["strategy=hft"],
+    "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
+    "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
+    "model_dowser": [
+        "strategy=model_dowser",
+        "scope=llm_last_n",
+        "scope.llm.last_n_layers=2",
+        "strategy.sequences=4",
+        "strategy.length=8",
+        "strategy.passes=2",
+    ],
+    "full": ["strategy=full"],  # LoRA without dropout: each rank would draw its own
+    "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"],
+}
 MEASURED_PER_RANK = ("commit", "ewc")  # reference: the DDP run
 TOLERANCE = 1e-5
 ZERO_GRADIENT = ".self_attn.k_proj.bias"  # ∂L/∂b_k ≡ 0 (see above)
@@ -50,15 +69,16 @@ class _RanksInTurn(Sampler):
     """The batches ranks 0..world-1 of a DistributedSampler would take, one after another."""
 
     def __init__(self, dataset, world: int, batch_size: int, seed: int):
-        self.samplers = [ResumableSampler(dataset, num_replicas=world, rank=r, shuffle=True, seed=seed)
-                         for r in range(world)]
+        self.samplers = [
+            ResumableSampler(dataset, num_replicas=world, rank=r, shuffle=True, seed=seed) for r in range(world)
+        ]
         self.batch_size = batch_size
 
     def __iter__(self):
         per_rank = [list(s) for s in self.samplers]
         for start in range(0, len(per_rank[0]), self.batch_size):
             for indices in per_rank:
-                yield indices[start:start + self.batch_size]
+                yield indices[start : start + self.batch_size]
 
     def __len__(self) -> int:
         return len(self.samplers) * -(-len(self.samplers[0]) // self.batch_size)
@@ -82,8 +102,10 @@ def _max_difference(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def engine_runs(tmp_path_factory):
-    return {engine: launch(tmp_path_factory.mktemp(engine), hardware, {**FAST, **BF16})
-            for engine, hardware in ENGINES.items()}
+    return {
+        engine: launch(tmp_path_factory.mktemp(engine), hardware, {**FAST, **BF16})
+        for engine, hardware in ENGINES.items()
+    }
 
 
 def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_runs, compose):
@@ -122,9 +144,11 @@ def test_spider_state_is_sharded(engine_runs):
     assert all(r["state_bytes"] / r["numel"] == 8 for r in engine_runs["ddp"]["spider"][1])  # DDP replicates
 
 
-CHECKPOINT_EVERY_STEP = ("+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-                         "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, "
-                         "every_n_train_steps: 1}")
+CHECKPOINT_EVERY_STEP = (
+    "+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+    "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, "
+    "every_n_train_steps: 1}"
+)
 
 
 @pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
@@ -132,8 +156,11 @@ def test_resuming_a_sharded_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_pa
     """SPIDER's Σ g lives in each rank's shard: saved beside the sharded checkpoint, read back by each rank."""
     spider, steps = ["strategy=spider", "trainer.max_steps=5"], 5  # 4 steps per epoch: the resume is mid-epoch 2
     first = tmp_path / "first"
-    runs = {"whole": spider, "first": {"overrides": [*spider, CHECKPOINT_EVERY_STEP], "stop_at": 3},
-            "resumed": [*spider, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"]}
+    runs = {
+        "whole": spider,
+        "first": {"overrides": [*spider, CHECKPOINT_EVERY_STEP], "stop_at": 3},
+        "resumed": [*spider, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"],
+    }
     results = launch(tmp_path, ENGINES[engine], runs)
     assert (first / "checkpoints" / "last.ckpt" / "strategy_state" / "rank1.pt").is_file()
     assert [s["steps"] for s in results["first"][1]] == [3, 3] and [s["steps"] for s in results["resumed"][1]] == [5, 5]
@@ -144,8 +171,10 @@ def test_resuming_a_sharded_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_pa
 
 @pytest.mark.slow
 def test_every_other_strategy_under_every_engine(tmp_path_factory, compose):
-    runs = {engine: launch(tmp_path_factory.mktemp(f"slow_{engine}"), hardware, SLOW)
-            for engine, hardware in ENGINES.items()}
+    runs = {
+        engine: launch(tmp_path_factory.mktemp(f"slow_{engine}"), hardware, SLOW)
+        for engine, hardware in ENGINES.items()
+    }
     for strategy, overrides in SLOW.items():
         expected = runs["ddp"][strategy][0] if strategy in MEASURED_PER_RANK else reference(compose, overrides)
         for engine, results in runs.items():

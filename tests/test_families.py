@@ -59,9 +59,14 @@ def test_paligemma_answers_are_the_causal_suffix(compose):
     assert torch.equal(labels != IGNORE_INDEX, suffix)
     generation = backbone.collator(256, generate=True)(items(records))["model_inputs"]
     assert not generation["token_type_ids"].any()
-    two_turns = Record(id="q7", turns=(Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"),
-                                       Turn("assistant", "d")), image=records[0].image, task="vqa", answers=("d",),
-                       origin="set.json")
+    two_turns = Record(
+        id="q7",
+        turns=(Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"), Turn("assistant", "d")),
+        image=records[0].image,
+        task="vqa",
+        answers=("d",),
+        origin="set.json",
+    )
     with pytest.raises(DataError, match="q7.*one prompt and one answer"):
         backbone.collator(256)(items([two_turns]))
 
@@ -100,8 +105,10 @@ def test_every_family_has_a_tiny_and_a_real_config():
 
 
 def test_qwen_pretraining_path_caches_and_reloads(compose, tmp_path):
-    pretrain = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
-                "max_steps: 2, batch_size: 4, lr: 1.0e-3}")
+    pretrain = (
+        "model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
+        "max_steps: 2, batch_size: 4, lr: 1.0e-3}"
+    )
     backbone = api.build(compose("model=qwen2_5_vl_tiny", pretrain)).backbone
     assert backbone.info["pretrain"]["steps"] == 2 and backbone.family == "qwen2_5_vl"
     assert type(backbone.processor).__name__ == "ImageOnlyQwen2VLProcessor"

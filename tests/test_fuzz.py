@@ -17,18 +17,58 @@ from mllmft.data import LlavaJsonSource, MLLMDataModule
 from mllmft.errors import UserInputError
 
 CASES = 240
-ODD_VALUES = [None, 0, -1, 3.5, True, "", " ", "x" * 5000, [], {}, [None], [1], ["a", 2], {"a": 1}, "\u0000",
-              "caf\u00e9 \U0001f600", "<image>", float("1e308"), 10**30, ["x"] * 50]
-IMAGE_NAMES = ["ok.png", "missing.png", "../outside.png", "/etc/passwd", "", "sub", "garbage.png", "cut.jpg",
-               "empty.png", "alpha.png", "deep.png", "anim.gif", "cmyk.jpg", "tiny.png", "bomb.png", "mono.png"]
+ODD_VALUES = [
+    None,
+    0,
+    -1,
+    3.5,
+    True,
+    "",
+    " ",
+    "x" * 5000,
+    [],
+    {},
+    [None],
+    [1],
+    ["a", 2],
+    {"a": 1},
+    "\u0000",
+    "caf\u00e9 \U0001f600",
+    "<image>",
+    float("1e308"),
+    10**30,
+    ["x"] * 50,
+]
+IMAGE_NAMES = [
+    "ok.png",
+    "missing.png",
+    "../outside.png",
+    "/etc/passwd",
+    "",
+    "sub",
+    "garbage.png",
+    "cut.jpg",
+    "empty.png",
+    "alpha.png",
+    "deep.png",
+    "anim.gif",
+    "cmyk.jpg",
+    "tiny.png",
+    "bomb.png",
+    "mono.png",
+]
 
 
 def _png_header(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +94,11 @@ def images(tmp_path_factory):
 
 
 def _valid_row(i: int) -> dict:
-    return {"id": f"r{i}", "image": "ok.png",
-            "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]}
+    return {
+        "id": f"r{i}",
+        "image": "ok.png",
+        "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
+    }
 
 
 def _mutate_row(rng: random.Random, row: dict) -> dict:

@@ -18,15 +18,25 @@ def data_dir(tmp_path_factory):
 
 def _score(metric_name: str, records, predictions: list[str]) -> dict:
     metric = build_metric(metric_name)
-    metric.update(list(range(len(records))), [r.id for r in records], [""] * len(records), predictions,
-                  [r.answers for r in records], [r.options for r in records])
+    metric.update(
+        list(range(len(records))),
+        [r.id for r in records],
+        [""] * len(records),
+        predictions,
+        [r.answers for r in records],
+        [r.options for r in records],
+    )
     return metric.compute()
 
 
 def test_pope_scores_by_its_rule(data_dir):
     """truth y y n n y n; parsed y n n y n n (first sentence, "not" is no): TP 1, FP 1, FN 2, TN 2."""
-    records = POPE("pope", str(data_dir / "pope"), {"test": "coco_pope_adversarial.json"},
-                   image_root=str(data_dir / "coco" / "val2014")).records("test")
+    records = POPE(
+        "pope",
+        str(data_dir / "pope"),
+        {"test": "coco_pope_adversarial.json"},
+        image_root=str(data_dir / "coco" / "val2014"),
+    ).records("test")
     assert [r.answers[0] for r in records] == ["yes", "yes", "no", "no", "yes", "no"]
     scores = _score("pope", records, ["Yes, there is.", "No.", "no", "Yes", "There is not a dog", "No"])
     assert scores["precision"] == pytest.approx(50.0) and scores["recall"] == pytest.approx(100 / 3)
@@ -39,9 +49,16 @@ def test_mme_scores_acc_plus_acc_plus_per_subtask(data_dir):
     ("Maybe" is neither yes nor no): 50 + 0 → 50. Perception 175, cognition 200, headline 375 / 6."""
     records = MME("mme", str(data_dir / "MME_Benchmark_release_version"), {"test": "."}).records("test")
     assert len(records) == 8 and {r.id.split("|")[0] for r in records} == {"existence", "code_reasoning", "artwork"}
-    by_id = {"existence|a.png|0": "Yes", "existence|a.png|1": "No", "existence|b.png|0": "Yes",
-             "existence|b.png|1": "Yes", "code_reasoning|c.png|0": "yes it is", "code_reasoning|c.png|1": "No",
-             "artwork|d.jpg|0": "Maybe", "artwork|d.jpg|1": "no"}
+    by_id = {
+        "existence|a.png|0": "Yes",
+        "existence|a.png|1": "No",
+        "existence|b.png|0": "Yes",
+        "existence|b.png|1": "Yes",
+        "code_reasoning|c.png|0": "yes it is",
+        "code_reasoning|c.png|1": "No",
+        "artwork|d.jpg|0": "Maybe",
+        "artwork|d.jpg|1": "no",
+    }
     scores = _score("mme", records, [by_id[r.id] for r in records])
     assert (scores["existence/acc"], scores["existence/acc_plus"], scores["existence"]) == (75.0, 50.0, 125.0)
     assert scores["code_reasoning"] == 200.0 and scores["artwork"] == 50.0
@@ -51,8 +68,14 @@ def test_mme_scores_acc_plus_acc_plus_per_subtask(data_dir):
 
 def test_mmbench_asks_every_rotation_and_scores_circularly(data_dir):
     records = MMBench("mmbench_en", str(data_dir / "mmbench"), {"test": "MMBench_DEV_EN.tsv"}).records("test")
-    assert [r.id for r in records] == ["attribute|10|0", "attribute|10|1", "attribute|10|2", "attribute|10|3",
-                                       "logic|11|0", "logic|11|1"]
+    assert [r.id for r in records] == [
+        "attribute|10|0",
+        "attribute|10|1",
+        "attribute|10|2",
+        "attribute|10|3",
+        "logic|11|0",
+        "logic|11|1",
+    ]
     assert [r.answers[0] for r in records] == ["B", "A", "D", "C", "A", "B"]  # "dog" and "yes", rotated
     assert records[1].options == ("dog", "bird", "fish", "cat")
     assert "Look.\nIs it?\nA. no\nB. yes" in records[5].turns[0].text
@@ -66,8 +89,12 @@ def test_mmbench_asks_every_rotation_and_scores_circularly(data_dir):
 
 
 def test_seed_bench_reads_image_questions_and_scores_per_dimension(data_dir):
-    records = SEEDBench("seed_bench", str(data_dir / "seed_bench"), {"test": "SEED-Bench.json"},
-                        image_root=str(data_dir / "seed_bench" / "SEED-Bench-image")).records("test")
+    records = SEEDBench(
+        "seed_bench",
+        str(data_dir / "seed_bench"),
+        {"test": "SEED-Bench.json"},
+        image_root=str(data_dir / "seed_bench" / "SEED-Bench-image"),
+    ).records("test")
     assert [r.id for r in records] == ["Scene Understanding|q0", "Instance Identity|q1", "Scene Understanding|q2"]
     scores = _score("seed_bench", records, ["A", "B", "The answer is B"])
     assert scores["score"] == pytest.approx(200 / 3)

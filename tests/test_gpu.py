@@ -25,15 +25,27 @@ def test_ddp_two_gpus(compose):
 def test_gpu_strategies_in_bf16(compose, strategy):
     # state on the parameters' device and dtype (θ0, adapters, CoMMIT's swaps and fp32 KLs)
     export = ["export=merged"] if strategy in ("lora", "spider") else []
-    results = run(compose("hardware=gpu", "hardware.precision=bf16-true", f"strategy={strategy}",
-                          "scope=connector_llm", "trainer.max_steps=3", *export))
+    results = run(
+        compose(
+            "hardware=gpu",
+            "hardware.precision=bf16-true",
+            f"strategy={strategy}",
+            "scope=connector_llm",
+            "trainer.max_steps=3",
+            *export,
+        )
+    )
     assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
 
 
 GPU_ENGINES = ["deepspeed_zero2", "deepspeed_zero3", "fsdp2"]
-GPU_STRATEGIES = {"spider": ["strategy=spider"], "lora": ["strategy=lora", "scope=connector_llm"],
-                  "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=2"],
-                  "magnitude_mask": ["strategy=magnitude_mask"], "full": ["strategy=full"]}
+GPU_STRATEGIES = {
+    "spider": ["strategy=spider"],
+    "lora": ["strategy=lora", "scope=connector_llm"],
+    "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=2"],
+    "magnitude_mask": ["strategy=magnitude_mask"],
+    "full": ["strategy=full"],
+}
 
 
 def test_strategies_under_sharded_engines_in_bf16(tmp_path):
@@ -44,8 +56,12 @@ def test_strategies_under_sharded_engines_in_bf16(tmp_path):
     world = min(2, torch.cuda.device_count())
     lines = []
     for engine in GPU_ENGINES:
-        hardware = [f"hardware={engine}", f"hardware.devices={world}", "hardware.precision=bf16-mixed",
-                    "trainer.max_steps=6"]
+        hardware = [
+            f"hardware={engine}",
+            f"hardware.devices={world}",
+            "hardware.precision=bf16-mixed",
+            "trainer.max_steps=6",
+        ]
         results = launch(tmp_path / engine, hardware, GPU_STRATEGIES, world=world)
         full = max(r["step_s"] for r in results["full"][1])
         for strategy, (_, ranks) in results.items():

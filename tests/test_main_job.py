@@ -12,8 +12,14 @@ import pytest
 @pytest.mark.slow
 def test_default_main_job_learns_shapes_then_digits(tmp_path):
     env = {**os.environ, "MLLMFT_CACHE": str(tmp_path / "cache"), "MLLMFT_ROOT": str(tmp_path)}
-    proc = subprocess.run([Path(sys.executable).parent / "mllmft-train", "hydra.run.dir=run"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [Path(sys.executable).parent / "mllmft-train", "hydra.run.dir=run"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     # chance on shapes is ~21% (caption 1/54, colour 1/6, shape 1/3, count 1/3)

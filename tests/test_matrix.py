@@ -15,8 +15,9 @@ from tests.helpers.models import MODEL_CONFIGS, TINY_MODELS
 from tests.helpers.runs import ALL_TRAINING_STRATEGIES
 
 # pairs refused at start-up by design, with the reason in the error
-DECLARED_UNSUPPORTED = {(strategy, f.name): "does not work with"
-                        for f in FAMILIES.values() for strategy in f.unsupported}
+DECLARED_UNSUPPORTED = {
+    (strategy, f.name): "does not work with" for f in FAMILIES.values() for strategy in f.unsupported
+}
 
 
 def _one_step(compose, model, strategy):

@@ -107,7 +107,7 @@ def test_model_tailor_equals_its_reference_and_keeps_the_share_per_block(patch):
     assert torch.equal(keep, reference_keep)
     torch.testing.assert_close(patched.double(), reference, rtol=0, atol=1e-5)
     for start in range(0, 300, 128):  # blocks of 128, 128 and 44 columns
-        block = keep[:, start:start + 128]
+        block = keep[:, start : start + 128]
         assert int(block.sum()) == round(patch * block.numel())
     assert torch.equal(patched[~keep], torch.zeros_like(patched[~keep]))  # exactly θ0 off the patch
     # the compensation lowers the output error against plain masking with the same patch
@@ -158,8 +158,9 @@ def test_hutchinson_sensitivity_matches_the_jacobian_column_norm(psi, factor):
     torch.manual_seed(0)
     toy = _LinearToy()
     ids = torch.randint(0, 64, (512, 1))
-    scores = probe_scores(toy, {"proj": toy.proj}, [ids], passes=8, psi=psi,
-                          generator=torch.Generator().manual_seed(0))["proj"]
+    scores = probe_scores(
+        toy, {"proj": toy.proj}, [ids], passes=8, psi=psi, generator=torch.Generator().manual_seed(0)
+    )["proj"]
     batch = ids.shape[0]  # s = Σ ξ·logits / B: each row's sensitivity carries 1/B
     column_norm = toy.head.weight.detach().norm(dim=0)
     activation = toy.embed(ids).detach().abs().reshape(-1, 16).mean(0)
@@ -168,8 +169,15 @@ def test_hutchinson_sensitivity_matches_the_jacobian_column_norm(psi, factor):
 
 
 # --- Model-Dowser in a run -------------------------------------------------------------------------
-DOWSER = ["strategy=model_dowser", "scope=llm_last_n", "scope.llm.last_n_layers=2", "strategy.ratio=0.25",
-          "strategy.sequences=4", "strategy.length=8", "strategy.passes=2"]
+DOWSER = [
+    "strategy=model_dowser",
+    "scope=llm_last_n",
+    "scope.llm.last_n_layers=2",
+    "strategy.ratio=0.25",
+    "strategy.sequences=4",
+    "strategy.length=8",
+    "strategy.passes=2",
+]
 
 
 def test_model_dowser_trains_exactly_rho_and_frozen_entries_never_move(compose):
@@ -193,9 +201,14 @@ def test_model_dowser_trains_exactly_rho_and_frozen_entries_never_move(compose):
 
 
 # --- every merge end to end, on two families --------------------------------------------------------
-MERGES = {"wise_ft": [], "task_arithmetic": [], "dare": [], "ties": [],
-          "model_tailor": ["merge.samples=8"], "grafting": ["merge.steps=4", "merge.round_every=2",
-                                                            "merge.samples=8", "merge.eval_samples=8"]}
+MERGES = {
+    "wise_ft": [],
+    "task_arithmetic": [],
+    "dare": [],
+    "ties": [],
+    "model_tailor": ["merge.samples=8"],
+    "grafting": ["merge.steps=4", "merge.round_every=2", "merge.samples=8", "merge.eval_samples=8"],
+}
 FAMILIES = {"llava": [], "qwen2_vl": ["model=qwen2_vl_tiny"]}
 
 
@@ -214,8 +227,17 @@ def finetuned(tmp_path_factory):
     for family, model in FAMILIES.items():
         out = tmp_path_factory.mktemp(family)
         base = FAST + ([] if model else SMALL_LLAVA)
-        cfg = api.compose([*base, *model, f"paths.cache_dir={out / 'cache'}", "trainer.max_steps=3",
-                           "export=merged", "module.lr=1e-2"], output_dir=out / "run")
+        cfg = api.compose(
+            [
+                *base,
+                *model,
+                f"paths.cache_dir={out / 'cache'}",
+                "trainer.max_steps=3",
+                "export=merged",
+                "module.lr=1e-2",
+            ],
+            output_dir=out / "run",
+        )
         run(cfg)
         runs[family] = out
     return runs
@@ -227,9 +249,19 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
 
     out = finetuned[family]
     base = FAST + ([] if FAMILIES[family] else SMALL_LLAVA)
-    cfg = api.compose([*base, *FAMILIES[family], f"paths.cache_dir={out / 'cache'}", f"merge={method}",
-                       *MERGES[method], f"finetuned={out / 'run'}", "zeroshot_test=true"],
-                      config_name="merge", output_dir=out / method)
+    cfg = api.compose(
+        [
+            *base,
+            *FAMILIES[family],
+            f"paths.cache_dir={out / 'cache'}",
+            f"merge={method}",
+            *MERGES[method],
+            f"finetuned={out / 'run'}",
+            "zeroshot_test=true",
+        ],
+        config_name="merge",
+        output_dir=out / method,
+    )
     seen = []
 
     def update(parts):
@@ -242,8 +274,11 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
     assert {"E", "F", "O"} <= set(results["tradeoff"]["final"])
     backbone = seen[0].backbone
     model = dict(backbone.model.named_parameters())
-    theta0 = dict(api.build(api.compose([*base, *FAMILIES[family], f"paths.cache_dir={out / 'cache'}"]))
-                  .backbone.model.named_parameters())
+    theta0 = dict(
+        api.build(
+            api.compose([*base, *FAMILIES[family], f"paths.cache_dir={out / 'cache'}"])
+        ).backbone.model.named_parameters()
+    )
     changed = [n for n in model if not torch.equal(model[n], theta0[n])]
     assert changed
     merger = seen[0].merge
@@ -264,8 +299,11 @@ def test_a_finetuned_result_of_another_model_is_one_clear_error(finetuned):
     from mllmft.errors import ConfigError
 
     out = finetuned["llava"]
-    cfg = api.compose([*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}",
-                       f"finetuned={finetuned['qwen2_vl'] / 'run'}"], config_name="merge", output_dir=out / "wrong")
+    cfg = api.compose(
+        [*FAST, *SMALL_LLAVA, f"paths.cache_dir={out / 'cache'}", f"finetuned={finetuned['qwen2_vl'] / 'run'}"],
+        config_name="merge",
+        output_dir=out / "wrong",
+    )
     with pytest.raises(ConfigError, match="holds a 'qwen2_vl' model, not a 'llava' one"):
         run(cfg, update=merge_update(cfg))
     assert not (out / "wrong" / "results.json").exists()

@@ -206,8 +206,9 @@ def test_multiple_choice_parsing_follows_the_rules(answer, options, n_options, e
 
 def test_multiple_choice_metric_uses_each_records_options_and_the_sets_count():
     metric = MultipleChoiceAccuracy()
-    metric.update([0, 1, 2], ["a", "b", "c"], ["q"] * 3, ["dog", "E", "The answer is B."], [["B"], ["E"], ["B"]],
-                  [TWO, FOUR, ()])
+    metric.update(
+        [0, 1, 2], ["a", "b", "c"], ["q"] * 3, ["dog", "E", "The answer is B."], [["B"], ["E"], ["B"]], [TWO, FOUR, ()]
+    )
     assert metric.compute()["score"] == pytest.approx(200 / 3)  # "E" is not one of four options
     counted = MultipleChoiceAccuracy(n_options=4)
     counted.update([0], ["a"], ["q"], ["E"], [["E"]])

@@ -22,21 +22,29 @@ from mllmft.metrics.captioning import simple_tokenize
 
 def _update(metric, rows, start=0):
     n = len(rows)
-    metric.update(torch.arange(start, start + n), [f"id{i}" for i in range(start, start + n)], ["q"] * n,
-                  [p for p, _ in rows], [r for _, r in rows])
+    metric.update(
+        torch.arange(start, start + n),
+        [f"id{i}" for i in range(start, start + n)],
+        ["q"] * n,
+        [p for p, _ in rows],
+        [r for _, r in rows],
+    )
 
 
-@pytest.mark.parametrize("raw, normal", [
-    ("Two dogs.", "2 dogs"),
-    ("  The Seven\n", "7"),
-    ("dont know", "don't know"),
-    ("yes!", "yes"),
-    ("3.5", "3.5"),
-    ("1,000", "1000"),
-    ("a man's hat", "man's hat"),
-    ("none", "0"),
-    ("red/blue", "red blue"),
-])
+@pytest.mark.parametrize(
+    "raw, normal",
+    [
+        ("Two dogs.", "2 dogs"),
+        ("  The Seven\n", "7"),
+        ("dont know", "don't know"),
+        ("yes!", "yes"),
+        ("3.5", "3.5"),
+        ("1,000", "1000"),
+        ("a man's hat", "man's hat"),
+        ("none", "0"),
+        ("red/blue", "red blue"),
+    ],
+)
 def test_vqa_normalisation(raw, normal):
     assert normalize_vqa_answer(raw) == normal
 
@@ -95,8 +103,11 @@ def _reference_scores(tokenize):
 
     res = tokenize({k: [p] for k, (p, _) in CORPUS.items()})
     gts = tokenize({k: refs for k, (_, refs) in CORPUS.items()})
-    return (Bleu(4).compute_score(gts, res, verbose=0)[0], Rouge().compute_score(gts, res)[0],
-            Cider().compute_score(gts, res)[0])
+    return (
+        Bleu(4).compute_score(gts, res, verbose=0)[0],
+        Rouge().compute_score(gts, res)[0],
+        Cider().compute_score(gts, res)[0],
+    )
 
 
 def _caption_metric(tokenizer):

@@ -22,17 +22,31 @@ ROOT = CONF_DIR.parent
 def installed(tmp_path_factory):
     """(python of a fresh venv holding the wheel, the wheel)."""
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp / "dist"), str(ROOT)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp / "dist"), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     wheel = next((tmp / "dist").glob("mllmft-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True, timeout=120)
     python = tmp / "venv" / "bin" / "python"
-    target = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                 check=True, capture_output=True, text=True).stdout.strip())
+    target = Path(
+        subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+    )
     # the dependencies from this venv, as a plain path: its .pth files (the editable mllmft) are not read
     (target / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet",
-                    str(wheel)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     return python, wheel
 
 
@@ -51,8 +65,9 @@ def test_the_wheel_carries_every_config(installed):
 
 def test_the_installed_wheel_composes_and_runs_a_step(installed, tmp_path):
     python, _ = installed
-    where = _run(python, "-c", "import mllmft, mllmft.config as c; print(mllmft.__file__); print(c.CONF_DIR)",
-                 cwd=tmp_path)
+    where = _run(
+        python, "-c", "import mllmft, mllmft.config as c; print(mllmft.__file__); print(c.CONF_DIR)", cwd=tmp_path
+    )
     assert where.returncode == 0, where.stderr[-2000:]
     assert str(ROOT) not in where.stdout and "site-packages" in where.stdout  # not the checkout
     job = _run(python, "-m", "mllmft.train", "--cfg", "job", cwd=tmp_path)
@@ -69,8 +84,11 @@ def test_the_lock_satisfies_the_ranges():
     from packaging.utils import canonicalize_name
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    lock = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
-                if line and not line.startswith("#"))
+    lock = dict(
+        line.split("==")
+        for line in (ROOT / "constraints.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     lock = {canonicalize_name(k): v for k, v in lock.items()}
     wanted = [Requirement(r) for r in project["dependencies"]]
     wanted += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]

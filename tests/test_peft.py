@@ -27,8 +27,9 @@ def _fit(compose, *overrides):
 
 @pytest.mark.parametrize("model", TINY_MODELS)
 def test_lora_trains_adapters_and_the_connector_only(compose, model):
-    parts, moved = _fit(compose, f"model={model}", "strategy=lora", "scope=connector_llm_last2",
-                        "trainer.max_steps=2")  # B starts at zero: A moves from the second step
+    parts, moved = _fit(
+        compose, f"model={model}", "strategy=lora", "scope=connector_llm_last2", "trainer.max_steps=2"
+    )  # B starts at zero: A moves from the second step
     backbone, strategy = parts.backbone, parts.strategy
     cmap = backbone.components
     assert isinstance(backbone.model, peft.PeftModel)
@@ -50,15 +51,16 @@ def test_lora_trains_adapters_and_the_connector_only(compose, model):
 @pytest.mark.parametrize("model", ["tiny_llava", "idefics3_tiny"])
 @pytest.mark.parametrize("method", OTHER_METHODS)
 def test_other_peft_methods_take_a_step(compose, model, method):
-    parts, moved = _fit(compose, f"model={model}", f"strategy={method}", "scope=connector_llm_last2",
-                        "trainer.max_steps=2")
+    parts, moved = _fit(
+        compose, f"model={model}", f"strategy={method}", "scope=connector_llm_last2", "trainer.max_steps=2"
+    )
     cmap = parts.backbone.components
     assert {cmap.component_of(n) for n in moved} == {"connector", "llm"}
-    frozen_base = [n for n, p in parts.backbone.model.named_parameters()
-                   if cmap.component_of(n) == "llm" and ".base_layer." in n]
+    frozen_base = [
+        n for n, p in parts.backbone.model.named_parameters() if cmap.component_of(n) == "llm" and ".base_layer." in n
+    ]
     assert not set(frozen_base) & moved
-    answers = generate(parts.module, parts.backbone.processor,
-                        ShapesSource(sizes={"test": 2}).records("test"))[1]
+    answers = generate(parts.module, parts.backbone.processor, ShapesSource(sizes={"test": 2}).records("test"))[1]
     assert len(answers) == 2
 
 
@@ -98,8 +100,9 @@ def test_merged_export_loads_with_plain_transformers(compose, strategy):
     from mllmft.export import export_model
 
     options = ["strategy.init=gaussian"] if strategy == "lora" else []
-    parts = api.build(compose("scope=connector_llm_last2", f"strategy={strategy}", *options, "trainer.max_steps=2",
-                              "export=merged"))
+    parts = api.build(
+        compose("scope=connector_llm_last2", f"strategy={strategy}", *options, "trainer.max_steps=2", "export=merged")
+    )
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     records = ShapesSource(sizes={"test": 3}).records("test")
     logits, answers = generate(parts.module, parts.backbone.processor, records)
@@ -116,8 +119,9 @@ def test_adapter_export_loads_with_peft(compose):
     from mllmft.backbones import build_tiny
     from mllmft.export import export_model
 
-    cfg = compose("scope=connector_llm_last2", "strategy=lora", "strategy.init=gaussian", "trainer.max_steps=2",
-                  "export=adapter")
+    cfg = compose(
+        "scope=connector_llm_last2", "strategy=lora", "strategy.init=gaussian", "trainer.max_steps=2", "export=adapter"
+    )
     parts = api.build(cfg)
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     records = ShapesSource(sizes={"test": 3}).records("test")
@@ -142,8 +146,15 @@ def test_main_job_writes_the_export(compose):
 
 def test_adalora_reallocates_the_rank_budget(compose):
     # tfinal=1: the last step (index 2 of 3) fixes the budget at target_r per adapted matrix on average
-    parts, _ = _fit(compose, "strategy=adalora", "scope=connector_llm_last2", "trainer.max_steps=3",
-                    "strategy.init_r=4", "strategy.target_r=2", "strategy.tfinal=1")
+    parts, _ = _fit(
+        compose,
+        "strategy=adalora",
+        "scope=connector_llm_last2",
+        "trainer.max_steps=3",
+        "strategy.init_r=4",
+        "strategy.target_r=2",
+        "strategy.tfinal=1",
+    )
     config = parts.backbone.model.peft_config["default"]
     ranks = config.rank_pattern
     assert ranks and len(ranks) == len(parts.strategy.target_modules)

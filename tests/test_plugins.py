@@ -22,13 +22,19 @@ def test_a_family_of_ones_own_refuses_what_it_declares(compose):
         api.build(compose(OWN_FAMILY, "strategy=hft"))
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["model.family=tests.helpers.plugins.NOPE"], r"model.family='tests.helpers.plugins.NOPE' does not import"),
-    (["model.family=tests.helpers.plugins.NOT_A_FAMILY"], "is a int, not a mllmft.backbones.Family"),
-    (["model.family=llama"], "unknown model family 'llama'"),
-    (["+data.target.metric=tests.helpers.plugins.MY_LLAVA"], "is not a subclass of mllmft.metrics.GeneratedAnswers"),
-    (["+data.target.metric=no_such_metric"], "unknown metric 'no_such_metric'"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.family=tests.helpers.plugins.NOPE"], r"model.family='tests.helpers.plugins.NOPE' does not import"),
+        (["model.family=tests.helpers.plugins.NOT_A_FAMILY"], "is a int, not a mllmft.backbones.Family"),
+        (["model.family=llama"], "unknown model family 'llama'"),
+        (
+            ["+data.target.metric=tests.helpers.plugins.MY_LLAVA"],
+            "is not a subclass of mllmft.metrics.GeneratedAnswers",
+        ),
+        (["+data.target.metric=no_such_metric"], "unknown metric 'no_such_metric'"),
+    ],
+)
 def test_a_wrong_dotted_path_is_one_line(compose, overrides, message):
     with pytest.raises(ConfigError, match=message):
         api.build(compose(*overrides))

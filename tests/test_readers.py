@@ -1,7 +1,6 @@
 """Every data set reader, on a few records written in the set's published layout (generated images),
 read end to end through its real config: records, validation, images, collation."""
 
-
 import pytest
 from hydra.utils import instantiate
 from PIL import Image
@@ -10,8 +9,19 @@ from mllmft.data import ConversationCollator, MLLMDataModule
 from mllmft.errors import DataError
 from tests.helpers.data_files import write_reader_layout
 
-SOURCES = ["flickr30k", "coco_caption", "okvqa", "vqav2", "textvqa", "gqa", "ocrvqa", "aokvqa", "vizwiz",
-           "scienceqa", "iconqa"]
+SOURCES = [
+    "flickr30k",
+    "coco_caption",
+    "okvqa",
+    "vqav2",
+    "textvqa",
+    "gqa",
+    "ocrvqa",
+    "aokvqa",
+    "vizwiz",
+    "scienceqa",
+    "iconqa",
+]
 EXPECTED = {  # (first test record's reference(s), metric)
     "flickr30k": (("a green square number 3.", "a plain green image"), "caption"),
     "coco_caption": (("a green square number 3.", "a plain green image"), "caption"),
@@ -93,15 +103,29 @@ def test_hugging_face_dataset_with_a_column_mapping(tmp_path, tiny_backbone):
     datasets = pytest.importorskip("datasets")
     from mllmft.data import HFDataset
 
-    rows = {"picture": [Image.new("RGB", (20, 20), c) for c in ("red", "blue", "green")],
-            "q": ["What colour?"] * 3, "a": ["red", "blue", "green"], "all": [["red", "dark red"], ["blue"], ["green"]]}
-    features = datasets.Features({"picture": datasets.Image(), "q": datasets.Value("string"),
-                                  "a": datasets.Value("string"), "all": datasets.Sequence(datasets.Value("string"))})
+    rows = {
+        "picture": [Image.new("RGB", (20, 20), c) for c in ("red", "blue", "green")],
+        "q": ["What colour?"] * 3,
+        "a": ["red", "blue", "green"],
+        "all": [["red", "dark red"], ["blue"], ["green"]],
+    }
+    features = datasets.Features(
+        {
+            "picture": datasets.Image(),
+            "q": datasets.Value("string"),
+            "a": datasets.Value("string"),
+            "all": datasets.Sequence(datasets.Value("string")),
+        }
+    )
     ds = datasets.Dataset.from_dict(rows, features=features)
     datasets.DatasetDict({"train": ds, "test": ds}).save_to_disk(str(tmp_path / "hf"))
-    source = HFDataset("colours", str(tmp_path / "hf"), splits={"train": "train", "test": "test"},
-                       columns={"image": "picture", "question": "q", "answer": "a", "answers": "all"},
-                       metric="vqa_accuracy")
+    source = HFDataset(
+        "colours",
+        str(tmp_path / "hf"),
+        splits={"train": "train", "test": "test"},
+        columns={"image": "picture", "question": "q", "answer": "a", "answers": "all"},
+        metric="vqa_accuracy",
+    )
     test = source.records("test")
     assert [r.answers for r in test] == [("red", "dark red"), ("blue",), ("green",)]
     assert test[1].load_image().getpixel((0, 0)) == (0, 0, 255)  # decoded lazily, per sample
@@ -124,11 +148,22 @@ def test_caption_target_with_spider_upstream_runs_end_to_end(compose, tmp_path):
     data_dir = tmp_path / "data"
     for name in ("flickr30k", "okvqa", "textvqa", "gqa", "ocrvqa"):
         write_reader_layout(data_dir, name)
-    results = run(compose("data=flickr30k", f"paths.data_dir={data_dir}", "data.num_workers=0",
-                          "data.image_check=header", "zeroshot_test=true"))
-    assert results["metrics"] == {"flickr30k": {"name": "caption"}, "okvqa": {"name": "vqa_accuracy"},
-                                  "textvqa": {"name": "vqa_accuracy"}, "gqa": {"name": "exact_match"},
-                                  "ocrvqa": {"name": "exact_match"}}
+    results = run(
+        compose(
+            "data=flickr30k",
+            f"paths.data_dir={data_dir}",
+            "data.num_workers=0",
+            "data.image_check=header",
+            "zeroshot_test=true",
+        )
+    )
+    assert results["metrics"] == {
+        "flickr30k": {"name": "caption"},
+        "okvqa": {"name": "vqa_accuracy"},
+        "textvqa": {"name": "vqa_accuracy"},
+        "gqa": {"name": "exact_match"},
+        "ocrvqa": {"name": "exact_match"},
+    }
     details = results["details"]["final"]["flickr30k"]
     assert {"CIDEr", "BLEU-4", "ROUGE-L", "ptb_tokenizer"} <= set(details)
     assert results["samples"]["flickr30k"] == 2 and results["samples"]["ocrvqa"] == 2

@@ -24,20 +24,39 @@ SPIDER_SETS = {"okvqa": "vqa_accuracy", "textvqa": "vqa_accuracy", "gqa": "exact
 
 PAPERS = {
     # SPIDER: projector at 2e-5 + last 2 LLM layers at 2e-4, global batch 16, 3-5 epochs, ZeRO-3
-    "spider_llava15_7b": {"strategy": "spider", "global_batch": 16, "epochs": 3, "zero_stage": 3,
-                          "lr": {"connector": 2e-5, "llm": 2e-4}, "trainable": PROJECTOR + 2 * LAYER,
-                          "sets": {"flickr30k": "caption", **SPIDER_SETS}},
+    "spider_llava15_7b": {
+        "strategy": "spider",
+        "global_batch": 16,
+        "epochs": 3,
+        "zero_stage": 3,
+        "lr": {"connector": 2e-5, "llm": 2e-4},
+        "trainable": PROJECTOR + 2 * LAYER,
+        "sets": {"flickr30k": "caption", **SPIDER_SETS},
+    },
     # Model-Dowser: last 20 layers, lr 2e-5, 5 epochs, 8 x 2 x 8 = 128, rho 0.1, ZeRO-3; "~4.05B" masked entries
-    "model_dowser_llava15_7b": {"strategy": "model_dowser", "global_batch": 128, "epochs": 5, "zero_stage": 3,
-                                "lr": {"llm": 2e-5}, "trainable": 20 * LAYER, "targeted": 20 * LAYER_MATRICES,
-                                "ratio": 0.1, "sets": {"coco_caption": "caption", **SPIDER_SETS,
-                                                       "mmbench_en": "mmbench", "mmbench_cn": "mmbench"}},
+    "model_dowser_llava15_7b": {
+        "strategy": "model_dowser",
+        "global_batch": 128,
+        "epochs": 5,
+        "zero_stage": 3,
+        "lr": {"llm": 2e-5},
+        "trainable": 20 * LAYER,
+        "targeted": 20 * LAYER_MATRICES,
+        "ratio": 0.1,
+        "sets": {"coco_caption": "caption", **SPIDER_SETS, "mmbench_en": "mmbench", "mmbench_cn": "mmbench"},
+    },
     # CoMMIT: LoRA tuning of LLaVA-1.5 on TextVQA (values: LLaVA-1.5's LoRA recipe, marked as an assumption)
-    "commit_llava15_7b": {"strategy": "commit_lora", "global_batch": 16, "epochs": 1, "zero_stage": 2,
-                          # the scope before LoRA freezes the LLM's base weights and adds its adapters
-                          "lr": {"connector": 2e-5, "llm": 2e-4}, "trainable": PROJECTOR + LLM, "lora": (128, 256),
-                          "sets": {"textvqa": "vqa_accuracy", "okvqa": "vqa_accuracy", "gqa": "exact_match",
-                                   "ocrvqa": "exact_match"}},
+    "commit_llava15_7b": {
+        "strategy": "commit_lora",
+        "global_batch": 16,
+        "epochs": 1,
+        "zero_stage": 2,
+        # the scope before LoRA freezes the LLM's base weights and adds its adapters
+        "lr": {"connector": 2e-5, "llm": 2e-4},
+        "trainable": PROJECTOR + LLM,
+        "lora": (128, 256),
+        "sets": {"textvqa": "vqa_accuracy", "okvqa": "vqa_accuracy", "gqa": "exact_match", "ocrvqa": "exact_match"},
+    },
 }
 
 
@@ -55,16 +74,22 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
     assert cfg.hardware.precision == "bf16-mixed"
     assert cfg.hardware.lightning_strategy.config.zero_optimization.stage == paper["zero_stage"]
 
-    global_batch = (cfg.data.batch_size * cfg.hardware.devices * cfg.hardware.num_nodes
-                    * cfg.trainer.accumulate_grad_batches)
+    global_batch = (
+        cfg.data.batch_size * cfg.hardware.devices * cfg.hardware.num_nodes * cfg.trainer.accumulate_grad_batches
+    )
     assert global_batch == paper["global_batch"]
     assert cfg.trainer.max_epochs == paper["epochs"] and cfg.trainer.max_steps == -1
     schedule = cfg.module.scheduler
     assert (cfg.module.weight_decay, schedule.warmup_ratio, schedule.min_lr_ratio) == (0.0, 0.03, 0.0)
 
     meta = build_meta(cfg.model.family, OmegaConf.to_container(cfg.model.architecture, resolve=True))
-    backbone = Backbone(model=meta, processor=None, family=cfg.model.family,
-                        components=FAMILIES[cfg.model.family].component_map(meta), source="meta")
+    backbone = Backbone(
+        model=meta,
+        processor=None,
+        family=cfg.model.family,
+        components=FAMILIES[cfg.model.family].component_map(meta),
+        source="meta",
+    )
     apply_scope(backbone, cfg.scope)
     counts = backbone.parameter_counts()
     assert sum(c["trainable"] for c in counts.values()) == paper["trainable"]
@@ -77,9 +102,14 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
     if "ratio" in paper:
         assert strategy.ratio == paper["ratio"]
         layers = backbone.components.layers["llm"]
-        targeted = sum(m.weight.numel() for n, m in meta.named_modules() if isinstance(m, nn.Linear)
-                       and n.startswith(layers + ".") and n.rsplit(".", 1)[-1] in strategy.targets
-                       and m.weight.requires_grad)
+        targeted = sum(
+            m.weight.numel()
+            for n, m in meta.named_modules()
+            if isinstance(m, nn.Linear)
+            and n.startswith(layers + ".")
+            and n.rsplit(".", 1)[-1] in strategy.targets
+            and m.weight.requires_grad
+        )
         assert targeted == paper["targeted"]
     if "lora" in paper:
         assert (cfg.strategy.base.r, cfg.strategy.base.alpha) == paper["lora"]

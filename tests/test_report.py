@@ -5,9 +5,12 @@ from mllmft.report import main, summarise
 
 def _results(strategy, seed, s_t, s_u):
     h = 2 * s_t * s_u / (s_t + s_u)
-    return {"run": {"model": "tiny_llava", "strategy": strategy, "scope": {"llm": {"train": True}}, "seed": seed},
-            "target": "digits", "upstream": ["shapes"],
-            "tradeoff": {"final": {"S_t": s_t, "S_u": s_u, "H": h, "E": s_t, "F": s_u - 90, "O": s_t + s_u - 90}}}
+    return {
+        "run": {"model": "tiny_llava", "strategy": strategy, "scope": {"llm": {"train": True}}, "seed": seed},
+        "target": "digits",
+        "upstream": ["shapes"],
+        "tradeoff": {"final": {"S_t": s_t, "S_u": s_u, "H": h, "E": s_t, "F": s_u - 90, "O": s_t + s_u - 90}},
+    }
 
 
 def test_report_groups_seeds_and_sorts_by_h(tmp_path, capsys):
@@ -26,14 +29,22 @@ def test_report_groups_seeds_and_sorts_by_h(tmp_path, capsys):
 
 
 def _with_config(result, lr, seed):
-    config = {"seed": seed, "module": {"lr": lr, "weight_decay": 0.0}, "strategy": {"_target_": "x.Full"},
-              "paths": {"output_dir": f"/runs/{lr}-{seed}"}, "data": {"seed": seed, "batch_size": 4}}
+    config = {
+        "seed": seed,
+        "module": {"lr": lr, "weight_decay": 0.0},
+        "strategy": {"_target_": "x.Full"},
+        "paths": {"output_dir": f"/runs/{lr}-{seed}"},
+        "data": {"seed": seed, "batch_size": 4},
+    }
     return {**result, "config": config}
 
 
 def test_report_groups_by_every_knob_but_the_seed(tmp_path, capsys):
-    runs = [_with_config(_results("full", seed, 60 + 10 * i, 20), lr, seed)
-            for i, lr in enumerate((1e-3, 1e-4, 1e-5)) for seed in (1, 2)]
+    runs = [
+        _with_config(_results("full", seed, 60 + 10 * i, 20), lr, seed)
+        for i, lr in enumerate((1e-3, 1e-4, 1e-5))
+        for seed in (1, 2)
+    ]
     rows, varying, warnings = summarise(runs)
     assert varying == ["module.lr"] and warnings == []  # paths and seeds differ too, but are not knobs
     assert len(rows) == 3 and all(r["seeds"] == 2 for r in rows)
@@ -67,8 +78,12 @@ def test_a_repeated_seed_is_one_seed_and_is_reported(capsys):
 
 def test_unreadable_results_are_skipped_with_a_listed_warning(tmp_path, capsys):
     good = _with_config(_results("full", 1, 60, 20), 1e-3, 1)
-    for name, text in (("good", json.dumps(good)), ("cut", json.dumps(good)[:40]), ("list", "[1, 2]"),
-                       ("nan", json.dumps({**good, "tradeoff": {"final": {"S_t": None, "H": None}}}))):
+    for name, text in (
+        ("good", json.dumps(good)),
+        ("cut", json.dumps(good)[:40]),
+        ("list", "[1, 2]"),
+        ("nan", json.dumps({**good, "tradeoff": {"final": {"S_t": None, "H": None}}})),
+    ):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(text)
     (tmp_path / "bytes").mkdir()
@@ -82,10 +97,17 @@ def test_unreadable_results_are_skipped_with_a_listed_warning(tmp_path, capsys):
 
 def _merge(seed, alpha, s_t, s_u):
     run = _with_config(_results("zeroshot", seed, s_t, s_u), 1e-3, seed)
-    run["run"]["merge"] = {"method": "wise_ft", "alpha": alpha, "finetuned": f"/runs/full/seed{seed}",
-                           "finetuned_strategy": "full"}
-    run["config"] = {**run["config"], "merge": {"_target_": "mllmft.merges.WiSEFT", "alpha": alpha},
-                     "finetuned": f"/runs/full/seed{seed}"}
+    run["run"]["merge"] = {
+        "method": "wise_ft",
+        "alpha": alpha,
+        "finetuned": f"/runs/full/seed{seed}",
+        "finetuned_strategy": "full",
+    }
+    run["config"] = {
+        **run["config"],
+        "merge": {"_target_": "mllmft.merges.WiSEFT", "alpha": alpha},
+        "finetuned": f"/runs/full/seed{seed}",
+    }
     return run
 
 
@@ -97,8 +119,11 @@ def _with_sets(run, zeroshot=(0.0, 90.0)):
 
 
 def test_report_writes_tables_plots_and_knob_curves(tmp_path, capsys):
-    runs = [_with_config(_results(s, seed, s_t + seed, s_u - seed), 1e-3, seed)
-            for s, s_t, s_u in (("full", 70, 10), ("spider", 60, 25), ("lora", 20, 22)) for seed in (1, 2, 3)]
+    runs = [
+        _with_config(_results(s, seed, s_t + seed, s_u - seed), 1e-3, seed)
+        for s, s_t, s_u in (("full", 70, 10), ("spider", 60, 25), ("lora", 20, 22))
+        for seed in (1, 2, 3)
+    ]
     runs += [_merge(seed, alpha, 70 * alpha + seed, 90 - 80 * alpha) for alpha in (0.0, 0.5, 1.0) for seed in (1, 2)]
     for i, r in enumerate(runs):
         (tmp_path / "runs" / str(i)).mkdir(parents=True)
@@ -125,11 +150,18 @@ def test_report_writes_tables_plots_and_knob_curves(tmp_path, capsys):
 def test_orderings_count_only_beyond_the_seed_spread():
     from mllmft.report import separations
 
-    rows = [{"strategy": n, "H": h, "H_std": s} for n, h, s in
-            (("a", 30, 1), ("b", 29, 0.5), ("c", 25, 1), ("d", 24.5, 0), ("e", 20, 9))]
+    rows = [
+        {"strategy": n, "H": h, "H_std": s}
+        for n, h, s in (("a", 30, 1), ("b", 29, 0.5), ("c", 25, 1), ("d", 24.5, 0), ("e", 20, 9))
+    ]
     separations(rows)
     assert {r["strategy"]: (r["beats"], r["beaten_by"]) for r in rows} == {
-        "a": (2, 0), "b": (2, 0), "c": (0, 2), "d": (0, 2), "e": (0, 0)}  # e: too spread to order
+        "a": (2, 0),
+        "b": (2, 0),
+        "c": (0, 2),
+        "d": (0, 2),
+        "e": (0, 0),
+    }  # e: too spread to order
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
@@ -143,10 +175,19 @@ def test_failed_benchmark_runs_are_listed(tmp_path, capsys):
     good = _with_sets(_with_config(_results("full", 1, 60, 20), 1e-3, 1))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "results.json").write_text(json.dumps(good))
-    manifest = {"overrides": [], "runs": {
-        "full/seed1": {"name": "full", "seed": 1, "dir": str(tmp_path / "full"), "status": "complete"},
-        "spu/seed1": {"name": "spu", "seed": 1, "dir": str(tmp_path / "spu"), "status": "failed",
-                      "error": "mllmft: error: boom"}}}
+    manifest = {
+        "overrides": [],
+        "runs": {
+            "full/seed1": {"name": "full", "seed": 1, "dir": str(tmp_path / "full"), "status": "complete"},
+            "spu/seed1": {
+                "name": "spu",
+                "seed": 1,
+                "dir": str(tmp_path / "spu"),
+                "status": "failed",
+                "error": "mllmft: error: boom",
+            },
+        },
+    }
     (tmp_path / "benchmark.json").write_text(json.dumps(manifest))
     main([str(tmp_path), "--out", str(tmp_path / "report")])
     assert "failed run spu seed 1: mllmft: error: boom" in capsys.readouterr().err

@@ -11,8 +11,7 @@ from mllmft.run import run
 from tests.helpers.runs import ALL_TRAINING_STRATEGIES, CKPT, StopAt
 
 SCOPES = ["all", "llm", "connector", "connector_llm_last2", "llm_last_n"]
-TRAINING_STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "l1_sp", "l2_sp",
-                       "ewc"]
+TRAINING_STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "l1_sp", "l2_sp", "ewc"]
 # Weight-allocation strategies may hold a whole tensor at θ0 after a step (e.g. a bias whose gradient
 # does not yet outweigh its pre-trained magnitude): for them only "no frozen tensor moved" is exact.
 MAY_HOLD_TENSORS = {"spider"}
@@ -42,9 +41,16 @@ def test_one_training_step_moves_exactly_the_trainable_parameters(compose, strat
 
 def test_the_optimizer_and_the_schedule_are_partial_configs(compose):
     """Any torch optimizer through overrides; it gets the per-component groups and their lrs."""
-    parts = api.build(compose("scope=connector_llm", "+scope.connector.lr_scale=10",
-                              "module.optimizer._target_=torch.optim.SGD", "~module.optimizer.betas",
-                              "+module.optimizer.momentum=0.9", "module.scheduler.warmup_ratio=0.5"))
+    parts = api.build(
+        compose(
+            "scope=connector_llm",
+            "+scope.connector.lr_scale=10",
+            "module.optimizer._target_=torch.optim.SGD",
+            "~module.optimizer.betas",
+            "+module.optimizer.momentum=0.9",
+            "module.scheduler.warmup_ratio=0.5",
+        )
+    )
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     optimizer, schedule = parts.trainer.optimizers[0], parts.trainer.lr_scheduler_configs[0].scheduler
     assert isinstance(optimizer, torch.optim.SGD) and {g["momentum"] for g in optimizer.param_groups} == {0.9}
@@ -92,8 +98,10 @@ class _TrainModeProbe(L.Callback):
         self.modes.append(pl_module.model.training)
 
 
-PRETRAIN = ("model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
-            "max_steps: 2, batch_size: 4, lr: 1.0e-3}")
+PRETRAIN = (
+    "model.pretrain={source: {_target_: mllmft.data.ShapesSource, sizes: {train: 8, test: 4}}, "
+    "max_steps: 2, batch_size: 4, lr: 1.0e-3}"
+)
 
 
 def test_pretrained_tiny_model_is_cached_and_fine_tuned_in_train_mode(compose, tmp_path):
@@ -112,12 +120,18 @@ def test_pretrained_tiny_model_is_cached_and_fine_tuned_in_train_mode(compose, t
     assert cached[0].stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("strategy, stop_at", [("full", 2), ("full", 3), ("spider", 3), ("spu", 3), ("ewc", 3),
-                                              ("random_mask", 3)])
+@pytest.mark.parametrize(
+    "strategy, stop_at", [("full", 2), ("full", 3), ("spider", 3), ("spu", 3), ("ewc", 3), ("random_mask", 3)]
+)
 def test_resume_ends_equal_to_an_uninterrupted_run(compose, tmp_path, strategy, stop_at):
     # 8 records, batch 4: 2 steps per epoch; 5 steps in all, interrupted at `stop_at` (3: mid-epoch).
-    common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0",
-              f"strategy={strategy}", "strategy.score_fraction=0.5" if strategy == "spu" else "seed=42"]
+    common = [
+        "trainer.max_steps=5",
+        "data.target.sizes.train=8",
+        "trainer.limit_val_batches=0",
+        f"strategy={strategy}",
+        "strategy.score_fraction=0.5" if strategy == "spu" else "seed=42",
+    ]
     whole = api.build(compose(*common))
     whole.trainer.fit(whole.module, datamodule=whole.datamodule)
 
@@ -141,13 +155,20 @@ def test_checkpoint_from_another_model_is_refused(compose, tmp_path):
     first.trainer.fit(first.module, datamodule=first.datamodule)
     other = api.build(compose("++model.tiny.text_layers=2", "trainer.max_steps=2"))
     with pytest.raises(ValueError, match="is of another model: llava from tiny"):
-        other.trainer.fit(other.module, datamodule=other.datamodule,
-                             ckpt_path=str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+        other.trainer.fit(
+            other.module, datamodule=other.datamodule, ckpt_path=str(tmp_path / "run" / "checkpoints" / "last.ckpt")
+        )
 
 
 def test_ddp_fork_two_processes_score_every_sample_once(compose):
-    cfg = compose("hardware=ddp_cpu", "hardware.lightning_strategy=ddp_fork", "trainer.limit_test_batches=1.0",
-                  "data.eval_batch_size=2", "data.target.sizes.test=9", "+data.upstream.shapes.sizes.test=5")
+    cfg = compose(
+        "hardware=ddp_cpu",
+        "hardware.lightning_strategy=ddp_fork",
+        "trainer.limit_test_batches=1.0",
+        "data.eval_batch_size=2",
+        "data.target.sizes.test=9",
+        "+data.upstream.shapes.sizes.test=5",
+    )
     results = run(cfg)
     assert results["global_steps"] == 2
     assert results["samples"] == {"digits": 9, "shapes": 5}  # odd sizes: padded shards, each counted once
@@ -170,8 +191,9 @@ def test_every_strategy_runs_the_whole_job(compose, strategy):
 def test_eval_of_a_training_checkpoint_reproduces_the_trained_scores(compose, tmp_path, strategy):
     trained = run(compose(CKPT, "trainer.max_steps=3", "trainer.limit_test_batches=2", *strategy))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    evaluated = run(compose(f"ckpt_path={ckpt}", "trainer.limit_test_batches=2", *strategy, config_name="eval",
-                            run_dir="eval"))
+    evaluated = run(
+        compose(f"ckpt_path={ckpt}", "trainer.limit_test_batches=2", *strategy, config_name="eval", run_dir="eval")
+    )
     assert evaluated["run"]["strategy"] == ("lora" if strategy else "zeroshot") and evaluated["global_steps"] == 0
     assert evaluated["scores"]["final"] == trained["scores"]["final"]
     a = (tmp_path / "run" / "predictions" / "final-digits.jsonl").read_text()
@@ -192,9 +214,16 @@ def test_engines_are_named_from_the_config_and_fsdp1_is_refused_where_shards_mat
     from mllmft.strategies import SPIDER, LoRA
     from mllmft.strategies.runner import check_engine, engine_name
 
-    assert [engine_name(s) for s in ("auto", "ddp_fork", "fsdp", "deepspeed_stage_3",
-                                     {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"})] == [
-        "local", "local", "fsdp1", "deepspeed", "fsdp2"]
+    assert [
+        engine_name(s)
+        for s in (
+            "auto",
+            "ddp_fork",
+            "fsdp",
+            "deepspeed_stage_3",
+            {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"},
+        )
+    ] == ["local", "local", "fsdp1", "deepspeed", "fsdp2"]
     with pytest.raises(ConfigError, match="strategy=spider works on parameter shards through FSDP2 or DeepSpeed"):
         api.build(compose("strategy=spider", "hardware.lightning_strategy=fsdp"))
     check_engine(LoRA(), "fsdp")  # adapters are ordinary parameters: the optimizer alone trains them

@@ -1,6 +1,5 @@
 """SPIDER and the selective / regularisation strategies: tests that catch a wrong implementation."""
 
-
 import lightning as L
 import numpy as np
 import pytest
@@ -46,8 +45,8 @@ def test_hand_computed_two_steps_match_the_spec():
     t0 = p.clone()
     acc_t = torch.zeros_like(p)
     for g in grads:
-        acc += g                                  # 1. A += g
-        w_tilde = w - lr * g                      # 2. the optimizer step (plain SGD here)
+        acc += g  # 1. A += g
+        w_tilde = w - lr * g  # 2. the optimizer step (plain SGD here)
         w = theta0 + _m(theta0, acc) * (w_tilde - theta0)  # 3-5. mask and weight allocation
         acc_t += torch.tensor(g)
         p = torch.lerp(t0, p - lr * torch.tensor(g), spider_mask(t0, acc_t).to(p.dtype))
@@ -97,9 +96,11 @@ def test_large_tensor_top_k_equals_sorting(values, share):
     must still be the exact top k (ties: the earliest), however many ties the bracket holds."""
     generator = torch.Generator().manual_seed(0)
     n = 16 * tensor_stats.BRACKET_SAMPLE + 12345
-    scores = {"continuous": torch.rand(n, generator=generator),
-              "few_levels": torch.randint(0, 5, (n,), generator=generator).float(),
-              "all_equal": torch.ones(n)}[values]
+    scores = {
+        "continuous": torch.rand(n, generator=generator),
+        "few_levels": torch.randint(0, 5, (n,), generator=generator).float(),
+        "all_equal": torch.ones(n),
+    }[values]
     k = keep_count(share, n)
     mask = tensor_stats.top_k_masks(LocalEngine(), [scores], [k])[0]
     order = torch.argsort(-scores, stable=True)  # descending; equal scores keep their index order
@@ -117,8 +118,9 @@ def test_float64_sums_equal_a_float64_copys():
 
 
 # --- regularisers ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("norm, reduction", [("l2", "tensor_mean"), ("l1", "tensor_mean"), ("l2", "sum"),
-                                             ("l1", "sum")])
+@pytest.mark.parametrize(
+    "norm, reduction", [("l2", "tensor_mean"), ("l1", "tensor_mean"), ("l2", "sum"), ("l1", "sum")]
+)
 def test_anchor_penalty_gradient_is_autograds_of_the_penalty(norm, reduction):
     """The gradient added before the step equals autograd's gradient of the written-out penalty."""
     torch.manual_seed(0)
@@ -204,11 +206,14 @@ def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
     """‖w_bf16 − w_fp32‖ / ‖w_fp32 − θ0‖ after 5 steps: measured 0.043 (bf16-mixed), 0.11 (bf16-true)."""
     from tests.helpers.engines import relative_deviation
 
-    runs = {p: _fit(compose, "strategy=spider", "trainer.max_steps=5", f"hardware.precision={p}")
-            for p in ("32", "bf16-mixed", "bf16-true")}
+    runs = {
+        p: _fit(compose, "strategy=spider", "trainer.max_steps=5", f"hardware.precision={p}")
+        for p in ("32", "bf16-mixed", "bf16-true")
+    }
     theta0 = {n: p.detach() for n, p in api.build(compose()).backbone.model.named_parameters() if p.requires_grad}
-    weights = {p: {n: t.detach() for n, t in r.backbone.model.named_parameters() if n in theta0}
-               for p, r in runs.items()}
+    weights = {
+        p: {n: t.detach() for n, t in r.backbone.model.named_parameters() if n in theta0} for p, r in runs.items()
+    }
     assert relative_deviation(weights["bf16-mixed"], weights["32"], theta0) <= 0.10
     assert relative_deviation(weights["bf16-true"], weights["32"], theta0) <= 0.25
     assert {t.dtype for t in runs["bf16-true"].strategy.theta0.parts.values()} == {torch.bfloat16}
@@ -216,8 +221,9 @@ def test_spider_in_bf16_ends_within_a_stated_tolerance_of_fp32(compose):
 
 
 def test_spider_state_is_six_bytes_per_parameter_in_bf16(compose):
-    parts = _fit(compose, "strategy=spider", "hardware.precision=bf16-true", "trainer.max_steps=1",
-                 "trainer.log_every_n_steps=1")
+    parts = _fit(
+        compose, "strategy=spider", "hardware.precision=bf16-true", "trainer.max_steps=1", "trainer.log_every_n_steps=1"
+    )
     assert float(parts.trainer.callback_metrics["strategy/state_bytes_per_param"]) == 6.0
 
 
@@ -244,8 +250,13 @@ def test_hft_freezes_the_documented_share(tiny_backbone):
 
 
 def test_ewc_fisher_is_the_mean_squared_upstream_gradient(compose):
-    overrides = ("strategy=ewc", "strategy.fisher_batches=2", "strategy.fisher_batch_size=3",
-                 "+data.upstream.shapes.sizes.train=12", "trainer.max_steps=1")
+    overrides = (
+        "strategy=ewc",
+        "strategy.fisher_batches=2",
+        "strategy.fisher_batch_size=3",
+        "+data.upstream.shapes.sizes.train=12",
+        "trainer.max_steps=1",
+    )
     parts = _fit(compose, *overrides)
     fisher = parts.strategy.fisher
     fresh = api.build(compose(*overrides))  # same seed: the same θ0 and the same upstream batches
@@ -274,8 +285,7 @@ class _SaveWeights(L.Callback):
 
 
 def test_ddp_ranks_hold_identical_spider_weights(compose, tmp_path):
-    cfg = compose("strategy=spider", "hardware=ddp_cpu", "hardware.lightning_strategy=ddp_fork",
-                  "trainer.max_steps=3")
+    cfg = compose("strategy=spider", "hardware=ddp_cpu", "hardware.lightning_strategy=ddp_fork", "trainer.max_steps=3")
     parts = api.build(cfg)
     parts.trainer.callbacks.append(_SaveWeights(tmp_path))
     theta0 = {k: v.clone() for k, v in parts.backbone.model.state_dict().items()}

@@ -19,12 +19,37 @@ from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
 from mllmft.config import import_object
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
-FAMILIES = {f.name: f for f in (LLAVA, LLAVA_NEXT, LLAVA_ONEVISION, QWEN2_VL, QWEN2_5_VL, QWEN3_VL, PALIGEMMA,
-                                IDEFICS3, SMOLVLM, INTERNVL, BLIP2, INSTRUCTBLIP)}
+FAMILIES = {
+    f.name: f
+    for f in (
+        LLAVA,
+        LLAVA_NEXT,
+        LLAVA_ONEVISION,
+        QWEN2_VL,
+        QWEN2_5_VL,
+        QWEN3_VL,
+        PALIGEMMA,
+        IDEFICS3,
+        SMOLVLM,
+        INTERNVL,
+        BLIP2,
+        INSTRUCTBLIP,
+    )
+}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
-__all__ = ["COMPONENTS", "Backbone", "ComponentMap", "FAMILIES", "Family", "build_meta", "build_tiny",
-           "check_family_supports", "find_family", "load_pretrained"]
+__all__ = [
+    "COMPONENTS",
+    "Backbone",
+    "ComponentMap",
+    "FAMILIES",
+    "Family",
+    "build_meta",
+    "build_tiny",
+    "check_family_supports",
+    "find_family",
+    "load_pretrained",
+]
 
 
 def build_meta(family: str, architecture: dict) -> torch.nn.Module:
@@ -43,8 +68,10 @@ def find_family(name: str) -> Family:
     if name in FAMILIES:
         return FAMILIES[name]
     if "." not in name:
-        raise ConfigError(f"unknown model family {name!r}; available: {sorted(FAMILIES)}, or the dotted path "
-                          "of a Family object of your own")
+        raise ConfigError(
+            f"unknown model family {name!r}; available: {sorted(FAMILIES)}, or the dotted path "
+            "of a Family object of your own"
+        )
     found = import_object(name, "model.family")
     if not isinstance(found, Family):
         raise ConfigError(f"model.family={name!r} is a {type(found).__name__}, not a mllmft.backbones.Family")
@@ -68,45 +95,60 @@ def build_tiny(family: str, spec: Mapping) -> Backbone:
     return find_family(family).build_tiny(dict(spec), corpus)
 
 
-def load_pretrained(family: str, checkpoint: str | Path, dtype: str = "float32",
-                    attn_implementation: str | None = None, trust_remote_code: bool = False) -> Backbone:
+def load_pretrained(
+    family: str,
+    checkpoint: str | Path,
+    dtype: str = "float32",
+    attn_implementation: str | None = None,
+    trust_remote_code: bool = False,
+) -> Backbone:
     """Load a checkpoint directory (or an already-cached hub id) saved in the HF format."""
     fam = find_family(family)
     if dtype not in DTYPES:
         raise ConfigError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
     local = Path(checkpoint)
     if local.is_dir() and not (local / "config.json").is_file():
-        raise CheckpointNotFoundError(f"model.checkpoint={checkpoint}: the directory has no config.json, so it is not "
-                                      "a Hugging Face model directory (save one with save_pretrained)")
+        raise CheckpointNotFoundError(
+            f"model.checkpoint={checkpoint}: the directory has no config.json, so it is not "
+            "a Hugging Face model directory (save one with save_pretrained)"
+        )
     try:
         model = AutoModelForImageTextToText.from_pretrained(
-            checkpoint, dtype=DTYPES[dtype], attn_implementation=attn_implementation,
-            trust_remote_code=trust_remote_code)
+            checkpoint,
+            dtype=DTYPES[dtype],
+            attn_implementation=attn_implementation,
+            trust_remote_code=trust_remote_code,
+        )
         if fam.load_processor is not None:
             processor = fam.load_processor(checkpoint, trust_remote_code)
         else:
             processor = AutoProcessor.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
     except Exception as err:
         if local.is_dir():  # a damaged directory: a truncated or corrupted weights file, bad JSON, ...
-            raise ConfigError(f"model.checkpoint={checkpoint}: cannot load it ({type(err).__name__}: "
-                              f"{_first_line(err)})") from err
+            raise ConfigError(
+                f"model.checkpoint={checkpoint}: cannot load it ({type(err).__name__}: {_first_line(err)})"
+            ) from err
         if not isinstance(err, OSError):
             raise
         raise CheckpointNotFoundError(
             f"model.checkpoint={checkpoint!r} is neither a local directory nor in the Hugging Face cache "
             f"({err.__class__.__name__}). Download it once where there is network "
             f"(`hf download {checkpoint} --local-dir DIR`) and set model.checkpoint=DIR, or unset "
-            "HF_HUB_OFFLINE to let transformers fetch it.") from err
+            "HF_HUB_OFFLINE to let transformers fetch it."
+        ) from err
     # from_pretrained returns eval mode; a fine-tuning run starts in train mode (dropout on), and
     # Lightning's evaluation loops put it back after each test/validation.
     model.train()
     if model.config.model_type not in fam.model_types:
-        raise ConfigError(f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
-                         "set model.family to match it")
+        raise ConfigError(
+            f"{checkpoint} holds a {model.config.model_type!r} model, not a {family!r} one; "
+            "set model.family to match it"
+        )
     if getattr(processor, "chat_template", None) is None and fam.chat_template is not None:
         processor.chat_template = fam.chat_template
-    return Backbone(model=model, processor=processor, family=fam.name,
-                    components=fam.component_map(model), source=str(checkpoint))
+    return Backbone(
+        model=model, processor=processor, family=fam.name, components=fam.component_map(model), source=str(checkpoint)
+    )
 
 
 def _first_line(err: Exception) -> str:

@@ -46,7 +46,7 @@ class ComponentMap:
         prefix = self.layers.get(component)
         if prefix is None or not _under(param_name, prefix):
             return None
-        return int(param_name[len(prefix) + 1:].split(".", 1)[0])
+        return int(param_name[len(prefix) + 1 :].split(".", 1)[0])
 
     def is_inert(self, param_name: str) -> bool:
         return any(_under(param_name, p) for p in self.inert)
@@ -55,9 +55,14 @@ class ComponentMap:
         """The same map for a model wrapped so that every name gains ``root`` in front (a PeftModel's
         ``base_model.model.``); peft's inner names (``.base_layer``, ``.lora_A``) stay under the prefixes."""
         return ComponentMap(
-            vision=tuple(root + p for p in self.vision), connector=tuple(root + p for p in self.connector),
-            llm=tuple(root + p for p in self.llm), layers={c: root + p for c, p in self.layers.items()},
-            embeddings=root + self.embeddings, head=root + self.head, inert=tuple(root + p for p in self.inert))
+            vision=tuple(root + p for p in self.vision),
+            connector=tuple(root + p for p in self.connector),
+            llm=tuple(root + p for p in self.llm),
+            layers={c: root + p for c, p in self.layers.items()},
+            embeddings=root + self.embeddings,
+            head=root + self.head,
+            inert=tuple(root + p for p in self.inert),
+        )
 
 
 def _under(name: str, prefix: str) -> bool:
@@ -129,10 +134,16 @@ class Backbone:
         return counts
 
 
-def tiny_backbone(model: PreTrainedModel, processor, family: str, component_map: Callable[[nn.Module], ComponentMap],
-                  eos_token_ids: list[int]) -> Backbone:
+def tiny_backbone(
+    model: PreTrainedModel,
+    processor,
+    family: str,
+    component_map: Callable[[nn.Module], ComponentMap],
+    eos_token_ids: list[int],
+) -> Backbone:
     """Wrap a freshly built random model: generation stops at the family's end-of-turn tokens."""
     model.generation_config.pad_token_id = processor.tokenizer.pad_token_id
     model.generation_config.eos_token_id = eos_token_ids if len(eos_token_ids) > 1 else eos_token_ids[0]
-    return Backbone(model=model, processor=processor, family=family, components=component_map(model),
-                    source="tiny (random)")
+    return Backbone(
+        model=model, processor=processor, family=family, components=component_map(model), source="tiny (random)"
+    )

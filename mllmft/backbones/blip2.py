@@ -48,9 +48,13 @@ def component_map(model) -> ComponentMap:
     llm_layers = find_module(model, "language_model", "layers", nn.ModuleList)
     embeddings = next(n for n, m in model.named_modules() if m is model.language_model.get_input_embeddings())
     return ComponentMap(
-        vision=("vision_model",), connector=("query_tokens", "qformer", "language_projection"),
-        llm=("language_model",), layers={"vision": "vision_model.encoder.layers", "llm": llm_layers},
-        embeddings=embeddings, head="language_model.lm_head")
+        vision=("vision_model",),
+        connector=("query_tokens", "qformer", "language_projection"),
+        llm=("language_model",),
+        layers={"vision": "vision_model.encoder.layers", "llm": llm_layers},
+        embeddings=embeddings,
+        head="language_model.lm_head",
+    )
 
 
 def _build_tiny(spec: dict, corpus: list[str], family: str) -> Backbone:
@@ -61,26 +65,49 @@ def _build_tiny(spec: dict, corpus: list[str], family: str) -> Backbone:
     image_processor = BlipImageProcessorPil(size={"height": size, "width": size})
     if instruct:  # the Q-Former reads the instruction with its own (BERT-style) tokenizer; here a copy
         qformer_tokenizer = copy.deepcopy(tokenizer)
-        processor = InstructBlipProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                          qformer_tokenizer=qformer_tokenizer, num_query_tokens=queries)
+        processor = InstructBlipProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            qformer_tokenizer=qformer_tokenizer,
+            num_query_tokens=queries,
+        )
     else:
         processor = Blip2Processor(image_processor=image_processor, tokenizer=tokenizer, num_query_tokens=queries)
     processor.chat_template = template  # the processor adds "<image>" to the tokenizer: size it after
     vision_hidden = spec["vision_hidden"]
-    qformer = dict(hidden_size=vision_hidden, num_hidden_layers=spec["qformer_layers"],
-                   num_attention_heads=spec["heads"], intermediate_size=2 * vision_hidden,
-                   encoder_hidden_size=vision_hidden)
-    text = (text_config(spec, tokenizer) if instruct else  # Vicuna (Llama) / OPT
-            text_config(spec, tokenizer, "opt") | {"ffn_dim": 2 * spec["text_hidden"],
-                                                   "word_embed_proj_dim": spec["text_hidden"]})
-    config_class, model_class = ((InstructBlipConfig, InstructBlipForConditionalGeneration) if instruct
-                                 else (Blip2Config, Blip2ForConditionalGeneration))
+    qformer = dict(
+        hidden_size=vision_hidden,
+        num_hidden_layers=spec["qformer_layers"],
+        num_attention_heads=spec["heads"],
+        intermediate_size=2 * vision_hidden,
+        encoder_hidden_size=vision_hidden,
+    )
+    text = (
+        text_config(spec, tokenizer)
+        if instruct
+        # Vicuna (Llama) / OPT
+        else text_config(spec, tokenizer, "opt")
+        | {"ffn_dim": 2 * spec["text_hidden"], "word_embed_proj_dim": spec["text_hidden"]}
+    )
+    config_class, model_class = (
+        (InstructBlipConfig, InstructBlipForConditionalGeneration)
+        if instruct
+        else (Blip2Config, Blip2ForConditionalGeneration)
+    )
     config = config_class(
-        vision_config=dict(hidden_size=vision_hidden, intermediate_size=2 * vision_hidden,
-                           num_hidden_layers=spec["vision_layers"], num_attention_heads=spec["heads"],
-                           image_size=size, patch_size=spec["patch_size"]),
+        vision_config=dict(
+            hidden_size=vision_hidden,
+            intermediate_size=2 * vision_hidden,
+            num_hidden_layers=spec["vision_layers"],
+            num_attention_heads=spec["heads"],
+            image_size=size,
+            patch_size=spec["patch_size"],
+        ),
         qformer_config=qformer | ({"vocab_size": len(processor.qformer_tokenizer)} if instruct else {}),
-        text_config=text, num_query_tokens=queries, image_token_index=tokenizer.convert_tokens_to_ids("<image>"))
+        text_config=text,
+        num_query_tokens=queries,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+    )
     torch.manual_seed(spec.get("seed", 0))
     model = model_class(config)
     # transformers initialises the query tokens to zeros: identical queries give the Q-Former's
@@ -108,12 +135,26 @@ class InstructBlipCollator(ConversationCollator):
         return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
 
 
-_NO_PROMPT_TUNING = {"prompt_tuning": "peft prepends virtual tokens through inputs_embeds, which BLIP-2's "
-                                      "generate() does not accept without input_ids; use strategy=lora"}
-BLIP2 = Family("blip2", ("blip-2",), CHAT_TEMPLATE, component_map,
-               lambda spec, corpus: _build_tiny(spec, corpus, "blip2"), Blip2ForConditionalGeneration,
-               unsupported=_NO_PROMPT_TUNING)
-INSTRUCTBLIP = Family("instructblip", ("instructblip",), INSTRUCTBLIP_TEMPLATE, component_map,
-                      lambda spec, corpus: _build_tiny(spec, corpus, "instructblip"),
-                      InstructBlipForConditionalGeneration, collator=InstructBlipCollator,
-                      unsupported=_NO_PROMPT_TUNING)
+_NO_PROMPT_TUNING = {
+    "prompt_tuning": "peft prepends virtual tokens through inputs_embeds, which BLIP-2's "
+    "generate() does not accept without input_ids; use strategy=lora"
+}
+BLIP2 = Family(
+    "blip2",
+    ("blip-2",),
+    CHAT_TEMPLATE,
+    component_map,
+    lambda spec, corpus: _build_tiny(spec, corpus, "blip2"),
+    Blip2ForConditionalGeneration,
+    unsupported=_NO_PROMPT_TUNING,
+)
+INSTRUCTBLIP = Family(
+    "instructblip",
+    ("instructblip",),
+    INSTRUCTBLIP_TEMPLATE,
+    component_map,
+    lambda spec, corpus: _build_tiny(spec, corpus, "instructblip"),
+    InstructBlipForConditionalGeneration,
+    collator=InstructBlipCollator,
+    unsupported=_NO_PROMPT_TUNING,
+)

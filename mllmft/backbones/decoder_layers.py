@@ -12,8 +12,11 @@ from collections.abc import Iterable
 
 # (attention, mlp, norms) module names of the decoder-layer conventions transformers uses
 LAYER_NAMES = {
-    "llama": (("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj"),
-              ("input_layernorm", "post_attention_layernorm")),
+    "llama": (
+        ("q_proj", "k_proj", "v_proj", "o_proj"),
+        ("gate_proj", "up_proj", "down_proj"),
+        ("input_layernorm", "post_attention_layernorm"),
+    ),
     "opt": (("q_proj", "k_proj", "v_proj", "out_proj"), ("fc1", "fc2"), ("self_attn_layer_norm", "final_layer_norm")),
 }
 # the linear that closes each feed-forward block (Llama/Gemma/Qwen, OPT, Mixtral experts, GPT-NeoX)

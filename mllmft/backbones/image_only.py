@@ -26,8 +26,14 @@ def image_only(processor_class: type, module: str) -> type:
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
         kwargs.pop("video_processor", None)
-        processor_class.__init__(self, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                 chat_template=chat_template, **kwargs)
+        processor_class.__init__(
+            self,
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=None,
+            chat_template=chat_template,
+            **kwargs,
+        )
 
     def apply_chat_template(self, conversation, chat_template=None, **kwargs):
         # some families' overrides read video settings (SmolVLM: num_frames); images need none of it
@@ -36,10 +42,14 @@ def image_only(processor_class: type, module: str) -> type:
     # transformers saves (to_dict) only the settings named in __init__'s signature: keep the parent's
     parent = inspect.signature(processor_class.__init__)
     __init__.__signature__ = parent.replace(
-        parameters=[p for n, p in parent.parameters.items() if n != "video_processor"])
+        parameters=[p for n, p in parent.parameters.items() if n != "video_processor"]
+    )
     name = f"ImageOnly{processor_class.__name__}"
-    return type(name, (processor_class,), {"__init__": __init__, "apply_chat_template": apply_chat_template,
-                                           "__module__": module, "__qualname__": name})
+    return type(
+        name,
+        (processor_class,),
+        {"__init__": __init__, "apply_chat_template": apply_chat_template, "__module__": module, "__qualname__": name},
+    )
 
 
 def image_only_loader(processor_class: type, image_processor_class: type) -> Callable[[str, bool], object]:
@@ -52,8 +62,7 @@ def image_only_loader(processor_class: type, image_processor_class: type) -> Cal
         settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
         settings = {k: v for k, v in settings.items() if k not in _NOT_SETTINGS}
         template = _chat_template(Path(path)) or getattr(tokenizer, "chat_template", None)
-        return processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
-                               **settings)
+        return processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template, **settings)
 
     return load_processor
 

@@ -44,43 +44,71 @@ def component_map(model: LlavaForConditionalGeneration) -> ComponentMap:
     # LLaVA-NeXT/OneVision's image_newline (a bare parameter between rows of image features) is connector
     connector = ("model.multi_modal_projector", "model.image_newline")
     return ComponentMap(
-        vision=(vision,), connector=connector,
+        vision=(vision,),
+        connector=connector,
         llm=("model.language_model", "lm_head"),
         layers={"vision": vision_layers, "llm": "model.language_model.layers"},
-        embeddings="model.language_model.embed_tokens", head="lm_head", inert=tuple(inert))
+        embeddings="model.language_model.embed_tokens",
+        head="lm_head",
+        inert=tuple(inert),
+    )
 
 
 def vision_config(spec: dict, model_type: str = "clip_vision_model") -> dict:
     extra = {"vision_use_head": False} if model_type == "siglip_vision_model" else {}  # as released
-    return dict(model_type=model_type, hidden_size=spec["vision_hidden"], intermediate_size=2 * spec["vision_hidden"],
-                num_hidden_layers=spec["vision_layers"], num_attention_heads=spec["heads"],
-                image_size=spec["image_size"], patch_size=spec["patch_size"], **extra)
+    return dict(
+        model_type=model_type,
+        hidden_size=spec["vision_hidden"],
+        intermediate_size=2 * spec["vision_hidden"],
+        num_hidden_layers=spec["vision_layers"],
+        num_attention_heads=spec["heads"],
+        image_size=spec["image_size"],
+        patch_size=spec["patch_size"],
+        **extra,
+    )
 
 
 def text_config(spec: dict, tokenizer, model_type: str = "llama", **extra) -> dict:
-    return dict(model_type=model_type, hidden_size=spec["text_hidden"], intermediate_size=2 * spec["text_hidden"],
-                num_hidden_layers=spec["text_layers"], num_attention_heads=spec["heads"],
-                num_key_value_heads=spec["heads"], vocab_size=len(tokenizer),
-                max_position_embeddings=spec["max_position_embeddings"], pad_token_id=tokenizer.pad_token_id,
-                bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **extra)
+    return dict(
+        model_type=model_type,
+        hidden_size=spec["text_hidden"],
+        intermediate_size=2 * spec["text_hidden"],
+        num_hidden_layers=spec["text_layers"],
+        num_attention_heads=spec["heads"],
+        num_key_value_heads=spec["heads"],
+        vocab_size=len(tokenizer),
+        max_position_embeddings=spec["max_position_embeddings"],
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **extra,
+    )
 
 
 def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
     """A randomly initialised LLaVA of the given (small) size, with a tokenizer trained on ``corpus``."""
-    tokenizer = train_tokenizer([*corpus, CHAT_TEMPLATE], spec["vocab_size"],
-                                extra_special={"image_token": "<image>"})
+    tokenizer = train_tokenizer([*corpus, CHAT_TEMPLATE], spec["vocab_size"], extra_special={"image_token": "<image>"})
     size = spec["image_size"]
-    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size},
-                                            crop_size={"height": size, "width": size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                               patch_size=spec["patch_size"], vision_feature_select_strategy="default",
-                               chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1)
-    config = LlavaConfig(vision_config=vision_config(spec), text_config=text_config(spec, tokenizer),
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_layer=-1, vision_feature_select_strategy="default")
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec["patch_size"],
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    config = LlavaConfig(
+        vision_config=vision_config(spec),
+        text_config=text_config(spec, tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(spec.get("seed", 0))
-    return tiny_backbone(LlavaForConditionalGeneration(config), processor, "llava", component_map,
-                         [tokenizer.eos_token_id])
+    return tiny_backbone(
+        LlavaForConditionalGeneration(config), processor, "llava", component_map, [tokenizer.eos_token_id]
+    )
 
 
 LLAVA = Family("llava", ("llava",), CHAT_TEMPLATE, component_map, build_tiny, LlavaForConditionalGeneration)

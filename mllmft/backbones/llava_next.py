@@ -35,17 +35,29 @@ ImageOnlyLlavaOnevisionProcessor = image_only(LlavaOnevisionProcessor, __name__)
 def build_tiny_next(spec: dict, corpus: list[str]) -> Backbone:
     tokenizer = train_tokenizer([*corpus, CHAT_TEMPLATE], spec["vocab_size"], extra_special={"image_token": "<image>"})
     size, grid = spec["image_size"], [[spec["image_size"], spec["image_size"]]]
-    image_processor = LlavaNextImageProcessorPil(size={"shortest_edge": size}, image_grid_pinpoints=grid,
-                                                 crop_size={"height": size, "width": size})
-    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   patch_size=spec["patch_size"], vision_feature_select_strategy="default",
-                                   chat_template=CHAT_TEMPLATE, num_additional_image_tokens=1)
-    config = LlavaNextConfig(vision_config=vision_config(spec), text_config=text_config(spec, tokenizer),
-                             image_token_id=tokenizer.convert_tokens_to_ids("<image>"), image_grid_pinpoints=grid,
-                             vision_feature_layer=-1, vision_feature_select_strategy="default")
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": size}, image_grid_pinpoints=grid, crop_size={"height": size, "width": size}
+    )
+    processor = LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=spec["patch_size"],
+        vision_feature_select_strategy="default",
+        chat_template=CHAT_TEMPLATE,
+        num_additional_image_tokens=1,
+    )
+    config = LlavaNextConfig(
+        vision_config=vision_config(spec),
+        text_config=text_config(spec, tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=grid,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
     torch.manual_seed(spec.get("seed", 0))
-    return tiny_backbone(LlavaNextForConditionalGeneration(config), processor, "llava_next", component_map,
-                         [tokenizer.eos_token_id])
+    return tiny_backbone(
+        LlavaNextForConditionalGeneration(config), processor, "llava_next", component_map, [tokenizer.eos_token_id]
+    )
 
 
 def build_tiny_onevision(spec: dict, corpus: list[str]) -> Backbone:
@@ -54,22 +66,41 @@ def build_tiny_onevision(spec: dict, corpus: list[str]) -> Backbone:
     size, grid = spec["image_size"], [[spec["image_size"], spec["image_size"]]]
     image_processor = LlavaOnevisionImageProcessorPil(size={"height": size, "width": size}, image_grid_pinpoints=grid)
     processor = ImageOnlyLlavaOnevisionProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=ONEVISION_TEMPLATE,
-        num_image_tokens=(size // spec["patch_size"]) ** 2, vision_feature_select_strategy="full")
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=ONEVISION_TEMPLATE,
+        num_image_tokens=(size // spec["patch_size"]) ** 2,
+        vision_feature_select_strategy="full",
+    )
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = LlavaOnevisionConfig(
         vision_config=vision_config(spec, "siglip_vision_model"),
         text_config=text_config(spec, tokenizer, "qwen2") | {"eos_token_id": im_end},
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<video>"), image_grid_pinpoints=grid,
-        vision_feature_layer=-1, vision_feature_select_strategy="full")
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_grid_pinpoints=grid,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
     torch.manual_seed(spec.get("seed", 0))
-    return tiny_backbone(LlavaOnevisionForConditionalGeneration(config), processor, "llava_onevision",
-                         component_map, [im_end, tokenizer.eos_token_id])
+    return tiny_backbone(
+        LlavaOnevisionForConditionalGeneration(config),
+        processor,
+        "llava_onevision",
+        component_map,
+        [im_end, tokenizer.eos_token_id],
+    )
 
 
-LLAVA_NEXT = Family("llava_next", ("llava_next",), CHAT_TEMPLATE, component_map, build_tiny_next,
-                    LlavaNextForConditionalGeneration)
-LLAVA_ONEVISION = Family("llava_onevision", ("llava_onevision",), ONEVISION_TEMPLATE, component_map,
-                         build_tiny_onevision, LlavaOnevisionForConditionalGeneration,
-                         image_only_loader(ImageOnlyLlavaOnevisionProcessor, LlavaOnevisionImageProcessorPil))
+LLAVA_NEXT = Family(
+    "llava_next", ("llava_next",), CHAT_TEMPLATE, component_map, build_tiny_next, LlavaNextForConditionalGeneration
+)
+LLAVA_ONEVISION = Family(
+    "llava_onevision",
+    ("llava_onevision",),
+    ONEVISION_TEMPLATE,
+    component_map,
+    build_tiny_onevision,
+    LlavaOnevisionForConditionalGeneration,
+    image_only_loader(ImageOnlyLlavaOnevisionProcessor, LlavaOnevisionImageProcessorPil),
+)

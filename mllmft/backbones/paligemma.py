@@ -31,10 +31,13 @@ from mllmft.errors import DataError
 
 def component_map(model) -> ComponentMap:
     return ComponentMap(
-        vision=("model.vision_tower",), connector=("model.multi_modal_projector",),
+        vision=("model.vision_tower",),
+        connector=("model.multi_modal_projector",),
         llm=("model.language_model", "lm_head"),
         layers={"vision": "model.vision_tower.encoder.layers", "llm": "model.language_model.layers"},
-        embeddings="model.language_model.embed_tokens", head="lm_head")
+        embeddings="model.language_model.embed_tokens",
+        head="lm_head",
+    )
 
 
 def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
@@ -47,10 +50,13 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
     config = PaliGemmaConfig(
         vision_config=vision_config(spec, "siglip_vision_model") | {"projection_dim": spec["text_hidden"]},
         text_config=text_config(spec, tokenizer, "gemma", head_dim=head_dim),
-        image_token_id=processor.image_token_id, projection_dim=spec["text_hidden"])
+        image_token_id=processor.image_token_id,
+        projection_dim=spec["text_hidden"],
+    )
     torch.manual_seed(spec.get("seed", 0))
-    return tiny_backbone(PaliGemmaForConditionalGeneration(config), processor, "paligemma", component_map,
-                         [tokenizer.eos_token_id])
+    return tiny_backbone(
+        PaliGemmaForConditionalGeneration(config), processor, "paligemma", component_map, [tokenizer.eos_token_id]
+    )
 
 
 class PrefixSuffixCollator(ConversationCollator):
@@ -69,9 +75,11 @@ class PrefixSuffixCollator(ConversationCollator):
     def _check_single_turn(self, records: list[Record]) -> None:
         for record in records:
             if [t.role for t in record.turns] != ["user", "assistant"]:
-                raise DataError(f"{record.where()}: PaliGemma models take one prompt and one answer (prefix and "
-                                f"suffix); this record has {len(record.turns)} turns. Split it into single-turn "
-                                "records or use a chat-template family.")
+                raise DataError(
+                    f"{record.where()}: PaliGemma models take one prompt and one answer (prefix and "
+                    f"suffix); this record has {len(record.turns)} turns. Split it into single-turn "
+                    "records or use a chat-template family."
+                )
 
     def render(self, turns: tuple[Turn, ...], add_generation_prompt: bool) -> str:
         # the image placeholder first: the processor expands it to image_seq_length tokens + BOS
@@ -87,8 +95,14 @@ class PrefixSuffixCollator(ConversationCollator):
         return self.encode(prompts, blank, padding_side="right", **suffix)["attention_mask"].sum(1).tolist()
 
     def _encode_for_training(self, records: list[Record], images) -> tuple[dict, torch.Tensor]:
-        inputs = dict(self.encode([self.render(r.turns, False) for r in records], images, padding_side="right",
-                                  suffix=[r.turns[1].text for r in records]))
+        inputs = dict(
+            self.encode(
+                [self.render(r.turns, False) for r in records],
+                images,
+                padding_side="right",
+                suffix=[r.turns[1].text for r in records],
+            )
+        )
         labels = inputs.pop("labels")
         self.check_lengths(records, inputs["attention_mask"].sum(1).tolist(), "conversation")
         labels[inputs["attention_mask"] == 0] = IGNORE_INDEX
@@ -98,5 +112,12 @@ class PrefixSuffixCollator(ConversationCollator):
         return inputs, labels
 
 
-PALIGEMMA = Family("paligemma", ("paligemma",), None, component_map, build_tiny, PaliGemmaForConditionalGeneration,
-                   collator=PrefixSuffixCollator)
+PALIGEMMA = Family(
+    "paligemma",
+    ("paligemma",),
+    None,
+    component_map,
+    build_tiny,
+    PaliGemmaForConditionalGeneration,
+    collator=PrefixSuffixCollator,
+)

@@ -11,7 +11,31 @@ from mllmft.data.test_set import TestSet
 from mllmft.data.vqa_sets import AOKVQA, GQA, OCRVQA, TextVQA, VizWiz, VQAv2Style
 from mllmft.errors import DataError
 
-__all__ = ["AOKVQA", "CocoCaptions", "ConversationCollator", "DataError", "DigitsSource", "GQA", "HFDataset",
-           "IGNORE_INDEX", "IconQA", "KarpathyCaptions", "LlavaJsonSource", "MLLMDataModule", "MMBench", "MME",
-           "OCRVQA", "POPE", "Record", "SEEDBench", "ScienceQA", "ShapesSource", "TestSet", "TextVQA",
-           "Turn", "VQAv2Style", "VizWiz", "read_llava_json"]
+__all__ = [
+    "AOKVQA",
+    "CocoCaptions",
+    "ConversationCollator",
+    "DataError",
+    "DigitsSource",
+    "GQA",
+    "HFDataset",
+    "IGNORE_INDEX",
+    "IconQA",
+    "KarpathyCaptions",
+    "LlavaJsonSource",
+    "MLLMDataModule",
+    "MMBench",
+    "MME",
+    "OCRVQA",
+    "POPE",
+    "Record",
+    "SEEDBench",
+    "ScienceQA",
+    "ShapesSource",
+    "TestSet",
+    "TextVQA",
+    "Turn",
+    "VQAv2Style",
+    "VizWiz",
+    "read_llava_json",
+]

@@ -34,14 +34,30 @@ class ShapesSource:
     count. Each split draws from its own seed stream, so no scene repeats across splits.
     """
 
-    COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
-               "yellow": (230, 200, 30), "purple": (140, 60, 180), "orange": (240, 130, 30)}
+    COLOURS = {
+        "red": (220, 40, 40),
+        "green": (40, 170, 60),
+        "blue": (40, 80, 220),
+        "yellow": (230, 200, 30),
+        "purple": (140, 60, 180),
+        "orange": (240, 130, 30),
+    }
     SHAPES = ("circle", "square", "triangle")
-    QUESTIONS = {"colour": "What colour are the shapes?", "shape": "What shape is in the image?",
-                 "count": "How many shapes are there?"}
+    QUESTIONS = {
+        "colour": "What colour are the shapes?",
+        "shape": "What shape is in the image?",
+        "count": "How many shapes are there?",
+    }
 
-    def __init__(self, name: str = "shapes", sizes: dict | None = None, seed: int = 0,
-                 image_size: int = 64, metric: str = "exact_match", metric_args: dict | None = None):
+    def __init__(
+        self,
+        name: str = "shapes",
+        sizes: dict | None = None,
+        seed: int = 0,
+        image_size: int = 64,
+        metric: str = "exact_match",
+        metric_args: dict | None = None,
+    ):
         self.name = name
         self.metric = metric
         self.metric_args = dict(metric_args or {})
@@ -62,8 +78,7 @@ class ShapesSource:
             rid = f"shapes-{split}-{i}"
             if kind == "caption":
                 noun = shape if count == 1 else shape + "s"
-                out.append(single_turn(rid, image, CAPTION_PROMPT,
-                                       f"{NUMBER_WORDS[count]} {colour} {noun}", "caption"))
+                out.append(single_turn(rid, image, CAPTION_PROMPT, f"{NUMBER_WORDS[count]} {colour} {noun}", "caption"))
             else:
                 answer = {"colour": colour, "shape": shape, "count": NUMBER_WORDS[count]}[kind]
                 out.append(single_turn(rid, image, self.QUESTIONS[kind], answer, "vqa"))
@@ -90,8 +105,12 @@ class ShapesSource:
 
     def corpus(self) -> list[str]:
         """Every string this source can produce, for training a tiny tokenizer."""
-        words = [f"{n} {c} {s}{'' if n == 'one' else 's'}" for n in NUMBER_WORDS[1:4]
-                 for c in self.COLOURS for s in self.SHAPES]
+        words = [
+            f"{n} {c} {s}{'' if n == 'one' else 's'}"
+            for n in NUMBER_WORDS[1:4]
+            for c in self.COLOURS
+            for s in self.SHAPES
+        ]
         return [CAPTION_PROMPT, *self.QUESTIONS.values(), *words]
 
 
@@ -104,8 +123,14 @@ class DigitsSource:
     QUESTION = "Which digit is this?"
     FRACTIONS = {"test": 0.2, "val": 0.08}
 
-    def __init__(self, name: str = "digits", sizes: dict | None = None, image_size: int = 64,
-                 metric: str = "exact_match", metric_args: dict | None = None):
+    def __init__(
+        self,
+        name: str = "digits",
+        sizes: dict | None = None,
+        image_size: int = 64,
+        metric: str = "exact_match",
+        metric_args: dict | None = None,
+    ):
         self.name = name
         self.metric = metric
         self.metric_args = dict(metric_args or {})
@@ -117,8 +142,7 @@ class DigitsSource:
         n = len(self._digits.images)
         order = np.random.default_rng(12345).permutation(n)
         n_test, n_val = int(n * self.FRACTIONS["test"]), int(n * self.FRACTIONS["val"])
-        return {"test": order[:n_test], "val": order[n_test:n_test + n_val],
-                "train": order[n_test + n_val:]}
+        return {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
 
     @cached_property
     def _digits(self):
@@ -131,17 +155,17 @@ class DigitsSource:
         out = []
         for idx in self._split_indices[split]:
             pixels = (self._digits.images[idx] * (255.0 / 16.0)).astype(np.uint8)
-            image = (Image.fromarray(pixels, mode="L")
-                     .resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-                     .convert("RGB"))
+            image = (
+                Image.fromarray(pixels, mode="L")
+                .resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
+                .convert("RGB")
+            )
             word = NUMBER_WORDS[int(self._digits.target[idx])]
             base = f"digits-{split}-{idx}"
             out.append(single_turn(f"{base}-vqa", image, self.QUESTION, word, "vqa"))
-            out.append(single_turn(f"{base}-caption", image, CAPTION_PROMPT,
-                                   f"a handwritten {word}", "caption"))
+            out.append(single_turn(f"{base}-caption", image, CAPTION_PROMPT, f"a handwritten {word}", "caption"))
         limit = self.sizes.get(split)
         return out[:limit] if limit else out
 
     def corpus(self) -> list[str]:
-        return [CAPTION_PROMPT, self.QUESTION,
-                *(f"a handwritten {w}" for w in NUMBER_WORDS), *NUMBER_WORDS]
+        return [CAPTION_PROMPT, self.QUESTION, *(f"a handwritten {w}" for w in NUMBER_WORDS), *NUMBER_WORDS]

@@ -20,11 +20,16 @@ def _caption_records(name: str, items, prompt: str, split: str, origin: str) -> 
     out = []
     for image_id, image, captions in items:
         if split == "train":
-            out += [single_turn(f"{name}-{image_id}-{j}", image, prompt, c, "caption", origin=origin)
-                    for j, c in enumerate(captions)]
+            out += [
+                single_turn(f"{name}-{image_id}-{j}", image, prompt, c, "caption", origin=origin)
+                for j, c in enumerate(captions)
+            ]
         else:
-            out.append(single_turn(f"{name}-{image_id}", image, prompt, captions[0], "caption",
-                                   answers=tuple(captions), origin=origin))
+            out.append(
+                single_turn(
+                    f"{name}-{image_id}", image, prompt, captions[0], "caption", answers=tuple(captions), origin=origin
+                )
+            )
     return out
 
 
@@ -41,9 +46,15 @@ class KarpathyCaptions(FileSource):
 
     def read(self, path: Path, split: str) -> list[Record]:
         wanted = {"train": {"train", "restval"}, "val": {"val"}, "test": {"test"}}[split]
-        items = [(im.get("cocoid", im.get("imgid")), self.image_root / im.get("filepath", "") / im["filename"],
-                  [s["raw"].strip() for s in im["sentences"]])
-                 for im in self.load_json(path)["images"] if im["split"] in wanted]
+        items = [
+            (
+                im.get("cocoid", im.get("imgid")),
+                self.image_root / im.get("filepath", "") / im["filename"],
+                [s["raw"].strip() for s in im["sentences"]],
+            )
+            for im in self.load_json(path)["images"]
+            if im["split"] in wanted
+        ]
         return _caption_records(self.name, items, self.prompt, split, str(path))
 
 
@@ -62,6 +73,9 @@ class CocoCaptions(FileSource):
         captions = defaultdict(list)
         for ann in data["annotations"]:
             captions[ann["image_id"]].append(ann["caption"].strip())
-        items = [(im["id"], self.image_root / im["file_name"], captions[im["id"]])
-                 for im in data["images"] if captions[im["id"]]]
+        items = [
+            (im["id"], self.image_root / im["file_name"], captions[im["id"]])
+            for im in data["images"]
+            if captions[im["id"]]
+        ]
         return _caption_records(self.name, items, self.prompt, split, str(path))

@@ -63,9 +63,18 @@ class ScienceQA(FileSource):
             question = r.turns[0].text
             if self.prompt and self.prompt not in question:
                 question = f"{question}\n{self.prompt}"
-            out.append(Record(id=f"{self.name}-{r.id}", image=r.image,
-                              turns=(Turn("user", question), Turn("assistant", letter)), task="multiple_choice",
-                              answers=(letter,), origin=r.origin, options=options, image_root=r.image_root))
+            out.append(
+                Record(
+                    id=f"{self.name}-{r.id}",
+                    image=r.image,
+                    turns=(Turn("user", question), Turn("assistant", letter)),
+                    task="multiple_choice",
+                    answers=(letter,),
+                    origin=r.origin,
+                    options=options,
+                    image_root=r.image_root,
+                )
+            )
         return out
 
 
@@ -86,7 +95,15 @@ class IconQA(FileSource):
         for folder in sorted(p for p in path.iterdir() if p.is_dir()):
             d = self.load_json(folder / "data.json")
             answer = d["choices"][d["answer"]]
-            out.append(single_turn(f"{self.name}-{folder.name}", folder / "image.png",
-                                   self.prompt.format(question=d["question"], choices=", ".join(d["choices"])),
-                                   answer, "vqa", origin=str(folder / "data.json"), image_root=path))
+            out.append(
+                single_turn(
+                    f"{self.name}-{folder.name}",
+                    folder / "image.png",
+                    self.prompt.format(question=d["question"], choices=", ".join(d["choices"])),
+                    answer,
+                    "vqa",
+                    origin=str(folder / "data.json"),
+                    image_root=path,
+                )
+            )
         return out

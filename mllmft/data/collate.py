@@ -45,12 +45,19 @@ class ConversationCollator:
 
     def render(self, turns: tuple[Turn, ...], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
-            to_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt)
+            to_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt
+        )
 
     def encode(self, texts: list[str], images: list[Image.Image], padding_side: str, **kwargs) -> dict:
         # one list of images per sample: SmolVLM requires it, every other family accepts it
-        return self.processor(text=texts, images=[[im] for im in images], padding=True, padding_side=padding_side,
-                              return_tensors="pt", **kwargs)
+        return self.processor(
+            text=texts,
+            images=[[im] for im in images],
+            padding=True,
+            padding_side=padding_side,
+            return_tensors="pt",
+            **kwargs,
+        )
 
     def __call__(self, items: list[tuple[int, Record, Image.Image]]) -> dict:
         indices, records, images = zip(*items)
@@ -61,10 +68,15 @@ class ConversationCollator:
             labels = None
         else:
             inputs, labels = self._encode_for_training(records, list(images))
-        return {"model_inputs": inputs, "labels": labels, "index": torch.tensor(indices),
-                "references": [r.answers for r in records], "options": [r.options for r in records],
-                "ids": [r.id for r in records],
-                "prompts": [r.prompt_turns[-1].text for r in records]}
+        return {
+            "model_inputs": inputs,
+            "labels": labels,
+            "index": torch.tensor(indices),
+            "references": [r.answers for r in records],
+            "options": [r.options for r in records],
+            "ids": [r.id for r in records],
+            "prompts": [r.prompt_turns[-1].text for r in records],
+        }
 
     def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:
         full = [self.render(r.turns, add_generation_prompt=False) for r in records]
@@ -102,7 +114,8 @@ class ConversationCollator:
                         raise DataError(
                             f"{record.where()}: the chat template's tokens for a conversation prefix "
                             "are not a prefix of the whole conversation's tokens, so the answer span "
-                            "cannot be located")
+                            "cannot be located"
+                        )
                 if end <= start:
                     raise DataError(f"{record.where()}: an assistant answer encodes to no tokens")
                 labels[s, start:end] = ids[s, start:end]
@@ -135,4 +148,5 @@ class ConversationCollator:
                 raise DataError(
                     f"{record.where()}: the {what} is {n} tokens (image tokens included), more than "
                     f"data.max_length={self.max_length}; truncating would cut the image or the answer. "
-                    "Raise data.max_length or shorten the record.")
+                    "Raise data.max_length or shorten the record."
+                )

@@ -65,7 +65,7 @@ class ResumableSampler(DistributedSampler):
         indices = list(super().__iter__())
         resume, self._resume = self._resume, None
         if resume is not None and resume[0] == self.epoch:
-            indices = indices[resume[1]:]
+            indices = indices[resume[1] :]
         return iter(indices)
 
 
@@ -80,23 +80,38 @@ class MLLMDataModule(L.LightningDataModule):
     record's token count as the processor encodes it (image tokens included) against ``max_length``.
     """
 
-    def __init__(self, processor, target: Source, upstream: dict[str, Source] | None = None,
-                 batch_size: int = 16, eval_batch_size: int = 32, num_workers: int = 0,
-                 max_length: int = 256, seed: int = 0, image_check: str = "decode",
-                 length_check: bool = True, allow_outside_root: bool = False,
-                 max_image_pixels: int = MAX_IMAGE_PIXELS,
-                 collator_class: type[ConversationCollator] = ConversationCollator):
+    def __init__(
+        self,
+        processor,
+        target: Source,
+        upstream: dict[str, Source] | None = None,
+        batch_size: int = 16,
+        eval_batch_size: int = 32,
+        num_workers: int = 0,
+        max_length: int = 256,
+        seed: int = 0,
+        image_check: str = "decode",
+        length_check: bool = True,
+        allow_outside_root: bool = False,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+        collator_class: type[ConversationCollator] = ConversationCollator,
+    ):
         super().__init__()
-        check_settings(batch_size=batch_size, eval_batch_size=eval_batch_size, num_workers=num_workers,
-                       max_length=max_length, image_check=image_check, max_image_pixels=max_image_pixels)
+        check_settings(
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            max_length=max_length,
+            image_check=image_check,
+            max_image_pixels=max_image_pixels,
+        )
         self.processor = processor
         self.collator_class = collator_class  # the model family's (Backbone.collator_class)
         self.target = target
         self.upstream = dict(upstream or {})
         for key, source in self.upstream.items():
             if source.name != key:
-                raise ConfigError(f"data.upstream.{key} holds a data set named {source.name!r}; "
-                                 "give it the key's name")
+                raise ConfigError(f"data.upstream.{key} holds a data set named {source.name!r}; give it the key's name")
         if target.name in self.upstream:
             raise ConfigError(f"data set {target.name!r} is both the target and an upstream set")
         self.batch_size = batch_size
@@ -118,8 +133,14 @@ class MLLMDataModule(L.LightningDataModule):
     @property
     def test_sets(self) -> list[TestSet]:
         """Each test set's name, metric spec and generation length, the target first."""
-        return [TestSet(source.name, {"name": source.metric, **getattr(source, "metric_args", {})},
-                        getattr(source, "max_new_tokens", None)) for source in self.test_sources()]
+        return [
+            TestSet(
+                source.name,
+                {"name": source.metric, **getattr(source, "metric_args", {})},
+                getattr(source, "max_new_tokens", None),
+            )
+            for source in self.test_sources()
+        ]
 
     def split(self, source: Source, split: str, generate: bool = False) -> RecordDataset:
         """Read, check and cache one split (the checks run here, before any step runs). ``generate``:
@@ -144,6 +165,7 @@ class MLLMDataModule(L.LightningDataModule):
     def _check_images(self, where: str, records: list[Record]) -> list[tuple[int, int]] | None:
         """Each record's image checked as ``image_check`` says; their sizes when the length check
         needs them (read from the headers where nothing was decoded)."""
+
         def inspect(record: Record) -> tuple[tuple[int, int] | None, str | None]:
             if self.image_check == "decode":
                 image, note = record.decode_image(self.max_image_pixels)
@@ -159,8 +181,9 @@ class MLLMDataModule(L.LightningDataModule):
         for record in records:
             first.setdefault(_image_key(record), record)
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            checked = dict(zip(first, progress(pool.map(inspect, first.values()), f"checking images of {where}",
-                                               len(first))))
+            checked = dict(
+                zip(first, progress(pool.map(inspect, first.values()), f"checking images of {where}", len(first)))
+            )
         notes = Counter(note for _, note in checked.values() if note)
         for note, count in sorted(notes.items()):
             log.warning("%s: %d image%s %s", where, count, "s" * (count > 1), NOTES[note])
@@ -170,9 +193,8 @@ class MLLMDataModule(L.LightningDataModule):
         collator = self.collator_class(self.processor, self.max_length, generate)
         what = "prompt" if generate else "conversation"
         lengths: list[int] = []
-        for start in progress(range(0, len(records), 256), f"counting tokens of {where}",
-                              (len(records) + 255) // 256):
-            lengths += collator.token_lengths(records[start:start + 256], sizes[start:start + 256])
+        for start in progress(range(0, len(records), 256), f"counting tokens of {where}", (len(records) + 255) // 256):
+            lengths += collator.token_lengths(records[start : start + 256], sizes[start : start + 256])
         collator.check_lengths(records, lengths, what)
 
     def _has(self, source: Source, split: str) -> bool:
@@ -202,9 +224,14 @@ class MLLMDataModule(L.LightningDataModule):
         # metrics drop the padding by sample index.
         sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=self.seed)
         batch_size = batch_size or (self.batch_size if shuffle else self.eval_batch_size)
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
-                          collate_fn=self.collator_class(self.processor, self.max_length, generate),
-                          persistent_workers=self.num_workers > 0)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collator_class(self.processor, self.max_length, generate),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         loader = self._loader(self.split(self.target, "train"), shuffle=True, generate=False)
@@ -240,16 +267,28 @@ class MLLMDataModule(L.LightningDataModule):
         return self._loader(self.split(self.target, "val"), shuffle=False, generate=False)
 
     def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(self.split(s, "test", generate=True), shuffle=False, generate=True)
-                for s in self.test_sources()]
+        return [
+            self._loader(self.split(s, "test", generate=True), shuffle=False, generate=True)
+            for s in self.test_sources()
+        ]
 
 
-def check_settings(batch_size: int = 1, eval_batch_size: int = 1, num_workers: int = 0, max_length: int = 1,
-                   image_check: str = "decode", max_image_pixels: int = MAX_IMAGE_PIXELS) -> None:
+def check_settings(
+    batch_size: int = 1,
+    eval_batch_size: int = 1,
+    num_workers: int = 0,
+    max_length: int = 1,
+    image_check: str = "decode",
+    max_image_pixels: int = MAX_IMAGE_PIXELS,
+) -> None:
     """The data knobs, in range."""
-    for key, value, low in (("batch_size", batch_size, 1), ("eval_batch_size", eval_batch_size, 1),
-                            ("num_workers", num_workers, 0), ("max_length", max_length, 1),
-                            ("max_image_pixels", max_image_pixels, 1)):
+    for key, value, low in (
+        ("batch_size", batch_size, 1),
+        ("eval_batch_size", eval_batch_size, 1),
+        ("num_workers", num_workers, 0),
+        ("max_length", max_length, 1),
+        ("max_image_pixels", max_image_pixels, 1),
+    ):
         check_number(f"data.{key}", value, low, integer=True)
     if image_check not in IMAGE_CHECKS:
         raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
@@ -265,12 +304,19 @@ def warn_duplicate_ids(where: str, records: list[Record]) -> None:
     repeated = {rid: n for rid, n in counts.items() if n > 1}
     if repeated:
         examples = ", ".join(repr(rid) for rid in list(repeated)[:3])
-        log.warning("%s: %d record ids occur more than once (%d records in all; e.g. %s)", where, len(repeated),
-                    sum(repeated.values()), examples)
+        log.warning(
+            "%s: %d record ids occur more than once (%d records in all; e.g. %s)",
+            where,
+            len(repeated),
+            sum(repeated.values()),
+            examples,
+        )
 
 
 def refuse_outside_root(records: list[Record]) -> None:
     for record in records:
         if record.outside_root():
-            raise DataError(f"{record.where()}: image path {record.image} leaves the data root {record.image_root}; "
-                            "move the file under it, or set data.allow_outside_root=true")
+            raise DataError(
+                f"{record.where()}: image path {record.image} leaves the data root {record.image_root}; "
+                "move the file under it, or set data.allow_outside_root=true"
+            )

@@ -27,9 +27,19 @@ class FileSource:
     metric = "exact_match"
     max_new_tokens: int | None = None  # generation length at test time; None: module.max_new_tokens
 
-    def __init__(self, name: str, root: str, files: dict[str, str], image_root: str | None = None, *,
-                 prompt: str = VQA_PROMPT, metric: str | None = None, sizes: dict | None = None,
-                 max_new_tokens: int | None = None, metric_args: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        files: dict[str, str],
+        image_root: str | None = None,
+        *,
+        prompt: str = VQA_PROMPT,
+        metric: str | None = None,
+        sizes: dict | None = None,
+        max_new_tokens: int | None = None,
+        metric_args: dict | None = None,
+    ):
         self.name = name
         self.root = Path(root)
         self.files = dict(files)
@@ -58,8 +68,10 @@ class FileSource:
         except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
             if isinstance(err, DataError):
                 raise
-            raise DataError(f"data set {self.name!r}: {path} is not in {type(self).__name__}'s layout "
-                            f"({type(err).__name__}: {err}); see the reader's docstring") from err
+            raise DataError(
+                f"data set {self.name!r}: {path} is not in {type(self).__name__}'s layout "
+                f"({type(err).__name__}: {err}); see the reader's docstring"
+            ) from err
         limit = self.sizes.get(split)
         records = records[:limit] if limit else records
         # paths built from the files' contents (ids, file names) must stay under the image root

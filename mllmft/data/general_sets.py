@@ -54,10 +54,19 @@ class POPE(_QuestionLimit):
         for row in self.limit(split, rows):
             label = str(row["label"]).strip().lower()
             if label not in ("yes", "no"):
-                raise DataError(f"data set {self.name!r}: question {row['question_id']} has label {label!r}; "
-                                "POPE's are yes / no")
-            out.append(single_turn(f"pope|{row['question_id']}", self.image_root / row["image"],
-                                   self.prompt.format(question=row["text"]), label, "vqa", origin=str(path)))
+                raise DataError(
+                    f"data set {self.name!r}: question {row['question_id']} has label {label!r}; POPE's are yes / no"
+                )
+            out.append(
+                single_turn(
+                    f"pope|{row['question_id']}",
+                    self.image_root / row["image"],
+                    self.prompt.format(question=row["text"]),
+                    label,
+                    "vqa",
+                    origin=str(path),
+                )
+            )
         return out
 
 
@@ -85,16 +94,26 @@ class MME(_QuestionLimit):
             else:
                 pairs += [(subtask, self._image(folder, t.stem, t), t) for t in sorted(folder.glob("*.txt"))]
         if not pairs:
-            raise DataError(f"data set {self.name!r}: no MME subtask folder in {path} (expected some of "
-                            f"{', '.join(self.SUBTASKS)})")
+            raise DataError(
+                f"data set {self.name!r}: no MME subtask folder in {path} (expected some of {', '.join(self.SUBTASKS)})"
+            )
         out = []
         for subtask, image, txt in self.limit(split, pairs):
             for k, line in enumerate(line for line in read_text(txt).splitlines() if line.strip()):
                 question, answer = (part.strip() for part in line.split("\t"))
                 if answer.lower() not in ("yes", "no"):
                     raise DataError(f"data set {self.name!r}: {txt}:{k + 1}: answer {answer!r}; MME's are Yes / No")
-                out.append(single_turn(f"{subtask}|{image.name}|{k}", image, self.prompt.format(question=question),
-                                       answer, "vqa", origin=str(txt), image_root=path))
+                out.append(
+                    single_turn(
+                        f"{subtask}|{image.name}|{k}",
+                        image,
+                        self.prompt.format(question=question),
+                        answer,
+                        "vqa",
+                        origin=str(txt),
+                        image_root=path,
+                    )
+                )
         return out
 
     def _image(self, folder: Path, stem: str, txt: Path) -> Path:
@@ -133,11 +152,27 @@ class MMBench(_QuestionLimit):
             for k in range(len(options)):
                 rotated = options[k:] + options[:k]
                 letter = chr(ord("A") + (correct - k) % len(options))
-                question = "\n".join(p for p in (hint if hint.lower() != "nan" else "", row["question"],
-                                                 letter_options(rotated), self.SUFFIX[self.lang]) if p)
-                out.append(single_turn(f"{row.get('category', 'all')}|{row['index']}|{k}", _Base64Image(image),
-                                       question, letter, "multiple_choice", origin=f"{path} index {row['index']}",
-                                       options=tuple(rotated)))
+                question = "\n".join(
+                    p
+                    for p in (
+                        hint if hint.lower() != "nan" else "",
+                        row["question"],
+                        letter_options(rotated),
+                        self.SUFFIX[self.lang],
+                    )
+                    if p
+                )
+                out.append(
+                    single_turn(
+                        f"{row.get('category', 'all')}|{row['index']}|{k}",
+                        _Base64Image(image),
+                        question,
+                        letter,
+                        "multiple_choice",
+                        origin=f"{path} index {row['index']}",
+                        options=tuple(rotated),
+                    )
+                )
         return out
 
 
@@ -174,9 +209,17 @@ class SEEDBench(_QuestionLimit):
         for q in self.limit(split, questions):
             options = tuple(q[f"choice_{c}"] for c in "abcd")
             prompt = self.prompt.format(question=q["question"], options=letter_options(list(options)))
-            out.append(single_turn(f"{dimensions[q['question_type_id']]}|{q['question_id']}",
-                                   self._image(q["data_id"]), prompt, q["answer"].strip().upper(),
-                                   "multiple_choice", origin=str(path), options=options))
+            out.append(
+                single_turn(
+                    f"{dimensions[q['question_type_id']]}|{q['question_id']}",
+                    self._image(q["data_id"]),
+                    prompt,
+                    q["answer"].strip().upper(),
+                    "multiple_choice",
+                    origin=str(path),
+                    options=options,
+                )
+            )
         return out
 
     def _image(self, data_id: str) -> Path:

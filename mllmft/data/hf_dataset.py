@@ -45,10 +45,20 @@ class HFDataset:
     """A Hugging Face ``datasets`` set as a Source: ``splits`` map our split names to its own, ``columns``
     our fields (image, question, answer(s), ...) to its column names."""
 
-    def __init__(self, name: str, path: str, splits: dict[str, str] | None = None, columns: dict | None = None,
-                 config_name: str | None = None, image_root: str | None = None, prompt: str = VQA_PROMPT,
-                 task: str = "vqa", metric: str = "exact_match", sizes: dict | None = None,
-                 metric_args: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        splits: dict[str, str] | None = None,
+        columns: dict | None = None,
+        config_name: str | None = None,
+        image_root: str | None = None,
+        prompt: str = VQA_PROMPT,
+        task: str = "vqa",
+        metric: str = "exact_match",
+        sizes: dict | None = None,
+        metric_args: dict | None = None,
+    ):
         self.name = name
         self.path = path
         self.splits = dict(splits or {"train": "train", "val": "validation", "test": "test"})
@@ -77,8 +87,9 @@ class HFDataset:
             else:
                 ds = datasets.load_dataset(self.path, self.config_name, split=self.splits[split])
         except (FileNotFoundError, ValueError, KeyError, ConnectionError) as err:
-            raise DataError(f"data set {self.name!r}: cannot load {self.path!r} split {self.splits[split]!r}: "
-                            f"{err}") from err
+            raise DataError(
+                f"data set {self.name!r}: cannot load {self.path!r} split {self.splits[split]!r}: {err}"
+            ) from err
         missing = [c for c in self.columns.values() if c and c not in ds.column_names]
         if missing:
             raise DataError(f"data set {self.name!r}: columns {missing} not in {ds.column_names}; set `columns`")
@@ -93,7 +104,15 @@ class HFDataset:
         for i, row in enumerate(text.select(range(min(limit, len(ds))))):
             answers = _references(row[c["answers"]]) if c["answers"] else (str(row[c["answer"]]),)
             rid = f"{self.name}-{row[c['id']] if c['id'] else i}"
-            out.append(single_turn(rid, partial(_open, ds, c["image"], self.image_root, i),
-                                   self.prompt.format(question=row[c["question"]]), str(row[c["answer"]]),
-                                   self.task, answers=answers, origin=f"{self.path}[{self.splits[split]}][{i}]"))
+            out.append(
+                single_turn(
+                    rid,
+                    partial(_open, ds, c["image"], self.image_root, i),
+                    self.prompt.format(question=row[c["question"]]),
+                    str(row[c["answer"]]),
+                    self.task,
+                    answers=answers,
+                    origin=f"{self.path}[{self.splits[split]}][{i}]",
+                )
+            )
         return out

@@ -23,9 +23,11 @@ from mllmft.errors import DataError
 
 MAX_IMAGE_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485  # Pillow's own warning threshold, 89.5 MP
 UNREADABLE = (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError)
-NOTES = {"alpha": "had transparency, composited onto white",
-         "16-bit": "were 16-bit, scaled to 8 bits",
-         "animated": "were animated: their first frame is used"}
+NOTES = {
+    "alpha": "had transparency, composited onto white",
+    "16-bit": "were 16-bit, scaled to 8 bits",
+    "animated": "were animated: their first frame is used",
+}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 
@@ -33,8 +35,9 @@ _ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
 def open_image(path: Path, where: str, max_pixels: int) -> Image.Image:
     """Open (header only, lazily decoded) and check the pixel count before anything is decoded."""
     if not path.is_file():
-        raise DataError(f"{where}: {'a directory, not an image file' if path.is_dir() else 'image file not found'}: "
-                        f"{path}")
+        raise DataError(
+            f"{where}: {'a directory, not an image file' if path.is_dir() else 'image file not found'}: {path}"
+        )
     try:
         with warnings.catch_warnings():  # the cap below is the check; Pillow's warning is noise
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -50,8 +53,10 @@ def open_image(path: Path, where: str, max_pixels: int) -> Image.Image:
 def check_pixels(image: Image.Image, where: str, max_pixels: int, path: Path | None = None) -> None:
     width, height = image.size
     if width * height > max_pixels:
-        raise DataError(f"{where}: image {path or ''} is {width}x{height} = {width * height:,} pixels, more than "
-                        f"data.max_image_pixels={max_pixels:,}; downscale it or raise the cap")
+        raise DataError(
+            f"{where}: image {path or ''} is {width}x{height} = {width * height:,} pixels, more than "
+            f"data.max_image_pixels={max_pixels:,}; downscale it or raise the cap"
+        )
     if width == 0 or height == 0:
         raise DataError(f"{where}: image {path or ''} is empty ({width}x{height})")
 
@@ -88,8 +93,10 @@ def to_rgb(image: Image.Image, where: str = "image") -> tuple[Image.Image, str |
         note = "animated"
     mode = image.mode
     if mode == "F":
-        raise DataError(f"{where}: a 32-bit floating-point image, whose value range is unknown; save it as "
-                        "8-bit (or 16-bit) PNG/JPEG")
+        raise DataError(
+            f"{where}: a 32-bit floating-point image, whose value range is unknown; save it as "
+            "8-bit (or 16-bit) PNG/JPEG"
+        )
     if mode in _SIXTEEN_BIT:
         values = np.asarray(image, dtype=np.float64)
         grey = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)

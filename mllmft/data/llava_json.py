@@ -84,9 +84,12 @@ def load_llava_rows(path: str | Path) -> list[tuple[str, dict]]:
 def warn_unknown_keys(path, rows, known: set[str]) -> None:
     unknown = Counter(key for row in rows for key in row if key not in known)
     if unknown:
-        log.warning("%s: keys this reader does not use, ignored: %s (known keys: %s)", path,
-                    ", ".join(f"{k!r} in {n} record{'s' * (n > 1)}" for k, n in sorted(unknown.items())),
-                    ", ".join(sorted(known)))
+        log.warning(
+            "%s: keys this reader does not use, ignored: %s (known keys: %s)",
+            path,
+            ", ".join(f"{k!r} in {n} record{'s' * (n > 1)}" for k, n in sorted(unknown.items())),
+            ", ".join(sorted(known)),
+        )
 
 
 def llava_record(origin: str, row: dict, image_root: Path, default_task: str) -> Record:
@@ -99,8 +102,16 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
     answers = string_list(row.get("answers"), "answers", where) or last_answer
     options = string_list(row.get("options"), "options", where)
     task = row.get("task", default_task)
-    record = Record(id=str(rid), image=image_root / image, turns=tuple(turns), task=task, answers=answers,
-                    origin=origin, options=options, image_root=image_root)
+    record = Record(
+        id=str(rid),
+        image=image_root / image,
+        turns=tuple(turns),
+        task=task,
+        answers=answers,
+        origin=origin,
+        options=options,
+        image_root=image_root,
+    )
     record.validate()
     return record
 
@@ -121,8 +132,9 @@ def _conversations_record(row: dict, where: str) -> tuple[str, list[Turn]]:
         speaker = message.get("from")
         role = ROLES.get(speaker) if isinstance(speaker, str) else None
         if role is None:
-            raise DataError(f"{where}: turn {i} has unknown speaker {message.get('from')!r}; expected one of "
-                            f"{sorted(ROLES)}")
+            raise DataError(
+                f"{where}: turn {i} has unknown speaker {message.get('from')!r}; expected one of {sorted(ROLES)}"
+            )
         value = message.get("value")
         if not isinstance(value, str):
             raise DataError(f"{where}: turn {i}'s 'value' must be a string, got {_short(value)}")
@@ -138,8 +150,10 @@ def _messages_record(row: dict, where: str) -> tuple[str, list[Turn]]:
     if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
         raise DataError(f"{where}: 'images' must be a list of file paths, got {_short(images)}")
     if len(images) != 1:
-        raise DataError(f"{where}: {len(images)} images; records with "
-                        f"{'no image' if not images else 'several images'} are not supported (one image per record)")
+        raise DataError(
+            f"{where}: {len(images)} images; records with "
+            f"{'no image' if not images else 'several images'} are not supported (one image per record)"
+        )
     messages = row["messages"]
     if not isinstance(messages, list):
         raise DataError(f"{where}: 'messages' must be a list of turns, got {_short(messages)}")
@@ -149,8 +163,10 @@ def _messages_record(row: dict, where: str) -> tuple[str, list[Turn]]:
             raise DataError(f"{where}: message {i} must be an object with 'role' and 'content', got {_short(message)}")
         role = message.get("role")
         if role == "system":
-            raise DataError(f"{where}: message {i} is a system message, which this reader does not support "
-                            "(put its instruction in the first user message)")
+            raise DataError(
+                f"{where}: message {i} is a system message, which this reader does not support "
+                "(put its instruction in the first user message)"
+            )
         if role not in ("user", "assistant"):
             raise DataError(f"{where}: message {i} has role {role!r}; expected 'user' or 'assistant'")
         turns.append(Turn(role, _content_text(message.get("content"), f"{where}: message {i}")))
@@ -163,8 +179,9 @@ def _content_text(content, where: str) -> str:
         parts = []
         for part in content:
             if not isinstance(part, dict) or part.get("type") not in ("text", "image"):
-                raise DataError(f"{where}: a content part must be {{'type': 'text' | 'image', ...}}, "
-                                f"got {_short(part)}")
+                raise DataError(
+                    f"{where}: a content part must be {{'type': 'text' | 'image', ...}}, got {_short(part)}"
+                )
             if part["type"] == "text":
                 if not isinstance(part.get("text"), str):
                     raise DataError(f"{where}: a text part needs a string 'text', got {_short(part)}")
@@ -202,9 +219,18 @@ class LlavaJsonSource:
     or the set's ``task``): captions are scored as captions. A set whose test records mix tasks is
     refused unless ``metric`` says how to score them all (one score per set)."""
 
-    def __init__(self, name: str, image_root: str, train: str | None = None, val: str | None = None,
-                 test: str | None = None, task: str = "vqa", sizes: dict | None = None,
-                 metric: str | None = None, metric_args: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        image_root: str,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        task: str = "vqa",
+        sizes: dict | None = None,
+        metric: str | None = None,
+        metric_args: dict | None = None,
+    ):
         self.name = name
         self._metric = metric  # exact_match | vqa_accuracy | multiple_choice | caption; None: by the task
         self._records: dict[str, list[Record]] = {}
@@ -223,8 +249,10 @@ class LlavaJsonSource:
             return self._metric
         tasks = sorted({r.task for r in self.records("test")}) if self.has_split("test") else [self.task]
         if len(tasks) > 1:
-            raise DataError(f"data set {self.name!r}: its test records mix the tasks {tasks}, and a set gets one "
-                            "score: put each task in a set of its own (data.upstream.<name>), or set its metric")
+            raise DataError(
+                f"data set {self.name!r}: its test records mix the tasks {tasks}, and a set gets one "
+                "score: put each task in a set of its own (data.upstream.<name>), or set its metric"
+            )
         return TASK_METRICS[tasks[0]]
 
     def records(self, split: str) -> list[Record]:

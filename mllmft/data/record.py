@@ -73,8 +73,10 @@ class Record:
         if self.task == "multiple_choice" and self.options:
             letter = self.answers[0].strip().upper()
             if len(letter) != 1 or not 0 <= ord(letter) - ord("A") < len(self.options):
-                raise DataError(f"{self.where()}: the answer {self.answers[0]!r} is not the letter of one of "
-                                f"its {len(self.options)} options")
+                raise DataError(
+                    f"{self.where()}: the answer {self.answers[0]!r} is not the letter of one of "
+                    f"its {len(self.options)} options"
+                )
 
     def outside_root(self) -> bool:
         """Whether a path read from a data file leaves its root (``../x.png``, an absolute path)."""
@@ -127,12 +129,27 @@ def _check_strings(record: Record, field: str, values) -> None:
         raise DataError(f"{record.where()}: {field} must be a list of strings, got {type(values).__name__}")
     for i, value in enumerate(values):
         if not isinstance(value, str):
-            raise DataError(f"{record.where()}: {field}[{i}] must be a string, got {value!r} "
-                            f"({type(value).__name__})")
+            raise DataError(f"{record.where()}: {field}[{i}] must be a string, got {value!r} ({type(value).__name__})")
 
 
-def single_turn(id: str, image: ImageSource, question: str, answer: str, task: str,
-                answers: tuple[str, ...] | None = None, origin: str = "built-in", options: tuple[str, ...] = (),
-                image_root: Path | None = None) -> Record:
-    return Record(id=id, image=image, turns=(Turn("user", question), Turn("assistant", answer)),
-                  task=task, answers=answers or (answer,), origin=origin, options=options, image_root=image_root)
+def single_turn(
+    id: str,
+    image: ImageSource,
+    question: str,
+    answer: str,
+    task: str,
+    answers: tuple[str, ...] | None = None,
+    origin: str = "built-in",
+    options: tuple[str, ...] = (),
+    image_root: Path | None = None,
+) -> Record:
+    return Record(
+        id=id,
+        image=image,
+        turns=(Turn("user", question), Turn("assistant", answer)),
+        task=task,
+        answers=answers or (answer,),
+        origin=origin,
+        options=options,
+        image_root=image_root,
+    )

@@ -54,10 +54,17 @@ class VQAv2Style(FileSource):
                 raise DataError(f"data set {self.name!r}: question {q['question_id']} has no annotation")
             answers = [a["answer"] for a in ann["answers"]]
             target = ann.get("multiple_choice_answer") or _majority(answers)
-            out.append(single_turn(f"{self.name}-{q['question_id']}",
-                                   self.image_root / pattern.format(image_id=q["image_id"]),
-                                   self.prompt.format(question=q["question"]), target, "vqa",
-                                   answers=tuple(answers), origin=str(path)))
+            out.append(
+                single_turn(
+                    f"{self.name}-{q['question_id']}",
+                    self.image_root / pattern.format(image_id=q["image_id"]),
+                    self.prompt.format(question=q["question"]),
+                    target,
+                    "vqa",
+                    answers=tuple(answers),
+                    origin=str(path),
+                )
+            )
         return out
 
 
@@ -72,10 +79,18 @@ class TextVQA(FileSource):
         super().__init__(*args, prompt=prompt, **kwargs)
 
     def read(self, path: Path, split: str) -> list[Record]:
-        return [single_turn(f"{self.name}-{d['question_id']}", self.image_root / f"{d['image_id']}.jpg",
-                            self.prompt.format(question=d["question"], ocr=", ".join(d.get("ocr_tokens", []))),
-                            _majority(d["answers"]), "vqa", answers=tuple(d["answers"]), origin=str(path))
-                for d in self.load_json(path)["data"]]
+        return [
+            single_turn(
+                f"{self.name}-{d['question_id']}",
+                self.image_root / f"{d['image_id']}.jpg",
+                self.prompt.format(question=d["question"], ocr=", ".join(d.get("ocr_tokens", []))),
+                _majority(d["answers"]),
+                "vqa",
+                answers=tuple(d["answers"]),
+                origin=str(path),
+            )
+            for d in self.load_json(path)["data"]
+        ]
 
 
 class GQA(FileSource):
@@ -83,9 +98,17 @@ class GQA(FileSource):
     ``<image_root>/<imageId>.jpg``; one answer, exact match."""
 
     def read(self, path: Path, split: str) -> list[Record]:
-        return [single_turn(f"{self.name}-{qid}", self.image_root / f"{q['imageId']}.jpg",
-                            self.prompt.format(question=q["question"]), q["answer"], "vqa", origin=str(path))
-                for qid, q in self.load_json(path).items()]
+        return [
+            single_turn(
+                f"{self.name}-{qid}",
+                self.image_root / f"{q['imageId']}.jpg",
+                self.prompt.format(question=q["question"]),
+                q["answer"],
+                "vqa",
+                origin=str(path),
+            )
+            for qid, q in self.load_json(path).items()
+        ]
 
 
 class OCRVQA(FileSource):
@@ -100,8 +123,12 @@ class OCRVQA(FileSource):
             if d["split"] != self.SPLITS[split]:
                 continue
             image = self.image_root / f"{book}{Path(d['imageURL']).suffix or '.jpg'}"
-            out += [single_turn(f"{self.name}-{book}-{j}", image, self.prompt.format(question=q), a, "vqa",
-                                origin=str(path)) for j, (q, a) in enumerate(zip(d["questions"], d["answers"]))]
+            out += [
+                single_turn(
+                    f"{self.name}-{book}-{j}", image, self.prompt.format(question=q), a, "vqa", origin=str(path)
+                )
+                for j, (q, a) in enumerate(zip(d["questions"], d["answers"]))
+            ]
         return out
 
 
@@ -115,11 +142,21 @@ class VizWiz(FileSource):
         for d in self.load_json(path):
             answers = [a["answer"] for a in d.get("answers", [])]
             if not answers:
-                raise DataError(f"data set {self.name!r}: {d['image']} has no answers (the VizWiz test split "
-                                "is scored on the challenge server)")
-            out.append(single_turn(f"{self.name}-{Path(d['image']).stem}", self.image_root / d["image"],
-                                   self.prompt.format(question=d["question"]), _majority(answers), "vqa",
-                                   answers=tuple(answers), origin=str(path)))
+                raise DataError(
+                    f"data set {self.name!r}: {d['image']} has no answers (the VizWiz test split "
+                    "is scored on the challenge server)"
+                )
+            out.append(
+                single_turn(
+                    f"{self.name}-{Path(d['image']).stem}",
+                    self.image_root / d["image"],
+                    self.prompt.format(question=d["question"]),
+                    _majority(answers),
+                    "vqa",
+                    answers=tuple(answers),
+                    origin=str(path),
+                )
+            )
         return out
 
 
@@ -146,10 +183,22 @@ class AOKVQA(FileSource):
             if self.mode == "mc":
                 letter = chr(ord("A") + d["correct_choice_idx"])
                 prompt = self.prompt.format(question=d["question"], options=letter_options(d["choices"]))
-                out.append(single_turn(rid, image, prompt, letter, "multiple_choice", origin=str(path),
-                                       options=tuple(d["choices"])))
+                out.append(
+                    single_turn(
+                        rid, image, prompt, letter, "multiple_choice", origin=str(path), options=tuple(d["choices"])
+                    )
+                )
             else:
                 answers = d["direct_answers"]
-                out.append(single_turn(rid, image, self.prompt.format(question=d["question"]), _majority(answers),
-                                       "vqa", answers=tuple(answers), origin=str(path)))
+                out.append(
+                    single_turn(
+                        rid,
+                        image,
+                        self.prompt.format(question=d["question"]),
+                        _majority(answers),
+                        "vqa",
+                        answers=tuple(answers),
+                        origin=str(path),
+                    )
+                )
         return out

@@ -5,5 +5,14 @@ from mllmft.merges.grafting import Grafting
 from mllmft.merges.model_tailor import ModelTailor
 from mllmft.merges.task_vectors import DARE, TIES, TaskArithmetic, WiSEFT
 
-__all__ = ["DARE", "TIES", "FinetunedWeights", "Grafting", "MergeMethod", "ModelTailor", "TaskArithmetic", "WiSEFT",
-           "merge_into"]
+__all__ = [
+    "DARE",
+    "TIES",
+    "FinetunedWeights",
+    "Grafting",
+    "MergeMethod",
+    "ModelTailor",
+    "TaskArithmetic",
+    "WiSEFT",
+    "merge_into",
+]

@@ -68,8 +68,10 @@ class FinetunedWeights:
             elif (path / "checkpoints" / "last.ckpt").is_file():
                 path = path / "checkpoints" / "last.ckpt"
             else:
-                raise CheckpointNotFoundError(f"finetuned={path}: neither an HF directory nor a run directory with "
-                                              "export/ or checkpoints/last.ckpt")
+                raise CheckpointNotFoundError(
+                    f"finetuned={path}: neither an HF directory nor a run directory with "
+                    "export/ or checkpoints/last.ckpt"
+                )
         if path.is_dir():
             weights = cls._from_hf(path, backbone)
         elif path.is_file():
@@ -96,7 +98,7 @@ class FinetunedWeights:
         if run_identity is not None:  # the checkpoint's base must be this θ0 (its frozen rest is θ0's)
             check_checkpoint(checkpoint, run_identity, path, resuming=False)
         prefix = "model."
-        tensors = {k[len(prefix):]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
+        tensors = {k[len(prefix) :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
         if not tensors:
             raise ConfigError(f"finetuned={path} holds no model tensors")
         return cls(tensors, str(path), strategy=(checkpoint.get("mllmft") or {}).get("strategy"))
@@ -105,13 +107,17 @@ class FinetunedWeights:
         params = dict(model.named_parameters())
         unknown = sorted(set(self.tensors) - set(params))
         if unknown:
-            raise ConfigError(f"finetuned={self.source} has {len(unknown)} tensors this model does not have "
-                              f"(e.g. {unknown[:3]}): was it trained from another model, or with a peft strategy "
-                              "(merge its export=merged instead)?")
+            raise ConfigError(
+                f"finetuned={self.source} has {len(unknown)} tensors this model does not have "
+                f"(e.g. {unknown[:3]}): was it trained from another model, or with a peft strategy "
+                "(merge its export=merged instead)?"
+            )
         for name, tensor in self.tensors.items():
             if tuple(tensor.shape) != tuple(params[name].shape):
-                raise ConfigError(f"finetuned={self.source}: {name} has shape {list(tensor.shape)}, this model's "
-                                  f"{list(params[name].shape)}")
+                raise ConfigError(
+                    f"finetuned={self.source}: {name} has shape {list(tensor.shape)}, this model's "
+                    f"{list(params[name].shape)}"
+                )
 
 
 def _strategy_of_run(run_dir: Path) -> str | None:

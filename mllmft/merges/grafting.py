@@ -44,8 +44,16 @@ class Grafting(MergeMethod):
 
     name = "grafting"
 
-    def __init__(self, sparsity: float = 0.1, steps: int = 100, lr: float = 1e7, bias: float = 10.0,
-                 round_every: int = 20, samples: int = 128, eval_samples: int = 64):
+    def __init__(
+        self,
+        sparsity: float = 0.1,
+        steps: int = 100,
+        lr: float = 1e7,
+        bias: float = 10.0,
+        round_every: int = 20,
+        samples: int = 128,
+        eval_samples: int = 64,
+    ):
         check_number("merge.sparsity", sparsity, 0, 1, low_open=True)
         check_number("merge.steps", steps, 0, integer=True)
         check_number("merge.lr", lr, 0, low_open=True)
@@ -62,8 +70,11 @@ class Grafting(MergeMethod):
     def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
         model, datamodule = parts.backbone.model, parts.datamodule
         # the tensors the run changed (an HF directory holds every tensor; δ = 0 has nothing to localise)
-        params = {n: p for n, p in model.named_parameters()
-                  if (t := finetuned.get(n)) is not None and not torch.equal(t.to(p), p.detach())}
+        params = {
+            n: p
+            for n, p in model.named_parameters()
+            if (t := finetuned.get(n)) is not None and not torch.equal(t.to(p), p.detach())
+        }
         with on_compute_device(model) as device:
             train = target_batches(datamodule, "train", self.samples, device, "merge=grafting")
             try:
@@ -113,8 +124,12 @@ class Grafting(MergeMethod):
         kept = sum(int(m.sum()) for m in best.values())
         self.moved = sum(int((m & ~start[n]).sum()) for n, m in best.items()) / max(1, kept)
         self.masks = {n: m.cpu() for n, m in best.items()}
-        log.info("Grafting: mask of step %d (held-out loss %.4f), %.1f%% of it outside the top-|δ| start",
-                 self.best_step, best_loss, 100 * self.moved)
+        log.info(
+            "Grafting: mask of step %d (held-out loss %.4f), %.1f%% of it outside the top-|δ| start",
+            self.best_step,
+            best_loss,
+            100 * self.moved,
+        )
 
     def merge(self, name, theta0, theta_ft):
         mask = self.masks.get(name)  # None: a tensor the run left at θ0

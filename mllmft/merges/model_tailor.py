@@ -56,8 +56,14 @@ def damped_inverse_factor(covariance: torch.Tensor, damp: float) -> torch.Tensor
 
 
 @torch.no_grad()
-def tailor_patch(delta: torch.Tensor, covariance: torch.Tensor, patch: float = 0.1, block: int = 128,
-                 salience: float = 0.8, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+def tailor_patch(
+    delta: torch.Tensor,
+    covariance: torch.Tensor,
+    patch: float = 0.1,
+    block: int = 128,
+    salience: float = 0.8,
+    damp: float = 0.01,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(δ', keep) for one linear: δ' is zero off ``keep``, which holds exactly round(patch · entries) of
     each ``block``-column block; δ' compensates on ``covariance`` for what was dropped."""
     w = delta.float().clone()
@@ -88,8 +94,9 @@ class _StopForward(Exception):
 
 
 @torch.no_grad()
-def input_covariances(model: nn.Module, block: nn.Module, linears: dict[str, nn.Linear],
-                      batches: list[dict]) -> dict[str, torch.Tensor]:
+def input_covariances(
+    model: nn.Module, block: nn.Module, linears: dict[str, nn.Linear], batches: list[dict]
+) -> dict[str, torch.Tensor]:
     """XᵀX / n of each linear's inputs (fp32), running the model only as far as ``block``."""
     sums = {name: torch.zeros(m.in_features, m.in_features, device=m.weight.device) for name, m in linears.items()}
     counts = dict.fromkeys(linears, 0)
@@ -99,6 +106,7 @@ def input_covariances(model: nn.Module, block: nn.Module, linears: dict[str, nn.
             x = args[0].detach().reshape(-1, module.in_features).float()
             sums[name].addmm_(x.T, x)
             counts[name] += x.shape[0]
+
         return hook
 
     def stop(module, args, output):
@@ -124,8 +132,9 @@ class ModelTailor(MergeMethod):
 
     name = "model_tailor"
 
-    def __init__(self, patch: float = 0.1, block: int = 128, samples: int = 128, salience: float = 0.8,
-                 damp: float = 0.01):
+    def __init__(
+        self, patch: float = 0.1, block: int = 128, samples: int = 128, salience: float = 0.8, damp: float = 0.01
+    ):
         check_number("merge.patch", patch, 0, 1, low_open=True)
         check_number("merge.block", block, 1, integer=True)
         check_number("merge.samples", samples, 1, integer=True)
@@ -145,16 +154,20 @@ class ModelTailor(MergeMethod):
             batches = target_batches(parts.datamodule, "train", self.samples, device, "merge=model_tailor")
             for index, block in enumerate(progress(blocks, "Model Tailor", len(blocks), min_total=1)):
                 prefix = f"{components.layers['llm']}.{index}."
-                linears = {prefix + n: m for n, m in block.named_modules()
-                           if isinstance(m, nn.Linear) and finetuned.get(f"{prefix}{n}.weight") is not None}
+                linears = {
+                    prefix + n: m
+                    for n, m in block.named_modules()
+                    if isinstance(m, nn.Linear) and finetuned.get(f"{prefix}{n}.weight") is not None
+                }
                 if not linears:
                     continue
                 covariances = input_covariances(model, block, linears, batches)
                 for name, linear in linears.items():
                     theta0 = linear.weight.detach().float()
                     delta = finetuned.tensors[f"{name}.weight"].to(device).float() - theta0
-                    patched, keep = tailor_patch(delta, covariances[name], self.patch, self.block, self.salience,
-                                                 self.damp)
+                    patched, keep = tailor_patch(
+                        delta, covariances[name], self.patch, self.block, self.salience, self.damp
+                    )
                     linear.weight.copy_((theta0 + patched).to(linear.weight.dtype))  # the next blocks see it
                     self.written.add(f"{name}.weight")
                     self.keep_masks[f"{name}.weight"] = keep.cpu()

@@ -10,8 +10,19 @@ from mllmft.metrics.multiple_choice import MultipleChoiceAccuracy, parse_choice
 from mllmft.metrics.tradeoff import harmonic_mean, tradeoff_scores
 from mllmft.metrics.vqa import VQAAccuracy, normalize_vqa_answer, vqa_accuracy
 
-METRICS = {m.name: m for m in (ExactMatch, VQAAccuracy, MultipleChoiceAccuracy, CaptionMetrics, POPEScores, MMEScore,
-                                MMBenchCircular, SEEDBenchAccuracy)}
+METRICS = {
+    m.name: m
+    for m in (
+        ExactMatch,
+        VQAAccuracy,
+        MultipleChoiceAccuracy,
+        CaptionMetrics,
+        POPEScores,
+        MMEScore,
+        MMBenchCircular,
+        SEEDBenchAccuracy,
+    )
+}
 
 
 def build_metric(name: str, **args) -> GeneratedAnswers:
@@ -25,14 +36,30 @@ def build_metric(name: str, **args) -> GeneratedAnswers:
         if not (isinstance(metric, type) and issubclass(metric, GeneratedAnswers)):
             raise ConfigError(f"metric {name!r} is not a subclass of mllmft.metrics.GeneratedAnswers")
     else:
-        raise ConfigError(f"unknown metric {name!r}; expected one of {sorted(METRICS)}, or the dotted path of a "
-                          "GeneratedAnswers subclass of your own")
+        raise ConfigError(
+            f"unknown metric {name!r}; expected one of {sorted(METRICS)}, or the dotted path of a "
+            "GeneratedAnswers subclass of your own"
+        )
     try:
         return metric(**args)
     except TypeError as err:  # an argument the metric does not take
         raise ConfigError(f"metric {name!r} does not take metric_args {dict(args)}: {err}") from err
 
 
-__all__ = ["METRICS", "Answer", "CaptionMetrics", "ExactMatch", "GeneratedAnswers", "MultipleChoiceAccuracy",
-           "VQAAccuracy", "build_metric", "caption_scores", "exact_match", "harmonic_mean", "normalize_vqa_answer",
-           "parse_choice", "tradeoff_scores", "vqa_accuracy"]
+__all__ = [
+    "METRICS",
+    "Answer",
+    "CaptionMetrics",
+    "ExactMatch",
+    "GeneratedAnswers",
+    "MultipleChoiceAccuracy",
+    "VQAAccuracy",
+    "build_metric",
+    "caption_scores",
+    "exact_match",
+    "harmonic_mean",
+    "normalize_vqa_answer",
+    "parse_choice",
+    "tradeoff_scores",
+    "vqa_accuracy",
+]

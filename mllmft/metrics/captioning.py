@@ -17,8 +17,25 @@ import shutil
 from mllmft.metrics.generated import Answer, GeneratedAnswers
 
 TOKENIZERS = ("auto", "ptb", "simple")
-_PTB_PUNCTUATION = {"''", "'", "``", "`", "-LRB-", "-RRB-", "-LCB-", "-RCB-", ".", "?", "!", ",", ":", "-", "--",
-                    "...", ";"}
+_PTB_PUNCTUATION = {
+    "''",
+    "'",
+    "``",
+    "`",
+    "-LRB-",
+    "-RRB-",
+    "-LCB-",
+    "-RCB-",
+    ".",
+    "?",
+    "!",
+    ",",
+    ":",
+    "-",
+    "--",
+    "...",
+    ";",
+}
 _WORDS = re.compile(r"[\w']+|[^\w\s]")
 
 
@@ -43,8 +60,9 @@ def resolve_tokenizer(name: str) -> str:
     return name
 
 
-def caption_scores(predictions: dict[int, str], references: dict[int, list[str]], tokenizer: str = "auto",
-                   meteor: bool = False) -> tuple[dict[str, float], list[float], str]:
+def caption_scores(
+    predictions: dict[int, str], references: dict[int, list[str]], tokenizer: str = "auto", meteor: bool = False
+) -> tuple[dict[str, float], list[float], str]:
     """Corpus scores (x 100), per-sample CIDEr-D (x 100, in key order) and the tokenizer used."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
@@ -80,7 +98,6 @@ class CaptionMetrics(GeneratedAnswers):
     def score(self, answers: list[Answer]):
         predictions = {a.index: a.prediction for a in answers}
         references = {a.index: list(a.references) for a in answers}
-        scores, per_sample, self.tokenizer_used = caption_scores(predictions, references, self.tokenizer,
-                                                                 self.meteor)
+        scores, per_sample, self.tokenizer_used = caption_scores(predictions, references, self.tokenizer, self.meteor)
         # stated in results.json (details: numbers only): 1 = PTBTokenizer, 0 = the Python stand-in
         return {"score": scores["CIDEr"], **scores, "ptb_tokenizer": float(self.tokenizer_used == "ptb")}, per_sample

@@ -15,8 +15,18 @@ from collections import defaultdict
 from mllmft.metrics.generated import Answer, GeneratedAnswers
 from mllmft.metrics.multiple_choice import MultipleChoiceAccuracy, parse_choice
 
-MME_PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark",
-                  "artwork", "OCR")
+MME_PERCEPTION = (
+    "existence",
+    "count",
+    "position",
+    "color",
+    "posters",
+    "celebrity",
+    "scene",
+    "landmark",
+    "artwork",
+    "OCR",
+)
 MME_COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
 
 
@@ -48,8 +58,13 @@ class POPEScores(GeneratedAnswers):
         recall = tp / (tp + fn) if tp + fn else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_sample = [float(p == t) for p, t in zip(predicted, truth)]
-        return {"score": 100 * f1, "accuracy": 100 * (tp + tn) / len(answers), "precision": 100 * precision,
-                "recall": 100 * recall, "yes_ratio": 100 * sum(predicted) / len(answers)}, per_sample
+        return {
+            "score": 100 * f1,
+            "accuracy": 100 * (tp + tn) / len(answers),
+            "precision": 100 * precision,
+            "recall": 100 * recall,
+            "yes_ratio": 100 * sum(predicted) / len(answers),
+        }, per_sample
 
 
 def mme_answer(text: str) -> str:
@@ -85,8 +100,12 @@ class MMEScore(GeneratedAnswers):
         perception = sum(summary[s] for s in questions if s in MME_PERCEPTION)
         cognition = sum(summary[s] for s in questions if s in MME_COGNITION)
         total = sum(summary[s] for s in questions)
-        return {"score": total / (2 * len(questions)), "perception": perception, "cognition": cognition,
-                **summary}, right
+        return {
+            "score": total / (2 * len(questions)),
+            "perception": perception,
+            "cognition": cognition,
+            **summary,
+        }, right
 
 
 class MMBenchCircular(MultipleChoiceAccuracy):
@@ -97,8 +116,10 @@ class MMBenchCircular(MultipleChoiceAccuracy):
     name = "mmbench"
 
     def score(self, answers):
-        right = [float(parse_choice(a.prediction, a.options, self.n_options) == a.references[0].strip().upper())
-                 for a in answers]
+        right = [
+            float(parse_choice(a.prediction, a.options, self.n_options) == a.references[0].strip().upper())
+            for a in answers
+        ]
         passes: dict[str, list[float]] = defaultdict(list)
         vanilla, category = {}, {}
         for a, r in zip(answers, right):
@@ -108,8 +129,10 @@ class MMBenchCircular(MultipleChoiceAccuracy):
             if rotation == "0":
                 vanilla[index] = r
         circular = {i: min(marks) for i, marks in passes.items()}
-        summary = {"score": 100 * sum(circular.values()) / len(circular),
-                   "vanilla": 100 * sum(vanilla.values()) / max(1, len(vanilla))}
+        summary = {
+            "score": 100 * sum(circular.values()) / len(circular),
+            "vanilla": 100 * sum(vanilla.values()) / max(1, len(vanilla)),
+        }
         for cat in sorted(set(category.values())):
             marks = [circular[i] for i in circular if category[i] == cat]
             summary[f"category/{cat}"] = 100 * sum(marks) / len(marks)

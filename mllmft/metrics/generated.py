@@ -50,8 +50,10 @@ class GeneratedAnswers(Metric):
         for refs in references:
             if isinstance(refs, str):  # a lone string would be scored as its characters
                 raise TypeError(f"references must be a list of strings per sample, got the string {refs!r}")
-        self.answers.extend(Answer(int(i), str(d), p, y, tuple(r), tuple(o))
-                            for i, d, p, y, r, o in zip(indices, ids, prompts, predictions, references, options))
+        self.answers.extend(
+            Answer(int(i), str(d), p, y, tuple(r), tuple(o))
+            for i, d, p, y, r, o in zip(indices, ids, prompts, predictions, references, options)
+        )
 
     def _sync_dist(self, dist_sync_fn=None, process_group=None) -> None:
         group = process_group or self.process_group

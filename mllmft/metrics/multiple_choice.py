@@ -29,7 +29,8 @@ _WHOLE_LETTER = re.compile(r"^[(\[]?([A-Za-z])[)\]]?[.:,!]?$")
 _LABELLED = re.compile(r"^(?:[(\[]([A-Za-z])[)\]]|([A-Za-z])[.):])\s+\S")
 _MARKER = re.compile(  # the marker words in any case, the letter's case as rule 4 says
     r"\b(?i:answer|choice|option)\b(?:\s+(?i:is|would\s+be|should\s+be|will\s+be))?\s*[:\-]?\s*"
-    r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])(?![\w'])|([a-z])(?=\s*(?:[.,;:!)]|$)))")
+    r"(?:[(\[]([A-Za-z])[)\]]|([A-Z])(?![\w'])|([a-z])(?=\s*(?:[.,;:!)]|$)))"
+)
 # a bare final "I" is the pronoun ("... so do I"), not option I
 _TRAILING = re.compile(r"(?:^|[\s,:;])(?:[(\[]([A-Z])[)\]]|([A-HJ-Z]))[.!]?$")
 _WORDS = re.compile(r"[^\w\s]")
@@ -88,6 +89,8 @@ class MultipleChoiceAccuracy(GeneratedAnswers):
         self.n_options = n_options
 
     def score(self, answers: list[Answer]):
-        per_sample = [float(parse_choice(a.prediction, a.options, self.n_options) == a.references[0].strip().upper())
-                      for a in answers]
+        per_sample = [
+            float(parse_choice(a.prediction, a.options, self.n_options) == a.references[0].strip().upper())
+            for a in answers
+        ]
         return {"score": 100.0 * sum(per_sample) / len(per_sample)}, per_sample

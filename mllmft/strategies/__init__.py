@@ -20,6 +20,25 @@ from mllmft.strategies.peft_adapters import (
 from mllmft.strategies.spider import SPIDER
 from mllmft.strategies.zeroshot import ZeroShot
 
-__all__ = ["EWC", "GMT", "HFT", "IA3", "SPIDER", "SPU", "AdaLoRA", "AnchorPenalty", "CoMMIT", "FullFineTuning", "LoRA",
-           "MagnitudeMask", "ModelDowser", "PeftStrategy",
-           "PrefixTuning", "PromptTuning", "RandomMask", "TuningStrategy", "VeRA", "ZeroShot"]
+__all__ = [
+    "EWC",
+    "GMT",
+    "HFT",
+    "IA3",
+    "SPIDER",
+    "SPU",
+    "AdaLoRA",
+    "AnchorPenalty",
+    "CoMMIT",
+    "FullFineTuning",
+    "LoRA",
+    "MagnitudeMask",
+    "ModelDowser",
+    "PeftStrategy",
+    "PrefixTuning",
+    "PromptTuning",
+    "RandomMask",
+    "TuningStrategy",
+    "VeRA",
+    "ZeroShot",
+]

@@ -100,8 +100,13 @@ class EWC(_AnchoredStrategy):
 
     name = "ewc"
 
-    def __init__(self, lam: float = 1.0, fisher_batches: int = 8, fisher_split: str = "train",
-                 fisher_batch_size: int | None = None):
+    def __init__(
+        self,
+        lam: float = 1.0,
+        fisher_batches: int = 8,
+        fisher_split: str = "train",
+        fisher_batch_size: int | None = None,
+    ):
         check_number("strategy.lam", lam, 0)
         check_number("strategy.fisher_batches", fisher_batches, 1, integer=True)
         if fisher_batch_size is not None:

@@ -31,10 +31,19 @@ class CoMMIT(TuningStrategy):
     """``lr_rule``: ``kappa`` (CoMMIT; CoMMIT-CLR when ``aux_lambda`` = 0), ``constant`` (κ logged,
     no scheduling), ``feature_cd`` / ``language_cd`` (coordinate descent favouring the encoder / LLM)."""
 
-    def __init__(self, name: str = "commit", base: TuningStrategy | None = None, every_k: int = 10,
-                 ema: float = 0.9, lr_rule: str = "kappa", lr_bounds: Sequence[float] = (0.5, 2.0),
-                 aux_lambda: float = 0.0, encoder_side: Sequence[str] = ("vision", "connector"),
-                 cd_period: int = 4, cd_share: float = 0.75):
+    def __init__(
+        self,
+        name: str = "commit",
+        base: TuningStrategy | None = None,
+        every_k: int = 10,
+        ema: float = 0.9,
+        lr_rule: str = "kappa",
+        lr_bounds: Sequence[float] = (0.5, 2.0),
+        aux_lambda: float = 0.0,
+        encoder_side: Sequence[str] = ("vision", "connector"),
+        cd_period: int = 4,
+        cd_share: float = 0.75,
+    ):
         if lr_rule not in LR_RULES:
             raise ConfigError(f"strategy.lr_rule={lr_rule!r}; expected one of {LR_RULES}")
         if set(encoder_side) - set(COMPONENTS) or "llm" in encoder_side:
@@ -63,13 +72,18 @@ class CoMMIT(TuningStrategy):
     def attach(self, backbone: Backbone) -> None:
         self.base.attach(backbone)
         cmap = backbone.components
-        self.monitor.sides = {n: "encoder" if cmap.component_of(n) in self.encoder_side else "llm"
-                              for n, p in backbone.model.named_parameters() if p.requires_grad}
+        self.monitor.sides = {
+            n: "encoder" if cmap.component_of(n) in self.encoder_side else "llm"
+            for n, p in backbone.model.named_parameters()
+            if p.requires_grad
+        }
         missing = {"encoder", "llm"} - set(self.monitor.sides.values())
         if missing:
-            raise ConfigError(f"strategy={self.name} balances the encoder side {list(self.encoder_side)} against "
-                              f"the LLM, but the scope leaves no {missing.pop()}-side parameter trainable; use "
-                              "a scope that trains both (e.g. scope=connector_llm)")
+            raise ConfigError(
+                f"strategy={self.name} balances the encoder side {list(self.encoder_side)} against "
+                f"the LLM, but the scope leaves no {missing.pop()}-side parameter trainable; use "
+                "a scope that trains both (e.g. scope=connector_llm)"
+            )
 
     def callbacks(self) -> list[Callback]:
         return self.base.callbacks()

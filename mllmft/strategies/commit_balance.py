@@ -82,8 +82,10 @@ class BalanceMonitor:
 
     def check(self, trainer) -> None:
         if trainer.accumulate_grad_batches != 1:
-            raise ConfigError("CoMMIT measures each optimizer step on its own batch: set "
-                              "trainer.accumulate_grad_batches=1 (raise data.batch_size instead)")
+            raise ConfigError(
+                "CoMMIT measures each optimizer step on its own batch: set "
+                "trainer.accumulate_grad_batches=1 (raise data.batch_size instead)"
+            )
 
     # --- the measurement --------------------------------------------------------------------------
     def before_batch(self, ctx, batch) -> None:
@@ -156,8 +158,12 @@ class BalanceMonitor:
             plot_kappa(self.history, Path(ctx.trainer.default_root_dir) / "commit_kappa.png")
 
     def state_dict(self) -> dict:
-        return {"kappa": self.kappa, "measurements": self.measurements, "history": list(self.history),
-                "reference": self.reference}
+        return {
+            "kappa": self.kappa,
+            "measurements": self.measurements,
+            "history": list(self.history),
+            "reference": self.reference,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.kappa = state["kappa"]

@@ -23,8 +23,10 @@ class KappaRule:
 
     def __call__(self, step: int) -> dict[str, float]:
         kappa = self.monitor.kappa
-        return {"encoder": min(max(2 * (1 - kappa), self.low), self.high),
-                "llm": min(max(2 * kappa, self.low), self.high)}
+        return {
+            "encoder": min(max(2 * (1 - kappa), self.low), self.high),
+            "llm": min(max(2 * kappa, self.low), self.high),
+        }
 
 
 class CoordinateDescentRule:
@@ -33,8 +35,10 @@ class CoordinateDescentRule:
 
     def __init__(self, favoured: str, period: int = 4, share: float = 0.75):
         if favoured not in ("encoder", "llm") or period < 2 or not 0 < round(share * period) < period:
-            raise ConfigError(f"coordinate descent needs favoured in (encoder, llm), period >= 2 and a share "
-                              f"giving both sides steps (got {favoured!r}, {period}, {share})")
+            raise ConfigError(
+                f"coordinate descent needs favoured in (encoder, llm), period >= 2 and a share "
+                f"giving both sides steps (got {favoured!r}, {period}, {share})"
+            )
         self.favoured, self.period, self.share = favoured, period, share
 
     def __call__(self, step: int) -> dict[str, float]:
@@ -81,4 +85,3 @@ def torch_optimizer(optimizer) -> torch.optim.Optimizer:
     while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
         optimizer = optimizer.optimizer
     return optimizer
-

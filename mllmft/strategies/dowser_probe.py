@@ -24,8 +24,9 @@ from mllmft.console import progress
 PSI_MODES = ("abs", "rms")
 
 
-def synthetic_sequences(model: Any, tokenizer, count: int, length: int, batch_size: int,
-                        generator: torch.Generator) -> list[torch.Tensor]:
+def synthetic_sequences(
+    model: Any, tokenizer, count: int, length: int, batch_size: int, generator: torch.Generator
+) -> list[torch.Tensor]:
     """``count`` sequences of ``length`` tokens the model writes from short random starts, in batches."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
@@ -39,15 +40,29 @@ def synthetic_sequences(model: Any, tokenizer, count: int, length: int, batch_si
         ids = torch.cat([torch.full((size, 1), bos), ids], dim=1).to(next(model.parameters()).device)
         with torch.random.fork_rng(devices=[]):  # sampling draws from the global generator: seed a fork of it
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=0.9,
-                                 top_p=0.9, repetition_penalty=1.05, max_new_tokens=length - ids.shape[1],
-                                 min_new_tokens=length - ids.shape[1], pad_token_id=tokenizer.pad_token_id)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=True,
+                temperature=0.9,
+                top_p=0.9,
+                repetition_penalty=1.05,
+                max_new_tokens=length - ids.shape[1],
+                min_new_tokens=length - ids.shape[1],
+                pad_token_id=tokenizer.pad_token_id,
+            )
         batches.append(out[:, :length])
     return batches
 
 
-def probe_scores(model: nn.Module, targets: dict[str, nn.Linear], batches: list[torch.Tensor], passes: int = 8,
-                 psi: str = "abs", generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def probe_scores(
+    model: nn.Module,
+    targets: dict[str, nn.Linear],
+    batches: list[torch.Tensor],
+    passes: int = 8,
+    psi: str = "abs",
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
     """{name: score of every entry of the linear's weight}, fp32 on the CPU (see above)."""
     sums = {name: torch.zeros(linear.weight.shape, dtype=torch.float32) for name, linear in targets.items()}
     activations: dict[str, torch.Tensor] = {}
@@ -58,6 +73,7 @@ def probe_scores(model: nn.Module, targets: dict[str, nn.Linear], batches: list[
         def hook(module, inputs, output):
             activations[name] = inputs[0].detach().abs().float().reshape(-1, inputs[0].shape[-1]).mean(0)
             outputs.append((name, output))
+
         return hook
 
     handles = [linear.register_forward_hook(forward_hook(name)) for name, linear in targets.items()]

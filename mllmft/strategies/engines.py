@@ -61,7 +61,7 @@ class Fragment:
 
     def part(self, whole: torch.Tensor) -> torch.Tensor:
         """This rank's part of a tensor of the whole parameter's shape (or of its flattening)."""
-        return whole.reshape(-1)[self.offset:self.offset + self.size]
+        return whole.reshape(-1)[self.offset : self.offset + self.size]
 
 
 class LocalEngine:
@@ -75,8 +75,11 @@ class LocalEngine:
         self.trainer = trainer
 
     def fragments(self, model: nn.Module) -> list[Fragment]:
-        return [Fragment(n, p, p.shape, 0, p.numel(), _flat_data(p), _flat_grad(p))
-                for n, p in model.named_parameters() if p.requires_grad]
+        return [
+            Fragment(n, p, p.shape, 0, p.numel(), _flat_data(p), _flat_grad(p))
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        ]
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor
@@ -95,8 +98,9 @@ class LocalEngine:
 
     def full_weights(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         """Every parameter whole, on the CPU (exports, tests). Every rank must call it."""
-        return {n: p.detach().cpu().clone() for n, p in model.named_parameters()
-                if p.requires_grad or not trainable_only}
+        return {
+            n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad or not trainable_only
+        }
 
     def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
         """This rank's part of the gradient of ``loss`` for each fragment, averaged over the
@@ -153,8 +157,11 @@ class FSDP2Engine(_DistributedEngine):
     def full_weights(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         from torch.distributed.tensor import DTensor
 
-        return {n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
-                for n, p in model.named_parameters() if p.requires_grad or not trainable_only}
+        return {
+            n: (p.full_tensor() if isinstance(p, DTensor) else p).detach().cpu().clone()
+            for n, p in model.named_parameters()
+            if p.requires_grad or not trainable_only
+        }
 
     def gradients(self, loss: torch.Tensor, fragments: list[Fragment]) -> list[torch.Tensor | None]:
         # the sharded parameters are not in the autograd graph (FSDP2 gathers them outside it):
@@ -179,8 +186,17 @@ class FSDP2Engine(_DistributedEngine):
             self.group = p.device_mesh.get_group()
             local_shape, global_offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
             row = math.prod(p.shape[1:])
-            out.append(Fragment(name, p, p.shape, global_offset[0] * row if global_offset else 0,
-                                math.prod(local_shape), _local_data(p), _local_grad(p)))
+            out.append(
+                Fragment(
+                    name,
+                    p,
+                    p.shape,
+                    global_offset[0] * row if global_offset else 0,
+                    math.prod(local_shape),
+                    _local_data(p),
+                    _local_grad(p),
+                )
+            )
         return out
 
 
@@ -223,8 +239,15 @@ class DeepSpeedEngine(_DistributedEngine):
         partition = p.ds_tensor.numel()
         offset = self.rank() * partition
         size = max(0, min(partition, p.ds_numel - offset))
-        return Fragment(name, p, p.ds_shape, offset, size, lambda: safe_get_local_fp32_param(p)[:size],
-                        lambda: safe_get_local_grad(p)[:size])
+        return Fragment(
+            name,
+            p,
+            p.ds_shape,
+            offset,
+            size,
+            lambda: safe_get_local_fp32_param(p)[:size],
+            lambda: safe_get_local_grad(p)[:size],
+        )
 
     def full_weights(self, model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
         if self.stage != 3:
@@ -243,7 +266,8 @@ class DeepSpeedEngine(_DistributedEngine):
         engine.backward(loss)
         out: list[torch.Tensor | None] = [
             torch.empty(0, device=f.param.device) if not f.size else None if (g := f.grad()) is None else g.clone()
-            for f in fragments]
+            for f in fragments
+        ]
         engine.optimizer.zero_grad()
         return out
 
@@ -254,7 +278,7 @@ class DeepSpeedEngine(_DistributedEngine):
             zero3: list[Any] = [f.param for f in fragments]  # DeepSpeed's attributes on the parameters
             for f, p in zip(fragments, zero3):
                 if f.size:
-                    p.ds_tensor.data[:f.size].copy_(f.values())
+                    p.ds_tensor.data[: f.size].copy_(f.values())
             # small parameters stay gathered between forwards (stage3_param_persistence_threshold):
             # their whole copy is what the next forward reads
             self._rebuild([f for f, p in zip(fragments, zero3) if p.ds_status == ZeroParamStatus.AVAILABLE])

@@ -44,8 +44,9 @@ class GMT(TuningStrategy):
     def before_step(self, ctx) -> None:
         fragments = [f for f in ctx.fragments if f.grad() is not None]
         grads = [f.grad() for f in fragments]
-        masks = tensor_stats.top_k_masks(ctx.engine, [g.abs() for g in grads],
-                                         [keep_count(self.keep_ratio, f.numel) for f in fragments])
+        masks = tensor_stats.top_k_masks(
+            ctx.engine, [g.abs() for g in grads], [keep_count(self.keep_ratio, f.numel) for f in fragments]
+        )
         for f, grad, mask in zip(fragments, grads, masks):
             grad.mul_(mask)
             if ctx.logging:
@@ -81,17 +82,23 @@ class SPU(TuningStrategy):
         if self.window_steps is None:
             self.window_steps = max(1, math.ceil(self.score_fraction * int(ctx.trainer.estimated_stepping_batches)))
         if self.masks is None:
-            self.scores = {f.name: self.scores[f.name].to(f.values().device) if f.name in self.scores
-                           else torch.zeros(f.size, dtype=torch.float32, device=f.values().device)
-                           for f in ctx.fragments}
+            self.scores = {
+                f.name: self.scores[f.name].to(f.values().device)
+                if f.name in self.scores
+                else torch.zeros(f.size, dtype=torch.float32, device=f.values().device)
+                for f in ctx.fragments
+            }
         else:
             self.masks = {f.name: self.masks[f.name].to(f.values().device) for f in ctx.fragments}
 
     def before_step(self, ctx) -> None:
         if self.masks is None and ctx.step >= self.window_steps:  # the window has closed: choose
             fragments = ctx.fragments
-            chosen = tensor_stats.top_k_masks(ctx.engine, [self.scores[f.name].abs() for f in fragments],
-                                              [keep_count(self.keep_ratio, f.numel) for f in fragments])
+            chosen = tensor_stats.top_k_masks(
+                ctx.engine,
+                [self.scores[f.name].abs() for f in fragments],
+                [keep_count(self.keep_ratio, f.numel) for f in fragments],
+            )
             self.masks = {f.name: m for f, m in zip(fragments, chosen)}
             self.scores = {}
         for f in ctx.fragments:

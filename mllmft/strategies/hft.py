@@ -24,8 +24,13 @@ class HFT(TuningStrategy):
 
     name = "hft"
 
-    def __init__(self, seed: int = 0, attention: tuple[str, ...] | None = None, mlp: tuple[str, ...] | None = None,
-                 norms: tuple[str, ...] | None = None):
+    def __init__(
+        self,
+        seed: int = 0,
+        attention: tuple[str, ...] | None = None,
+        mlp: tuple[str, ...] | None = None,
+        norms: tuple[str, ...] | None = None,
+    ):
         self.seed = seed
         self.given = {"attention": attention, "mlp": mlp, "norms": norms}
         self.groups: dict[str, tuple[str, ...]] = {}
@@ -50,8 +55,10 @@ class HFT(TuningStrategy):
             for group, modules in self.groups.items():
                 missing = missing_modules(names, modules)
                 if missing or not modules:
-                    raise ConfigError(f"strategy=hft: layer {i} of {layers_path} has no modules {missing or group}; "
-                                      f"set strategy.{group} to this family's module names")
+                    raise ConfigError(
+                        f"strategy=hft: layer {i} of {layers_path} has no modules {missing or group}; "
+                        f"set strategy.{group} to this family's module names"
+                    )
                 for module in rng.sample(modules, counts[group]):
                     path = next(x for x in sorted(names) if x.split(".")[-1] == module)
                     for p in layer.get_submodule(path).parameters():

@@ -14,7 +14,7 @@ from mllmft.strategies import tensor_stats
 
 
 def group_of(cmap: ComponentMap, name: str) -> str:
-    """"llm.layer3", "vision.layer0", "connector", "llm" (outside the layer stack) ..."""
+    """ "llm.layer3", "vision.layer0", "connector", "llm" (outside the layer stack) ..."""
     component = cmap.component_of(name)
     layer = cmap.layer_of(name, component)
     return component if layer is None else f"{component}.layer{layer}"
@@ -35,8 +35,13 @@ class MaskStats:
 
     def add(self, name: str, mask: torch.Tensor) -> None:
         total = tensor_stats.float64_sums(mask.reshape(-1), squares=False)
-        row = torch.stack([torch.count_nonzero(mask).double(), total,
-                           torch.tensor(float(mask.numel()), dtype=torch.float64, device=mask.device)])
+        row = torch.stack(
+            [
+                torch.count_nonzero(mask).double(),
+                total,
+                torch.tensor(float(mask.numel()), dtype=torch.float64, device=mask.device),
+            ]
+        )
         for key in (self.cmap.component_of(name), group_of(self.cmap, name)):
             self._counts[key] = self._counts.get(key, 0) + row
 
@@ -76,8 +81,9 @@ class MaskStats:
             for g in groups:
                 grid[g].append(row.get(g, float("nan")))
         fig, ax = plt.subplots(figsize=(8, 0.35 * len(groups) + 1.5))
-        image = ax.imshow([grid[g] for g in groups], aspect="auto", vmin=0, vmax=1, cmap="viridis",
-                          interpolation="nearest")
+        image = ax.imshow(
+            [grid[g] for g in groups], aspect="auto", vmin=0, vmax=1, cmap="viridis", interpolation="nearest"
+        )
         ax.set_yticks(range(len(groups)), groups)
         steps = [s for s, _ in self.history]
         ticks = sorted({0, len(steps) // 2, len(steps) - 1})

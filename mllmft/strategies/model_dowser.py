@@ -48,9 +48,20 @@ class ModelDowser(TuningStrategy):
 
     name = "model_dowser"
 
-    def __init__(self, ratio: float = 0.1, sequences: int = 64, length: int = 64, batch_size: int = 4,
-                 passes: int = 8, psi: str = "abs", targets: tuple[str, ...] = TARGETS, seed: int = 0,
-                 freeze_head: bool = True, cache_dir: str | None = None, weight_decay: float = 0.0):
+    def __init__(
+        self,
+        ratio: float = 0.1,
+        sequences: int = 64,
+        length: int = 64,
+        batch_size: int = 4,
+        passes: int = 8,
+        psi: str = "abs",
+        targets: tuple[str, ...] = TARGETS,
+        seed: int = 0,
+        freeze_head: bool = True,
+        cache_dir: str | None = None,
+        weight_decay: float = 0.0,
+    ):
         check_number("strategy.ratio", ratio, 0, 1, low_open=True)
         for key, value in (("sequences", sequences), ("batch_size", batch_size), ("passes", passes)):
             check_number(f"strategy.{key}", value, 1, integer=True)
@@ -58,8 +69,10 @@ class ModelDowser(TuningStrategy):
         if psi not in PSI_MODES:
             raise ConfigError(f"strategy.psi={psi!r}; expected one of {PSI_MODES}")
         if weight_decay:
-            raise ConfigError(f"strategy=model_dowser freezes entries by masking their gradient, which AdamW's weight "
-                              f"decay would still move: set module.weight_decay=0 (got {weight_decay})")
+            raise ConfigError(
+                f"strategy=model_dowser freezes entries by masking their gradient, which AdamW's weight "
+                f"decay would still move: set module.weight_decay=0 (got {weight_decay})"
+            )
         self.ratio, self.sequences, self.length, self.batch_size = ratio, sequences, length, batch_size
         self.passes, self.psi, self.targets, self.seed = passes, psi, tuple(targets), seed
         self.freeze_head = freeze_head
@@ -77,20 +90,32 @@ class ModelDowser(TuningStrategy):
             for p in model.get_submodule(backbone.components.head).parameters():
                 p.requires_grad_(False)
         layers = backbone.components.layers["llm"]
-        scored = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)
-                  and name.startswith(layers + ".") and name.rsplit(".", 1)[-1] in self.targets}
+        scored = {
+            name: m
+            for name, m in model.named_modules()
+            if isinstance(m, nn.Linear) and name.startswith(layers + ".") and name.rsplit(".", 1)[-1] in self.targets
+        }
         trained = {name for name, m in scored.items() if m.weight.requires_grad}
         if not trained:
-            raise ConfigError(f"strategy=model_dowser masks the LLM's {list(self.targets)} linears, and the scope "
-                              "trains none of them: use a scope that trains LLM layers (e.g. scope=llm_last_n)")
+            raise ConfigError(
+                f"strategy=model_dowser masks the LLM's {list(self.targets)} linears, and the scope "
+                "trains none of them: use a scope that trains LLM layers (e.g. scope=llm_last_n)"
+            )
         scores = self._scores(backbone, scored)
         self._whole_masks = {f"{name}.weight": lowest_entries(scores[name], self.ratio) for name in sorted(trained)}
 
     def _scores(self, backbone: Backbone, scored: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
         if self.cache_dir is None:
             return self._probe(backbone, scored)
-        knobs = {"sequences": self.sequences, "length": self.length, "batch_size": self.batch_size,
-                 "passes": self.passes, "psi": self.psi, "seed": self.seed, "targets": sorted(scored)}
+        knobs = {
+            "sequences": self.sequences,
+            "length": self.length,
+            "batch_size": self.batch_size,
+            "passes": self.passes,
+            "psi": self.psi,
+            "seed": self.seed,
+            "targets": sorted(scored),
+        }
         key = hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:12]
         fingerprint = weights_fingerprint(backbone.model)
         path = self.cache_dir / "model_dowser" / f"{backbone.family}-{fingerprint}-{key}.safetensors"
@@ -112,18 +137,27 @@ class ModelDowser(TuningStrategy):
         generator = torch.Generator().manual_seed(self.seed)
         started = time.perf_counter()
         with on_compute_device(model):  # the GPU when there is one: fitting has not started yet
-            batches = synthetic_sequences(model, backbone.processor.tokenizer, self.sequences, self.length,
-                                          self.batch_size, generator)
+            batches = synthetic_sequences(
+                model, backbone.processor.tokenizer, self.sequences, self.length, self.batch_size, generator
+            )
             scores = probe_scores(model, scored, batches, self.passes, self.psi, generator)
         self.probed, self.probe_seconds = True, round(time.perf_counter() - started, 3)
-        log.info("Model-Dowser: probed %d linears on %d synthetic sequences x %d passes in %.1f s", len(scored),
-                 self.sequences, self.passes, self.probe_seconds)
+        log.info(
+            "Model-Dowser: probed %d linears on %d synthetic sequences x %d passes in %.1f s",
+            len(scored),
+            self.sequences,
+            self.passes,
+            self.probe_seconds,
+        )
         return scores
 
     # --- training: the static gradient mask -----------------------------------------------------------
     def start(self, ctx) -> None:
-        self.masks = {f.name: f.part(self._whole_masks[f.name]).to(f.values().device)
-                      for f in ctx.fragments if f.name in self._whole_masks}
+        self.masks = {
+            f.name: f.part(self._whole_masks[f.name]).to(f.values().device)
+            for f in ctx.fragments
+            if f.name in self._whole_masks
+        }
 
     def before_step(self, ctx) -> None:
         for f in ctx.fragments:
@@ -135,8 +169,12 @@ class ModelDowser(TuningStrategy):
                 ctx.mask_stats.add(f.name, mask)
 
     def summary(self) -> dict:
-        return {"probed": self.probed, "probe_seconds": self.probe_seconds, "scores": self.scores_path,
-                "trainable_share": self.ratio}
+        return {
+            "probed": self.probed,
+            "probe_seconds": self.probe_seconds,
+            "scores": self.scores_path,
+            "trainable_share": self.ratio,
+        }
 
     def state_nbytes(self) -> int:
         return sum(m.numel() for m in self.masks.values())  # bool: 1 byte per masked parameter

@@ -41,8 +41,12 @@ class PeftStrategy(TuningStrategy):
     name = "peft"
     targets_linears = True  # False: prompt-learning methods, which add virtual tokens instead
 
-    def __init__(self, adapt: Sequence[str] = ("llm",), linears: Sequence[str] | None = None,
-                 layers_to_transform: Sequence[int] | None = None):
+    def __init__(
+        self,
+        adapt: Sequence[str] = ("llm",),
+        linears: Sequence[str] | None = None,
+        layers_to_transform: Sequence[int] | None = None,
+    ):
         unknown = set(adapt) - set(COMPONENTS)
         if unknown:
             raise ConfigError(f"strategy.adapt names unknown components {sorted(unknown)}; expected {COMPONENTS}")
@@ -83,15 +87,18 @@ class PeftStrategy(TuningStrategy):
                     continue
                 if self.linears and name.rsplit(".", 1)[-1] not in self.linears:
                     continue
-                if self.layers_to_transform is not None and \
-                        cmap.layer_of(f"{name}.weight", component) not in self.layers_to_transform:
+                if (
+                    self.layers_to_transform is not None
+                    and cmap.layer_of(f"{name}.weight", component) not in self.layers_to_transform
+                ):
                     continue
                 targets.append(name)
         if not targets:
             raise ConfigError(
                 f"strategy {self.name}: no trainable linear layer to adapt in {list(self.adapt)} under this scope "
                 f"(linears={self.linears}, layers_to_transform={sorted(self.layers_to_transform or [])}); "
-                "make the scope train those components or change strategy.adapt")
+                "make the scope train those components or change strategy.adapt"
+            )
         return targets
 
     def state_nbytes(self) -> int:
@@ -126,19 +133,32 @@ class LoRA(PeftStrategy):
 
     name = "lora"
 
-    def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.05, init: bool | str = True,
-                 use_dora: bool = False, use_rslora: bool = False, **scope_options):
+    def __init__(
+        self,
+        r: int = 8,
+        alpha: int = 16,
+        dropout: float = 0.05,
+        init: bool | str = True,
+        use_dora: bool = False,
+        use_rslora: bool = False,
+        **scope_options,
+    ):
         super().__init__(**scope_options)
         check_number("strategy.r", r, 1, integer=True)
         check_number("strategy.alpha", alpha, 0, low_open=True)
         check_number("strategy.dropout", dropout, 0, 1, high_open=True)
         self.name = "dora" if use_dora else "lora"
-        self.options = dict(r=r, lora_alpha=alpha, lora_dropout=dropout, init_lora_weights=init,
-                            use_dora=use_dora, use_rslora=use_rslora)
+        self.options = dict(
+            r=r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            init_lora_weights=init,
+            use_dora=use_dora,
+            use_rslora=use_rslora,
+        )
 
     def peft_config(self, target_modules, modules_to_save):
-        return peft.LoraConfig(target_modules=target_modules, modules_to_save=modules_to_save or None,
-                               **self.options)
+        return peft.LoraConfig(target_modules=target_modules, modules_to_save=modules_to_save or None, **self.options)
 
 
 class AdaLoRA(PeftStrategy):
@@ -147,18 +167,39 @@ class AdaLoRA(PeftStrategy):
 
     name = "adalora"
 
-    def __init__(self, total_step: int, init_r: int = 12, target_r: int = 8, alpha: int = 16,
-                 dropout: float = 0.05, tinit: int = 0, tfinal: int = 0, delta_t: int = 1, **scope_options):
+    def __init__(
+        self,
+        total_step: int,
+        init_r: int = 12,
+        target_r: int = 8,
+        alpha: int = 16,
+        dropout: float = 0.05,
+        tinit: int = 0,
+        tfinal: int = 0,
+        delta_t: int = 1,
+        **scope_options,
+    ):
         super().__init__(**scope_options)
         if total_step is None or total_step <= tinit + tfinal:
-            raise ConfigError(f"strategy.total_step={total_step} must exceed tinit + tfinal = {tinit + tfinal} "
-                              "(AdaLoRA needs a step-based run: set trainer.max_steps)")
-        self.options = dict(total_step=total_step, init_r=init_r, target_r=target_r, lora_alpha=alpha,
-                            lora_dropout=dropout, tinit=tinit, tfinal=tfinal, deltaT=delta_t)
+            raise ConfigError(
+                f"strategy.total_step={total_step} must exceed tinit + tfinal = {tinit + tfinal} "
+                "(AdaLoRA needs a step-based run: set trainer.max_steps)"
+            )
+        self.options = dict(
+            total_step=total_step,
+            init_r=init_r,
+            target_r=target_r,
+            lora_alpha=alpha,
+            lora_dropout=dropout,
+            tinit=tinit,
+            tfinal=tfinal,
+            deltaT=delta_t,
+        )
 
     def peft_config(self, target_modules, modules_to_save):
-        return peft.AdaLoraConfig(target_modules=target_modules, modules_to_save=modules_to_save or None,
-                                  **self.options)
+        return peft.AdaLoraConfig(
+            target_modules=target_modules, modules_to_save=modules_to_save or None, **self.options
+        )
 
     def callbacks(self) -> list[Callback]:
         return [_AdaLoraBudget()]
@@ -178,14 +219,12 @@ class VeRA(PeftStrategy):
 
     name = "vera"
 
-    def __init__(self, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0,
-                 **scope_options):
+    def __init__(self, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0, **scope_options):
         super().__init__(**scope_options)
         self.options = dict(r=r, vera_dropout=dropout, d_initial=d_initial, projection_prng_key=seed)
 
     def peft_config(self, target_modules, modules_to_save):
-        return peft.VeraConfig(target_modules=target_modules, modules_to_save=modules_to_save or None,
-                               **self.options)
+        return peft.VeraConfig(target_modules=target_modules, modules_to_save=modules_to_save or None, **self.options)
 
 
 class IA3(PeftStrategy):
@@ -195,8 +234,9 @@ class IA3(PeftStrategy):
 
     def peft_config(self, target_modules, modules_to_save):
         feedforward = [t for t in target_modules if t.rsplit(".", 1)[-1] in FEEDFORWARD_OUTPUTS]
-        return peft.IA3Config(target_modules=target_modules, feedforward_modules=feedforward,
-                              modules_to_save=modules_to_save or None)
+        return peft.IA3Config(
+            target_modules=target_modules, feedforward_modules=feedforward, modules_to_save=modules_to_save or None
+        )
 
 
 class _PromptLearning(PeftStrategy):
@@ -221,8 +261,9 @@ class PromptTuning(_PromptLearning):
     name = "prompt_tuning"
 
     def peft_config(self, target_modules, modules_to_save):
-        return peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
-                                       modules_to_save=modules_to_save or None)
+        return peft.PromptTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens, modules_to_save=modules_to_save or None
+        )
 
 
 class PrefixTuning(_PromptLearning):
@@ -231,5 +272,6 @@ class PrefixTuning(_PromptLearning):
     name = "prefix_tuning"
 
     def peft_config(self, target_modules, modules_to_save):
-        return peft.PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens,
-                                       modules_to_save=modules_to_save or None)
+        return peft.PrefixTuningConfig(
+            task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens, modules_to_save=modules_to_save or None
+        )

@@ -79,16 +79,21 @@ class StrategyRunner(Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         engine = engine_for(trainer)
         fragments = engine.fragments(pl_module.model)
-        self._ctx = StepContext(engine, fragments, self.components, trainer, pl_module,
-                                mask_stats=MaskStats(self.components, engine))
+        self._ctx = StepContext(
+            engine, fragments, self.components, trainer, pl_module, mask_stats=MaskStats(self.components, engine)
+        )
         if self._restored is not None:
             self.strategy.load_state_dict(self._restored)
             self._restored = None
         self.strategy.start(self.ctx)
         self._last_step = trainer.global_step
         numel = max(1, sum(f.numel for f in fragments))
-        log.info("%s under %s: %.2f bytes of strategy state per trainable parameter on this rank",
-                 self.strategy.name, engine.name, self.strategy.state_nbytes() / numel)
+        log.info(
+            "%s under %s: %.2f bytes of strategy state per trainable parameter on this rank",
+            self.strategy.name,
+            engine.name,
+            self.strategy.state_nbytes() / numel,
+        )
 
     # --- every step ---------------------------------------------------------------------------------
     def _at(self, trainer) -> StepContext:
@@ -122,8 +127,10 @@ class StrategyRunner(Callback):
                 ctx.log(ctx.mask_stats.summarise(ctx.step))
         if ctx.metrics:
             numel = max(1, sum(f.numel for f in ctx.fragments))
-            pl_module.log_dict({**ctx.metrics, "strategy/state_bytes_per_param": self.strategy.state_nbytes() / numel},
-                               batch_size=len(batch["ids"]))
+            pl_module.log_dict(
+                {**ctx.metrics, "strategy/state_bytes_per_param": self.strategy.state_nbytes() / numel},
+                batch_size=len(batch["ids"]),
+            )
             ctx.metrics = {}
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -132,8 +139,10 @@ class StrategyRunner(Callback):
         self.strategy.finish(self._ctx)
         name, stats = self.strategy.name, self._ctx.mask_stats
         if trainer.is_global_zero and stats is not None and stats.history:
-            path = stats.save_heatmap(Path(trainer.default_root_dir) / f"{name}_mask_density.png",
-                                                    f"{name}: share of each layer's weights allowed to move")
+            path = stats.save_heatmap(
+                Path(trainer.default_root_dir) / f"{name}_mask_density.png",
+                f"{name}: share of each layer's weights allowed to move",
+            )
             log.info("mask density heatmap: %s", path)
 
     # --- checkpoints ----------------------------------------------------------------------------------
@@ -164,9 +173,11 @@ def check_engine(strategy: TuningStrategy, lightning_strategy) -> None:
     """Refuse, before anything is built, a tuning strategy the chosen engine cannot run: every strategy
     runs on one device, DDP, FSDP2 and DeepSpeed; FSDP1 only those that leave training to the optimizer."""
     if engine_name(lightning_strategy) == "fsdp1" and strategy.acts_on_training:
-        raise ConfigError(f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
-                          "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "
-                          "use hardware=fsdp2 (or a deepspeed_* choice)")
+        raise ConfigError(
+            f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
+            "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "
+            "use hardware=fsdp2 (or a deepspeed_* choice)"
+        )
 
 
 def _at_accumulation_boundary(trainer) -> bool:

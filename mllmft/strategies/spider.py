@@ -46,13 +46,17 @@ def normalized_importance(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return importance(magnitude, *zscore_coefficients(mean[0], std[0], eps)).view_as(x)
 
 
-def spider_mask(theta0: torch.Tensor, accumulated: torch.Tensor, mask: str = "soft",
-                eps: float = 1e-12) -> torch.Tensor:
+def spider_mask(
+    theta0: torch.Tensor, accumulated: torch.Tensor, mask: str = "soft", eps: float = 1e-12
+) -> torch.Tensor:
     """M for one whole tensor (the reference form; training uses ``SPIDER.masks`` on fragments)."""
     from mllmft.strategies.engines import LocalEngine
 
-    return SPIDER(mask, eps).masks(LocalEngine(), [theta0.reshape(-1)], [accumulated.reshape(-1)],
-                                   [theta0.numel()])[0].view_as(theta0)
+    return (
+        SPIDER(mask, eps)
+        .masks(LocalEngine(), [theta0.reshape(-1)], [accumulated.reshape(-1)], [theta0.numel()])[0]
+        .view_as(theta0)
+    )
 
 
 class SPIDER(TuningStrategy):
@@ -82,8 +86,11 @@ class SPIDER(TuningStrategy):
         self.theta0.place(ctx.fragments)
         for f in ctx.fragments:
             held = self.accumulated.get(f.name)
-            self.accumulated[f.name] = (held.to(f.values().device) if held is not None
-                                        else torch.zeros(f.size, dtype=torch.float32, device=f.values().device))
+            self.accumulated[f.name] = (
+                held.to(f.values().device)
+                if held is not None
+                else torch.zeros(f.size, dtype=torch.float32, device=f.values().device)
+            )
         magnitudes = [self.theta0[f.name].abs().float() for f in ctx.fragments]
         mean, std = tensor_stats.moments(ctx.engine, magnitudes, [f.numel for f in ctx.fragments])
         self._theta0_coefficients = zscore_coefficients(mean, std, self.eps)  # θ0 never changes
@@ -96,9 +103,13 @@ class SPIDER(TuningStrategy):
 
     def after_step(self, ctx) -> None:
         fragments = ctx.fragments
-        masks = self.masks(ctx.engine, [self.theta0[f.name] for f in fragments],
-                           [self.accumulated[f.name] for f in fragments], [f.numel for f in fragments],
-                           self._theta0_coefficients)
+        masks = self.masks(
+            ctx.engine,
+            [self.theta0[f.name] for f in fragments],
+            [self.accumulated[f.name] for f in fragments],
+            [f.numel for f in fragments],
+            self._theta0_coefficients,
+        )
         for f, mask in zip(fragments, masks):
             if ctx.logging:
                 ctx.mask_stats.add(f.name, mask)
@@ -106,8 +117,14 @@ class SPIDER(TuningStrategy):
             pull = mask.neg_().add_(1).to(values.dtype)  # 1 − M, in the mask's own memory
             values.lerp_(self.theta0[f.name].to(values.dtype), pull)
 
-    def masks(self, engine, theta0: list[torch.Tensor], accumulated: list[torch.Tensor], numels: list[int],
-              theta0_coefficients: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def masks(
+        self,
+        engine,
+        theta0: list[torch.Tensor],
+        accumulated: list[torch.Tensor],
+        numels: list[int],
+        theta0_coefficients: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
         """M for each tensor from this rank's parts: R = G / (I + G) where G > I (else 0),
         M = min(R / mean(R | R > 0), 1); I = N(θ0), G = N(Σ g), N's mean and std per whole tensor."""
         if theta0_coefficients is None:
@@ -120,8 +137,13 @@ class SPIDER(TuningStrategy):
         scratch = torch.empty(max(numels, default=0), dtype=torch.float32, device=tensor_stats.device_of(theta0))
         ratios, wins = [], []
         for j, (t0, g) in enumerate(zip(theta0, g_magnitudes)):
-            pre = importance(torch.abs(t0, out=scratch[:t0.numel()]) if t0.dtype == torch.float32
-                             else scratch[:t0.numel()].copy_(t0).abs_(), i_centre[j], i_scale[j])  # I
+            pre = importance(
+                torch.abs(t0, out=scratch[: t0.numel()])
+                if t0.dtype == torch.float32
+                else scratch[: t0.numel()].copy_(t0).abs_(),
+                i_centre[j],
+                i_scale[j],
+            )  # I
             ratio = importance(g, g_centre[j], g_scale[j])  # G
             win = ratio > pre
             if self.mask == "soft":

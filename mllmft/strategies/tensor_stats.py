@@ -120,7 +120,7 @@ def _ties_on_lower_ranks(engine, ties: torch.Tensor) -> torch.Tensor:
     """For each tensor, the tied entries held by lower ranks (whose parts come first in flat order)."""
     if not engine.sharded:
         return torch.zeros_like(ties)
-    return sum(engine.all_gather(ties)[:engine.rank()], torch.zeros_like(ties))
+    return sum(engine.all_gather(ties)[: engine.rank()], torch.zeros_like(ties))
 
 
 def device_of(tensors: list[torch.Tensor]) -> torch.device:
@@ -132,7 +132,7 @@ def lowest_entries(scores: torch.Tensor, ratio: float) -> torch.Tensor:
     the earlier position), e.g. Model-Dowser's trainable entries."""
     flat = scores.reshape(-1)
     mask = torch.zeros(flat.numel(), dtype=torch.bool, device=flat.device)
-    mask[flat.argsort(stable=True)[:round(ratio * flat.numel())]] = True
+    mask[flat.argsort(stable=True)[: round(ratio * flat.numel())]] = True
     return mask.view_as(scores)
 
 

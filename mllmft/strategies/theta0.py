@@ -23,8 +23,9 @@ class Theta0:
     def place(self, fragments) -> None:
         for f in fragments:
             if f.name in self._whole:
-                self.parts[f.name] = f.part(self._whole.pop(f.name)).to(device=f.values().device,
-                                                                         dtype=f.param.dtype).clone()
+                self.parts[f.name] = (
+                    f.part(self._whole.pop(f.name)).to(device=f.values().device, dtype=f.param.dtype).clone()
+                )
         self._whole = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:

@@ -3,6 +3,11 @@ process offline (Hugging Face, W&B), as the whole suite is."""
 
 import os
 
-for var, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "WANDB_MODE": "offline", "TOKENIZERS_PARALLELISM": "false"}.items():
+for var, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "WANDB_MODE": "offline",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
     os.environ[var] = value

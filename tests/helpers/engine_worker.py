@@ -47,9 +47,14 @@ class SaveFinalWeights(L.Callback):
         weights = engine.full_weights(pl_module.model, trainable_only=True)  # collective: every rank
         numel = sum(f.numel for f in engine.fragments(pl_module.model))
         timed = self.step_times[2:] or self.step_times
-        stats = {"state_bytes": pl_module.strategy.state_nbytes(), "numel": numel, "engine": engine.name,
-                 "steps": trainer.global_step, "step_s": statistics.median(timed) if timed else 0.0,
-                 "peak_memory": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0}
+        stats = {
+            "state_bytes": pl_module.strategy.state_nbytes(),
+            "numel": numel,
+            "engine": engine.name,
+            "steps": trainer.global_step,
+            "step_s": statistics.median(timed) if timed else 0.0,
+            "peak_memory": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0,
+        }
         if hasattr(pl_module.strategy, "monitor"):  # CoMMIT: the balance measurements
             stats["kappa"] = pl_module.strategy.monitor.history
         (self.out.parent / f"{self.out.stem}.rank{trainer.global_rank}.json").write_text(json.dumps(stats))
@@ -63,8 +68,17 @@ def main(spec_path: str) -> None:
     out = Path(spec["out"])
     for name, run in spec["runs"].items():
         run = run if isinstance(run, dict) else {"overrides": run}  # {"overrides": [...], "stop_at": N}
-        cfg = api.compose([*FAST, *SMALL_LLAVA, *EQUAL_STEPS, f"paths.cache_dir={out / 'cache'}",
-                           *spec["hardware"], *run["overrides"]], output_dir=out / name)
+        cfg = api.compose(
+            [
+                *FAST,
+                *SMALL_LLAVA,
+                *EQUAL_STEPS,
+                f"paths.cache_dir={out / 'cache'}",
+                *spec["hardware"],
+                *run["overrides"],
+            ],
+            output_dir=out / name,
+        )
         parts = api.build(cfg)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()

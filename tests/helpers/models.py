@@ -8,8 +8,11 @@ from mllmft import api
 from mllmft.config import CONF_DIR
 
 # composed, as a run sees them (the tiny ones extend model/_tiny.yaml)
-MODEL_CONFIGS = {p.stem: api.compose([f"model={p.stem}"]).model
-                 for p in sorted((CONF_DIR / "model").glob("*.yaml")) if not p.stem.startswith("_")}
+MODEL_CONFIGS = {
+    p.stem: api.compose([f"model={p.stem}"]).model
+    for p in sorted((CONF_DIR / "model").glob("*.yaml"))
+    if not p.stem.startswith("_")
+}
 
 TINY_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.tiny is not None]
 

@@ -28,6 +28,10 @@ def _build_tiny(spec: dict, corpus: list[str]):
 
 
 # LLaVA under another name, refusing one strategy: what a family of one's own declares
-MY_LLAVA = dataclasses.replace(LLAVA, name="my_llava", build_tiny=_build_tiny,
-                               unsupported={"hft": "this family's layers are not to be half-frozen"})
+MY_LLAVA = dataclasses.replace(
+    LLAVA,
+    name="my_llava",
+    build_tiny=_build_tiny,
+    unsupported={"hft": "this family's layers are not to be half-frozen"},
+)
 NOT_A_FAMILY = 42

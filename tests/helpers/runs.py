@@ -6,8 +6,18 @@ import lightning as L
 
 from mllmft.config import CONF_DIR
 
-TINY = {"image_size": 32, "patch_size": 8, "vision_hidden": 32, "vision_layers": 2, "heads": 2,
-        "text_hidden": 32, "text_layers": 4, "vocab_size": 400, "max_position_embeddings": 128, "seed": 0}
+TINY = {
+    "image_size": 32,
+    "patch_size": 8,
+    "vision_hidden": 32,
+    "vision_layers": 2,
+    "heads": 2,
+    "text_hidden": 32,
+    "text_layers": 4,
+    "vocab_size": 400,
+    "max_position_embeddings": 128,
+    "seed": 0,
+}
 
 # A run that takes seconds: random tiny model (no pre-training), small sets, no loggers.
 # Smaller than conf/model/tiny_llava.yaml, for speed; only when a test does not pick another model.
@@ -15,19 +25,35 @@ SMALL_LLAVA = ["++model.tiny.patch_size=8", "++model.tiny.text_hidden=32", "++mo
 
 FAST = [
     "model.pretrain=null",
-    "logger=none", "callbacks=none", "print_config=false", "zeroshot_test=false",
-    "trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.num_sanity_val_steps=0",
-    "trainer.limit_val_batches=1", "trainer.limit_test_batches=1", "trainer.enable_progress_bar=false",
-    "trainer.enable_model_summary=false", "data.batch_size=4", "data.eval_batch_size=8",
+    "logger=none",
+    "callbacks=none",
+    "print_config=false",
+    "zeroshot_test=false",
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=2",
+    "trainer.num_sanity_val_steps=0",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+    "data.batch_size=4",
+    "data.eval_batch_size=8",
     "+data.target.sizes={train: 16, val: 8, test: 10}",
 ]
 
 # the engine runs and their single-process references share these, so that their steps are comparable
-EQUAL_STEPS = ["trainer.max_steps=3", "data.batch_size=2", "trainer.limit_val_batches=0",
-               "trainer.gradient_clip_val=null", "trainer.log_every_n_steps=1"]
+EQUAL_STEPS = [
+    "trainer.max_steps=3",
+    "data.batch_size=2",
+    "trainer.limit_val_batches=0",
+    "trainer.gradient_clip_val=null",
+    "trainer.log_every_n_steps=1",
+]
 
-CKPT = ("+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
-        "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}")
+CKPT = (
+    "+callbacks.ckpt={_target_: lightning.pytorch.callbacks.ModelCheckpoint, "
+    "dirpath: ${paths.output_dir}/checkpoints, save_last: true, save_top_k: 0, every_n_train_steps: 1}"
+)
 
 ALL_TRAINING_STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml") if p.stem != "zeroshot")
 
