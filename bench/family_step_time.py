@@ -54,7 +54,7 @@ def measure(model: str, steps: int, warmup: int) -> dict:
     parts.trainer.fit(parts.module, datamodule=parts.datamodule)
     record = parts.datamodule.split(parts.datamodule.target, "train").records[0]
     collator = parts.backbone.collator(512)
-    ids = collator([(0, record, record.load_image())])["model_inputs"]["input_ids"]
+    ids = collator([(0, record, record.load_images())])["model_inputs"]["input_ids"]
     image_tokens = int((ids == collator.image_token_id).sum())
     return {
         "step_s": statistics.median(timer.times),

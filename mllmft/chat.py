@@ -1,11 +1,12 @@
-"""``mllmft-chat``: ask a model one question about one image, from the command line.
+"""``mllmft-chat``: ask a model one question about an image (or several), from the command line.
 
     mllmft-chat image=cat.png prompt="What shape is this?"                 # the configured model
     mllmft-chat model.checkpoint=logs/train/runs/<run>/export image=... prompt=...   # an export, HF dir, hub id
     mllmft-chat adapter=<run>/export image=... prompt=...                  # a peft adapter on the base
     mllmft-chat ckpt_path=<run>/checkpoints/last.ckpt image=... prompt=... # a training checkpoint
+    mllmft-chat image=[left.png,right.png] prompt="Which is larger?"      # several images, in order
 
-The prompt goes through the family's chat template with the image, as in testing; the answer is greedy.
+The prompt goes through the family's chat template with the images, as in testing; the answer is greedy.
 A training checkpoint must belong to this model, scope and strategy (a peft run's: ``strategy=lora``).
 """
 
@@ -21,9 +22,10 @@ from mllmft.config import CONF_DIR
 
 
 def answer(cfg: DictConfig) -> str:
-    """The model's answer to ``cfg.prompt`` about ``cfg.image``."""
+    """The model's answer to ``cfg.prompt`` about ``cfg.image`` (a path, or a list of paths)."""
     import torch
     from hydra.utils import instantiate
+    from omegaconf import ListConfig
 
     from mllmft.checkpoint_match import check_checkpoint, read_checkpoint, run_identity
     from mllmft.data.images import MAX_IMAGE_PIXELS
@@ -61,14 +63,15 @@ def answer(cfg: DictConfig) -> str:
         module.load_state_dict(checkpoint["state_dict"], strict=False)  # trainable tensors; the rest is the base
     record = Record(
         id="chat",
-        image=Path(cfg.image),
+        images=tuple(Path(p) for p in (cfg.image if isinstance(cfg.image, ListConfig) else [cfg.image])),
         turns=(Turn("user", str(cfg.prompt)), Turn("assistant", "")),
         task="vqa",
         answers=("",),
         origin="the command line",
     )
-    image = record.load_image(MAX_IMAGE_PIXELS)
-    batch = backbone.collator(cfg.data.max_length, generate=True)([(0, record, image)])
+    backbone.collator_class.check_image_counts([record])
+    images = record.load_images(MAX_IMAGE_PIXELS)
+    batch = backbone.collator(cfg.data.max_length, generate=True)([(0, record, images)])
     module.eval()
     with torch.no_grad():
         return module.generate(batch["model_inputs"])[0]

@@ -59,7 +59,7 @@ def test_scope_errors_are_clear(tiny_backbone):
 
 def _logits(backbone, records):
     batch = ConversationCollator(backbone.processor, 128, generate=True)(
-        [(i, r, r.load_image()) for i, r in enumerate(records)]
+        [(i, r, r.load_images()) for i, r in enumerate(records)]
     )
     with torch.no_grad():
         return batch["model_inputs"]["input_ids"], backbone.model(**batch["model_inputs"]).logits

@@ -44,8 +44,13 @@ def test_a_lone_answer_string_is_one_reference_not_its_characters(tmp_path, tiny
 @pytest.mark.parametrize(
     "row, message",
     [
-        ({**llava_row(0), "image": None}, r"record 'r0' .*'image' must be one file path \(a string\), got null"),
-        ({**llava_row(0), "image": ["a.png", "b.png"]}, r"'image' must be one file path .*got \[\"a.png\""),
+        ({**llava_row(0), "image": None}, r"record 'r0' .*'image' must be a file path or a list of them, got null"),
+        (
+            {**llava_row(0), "image": ["a.png", 3]},
+            r"'image' must be a file path or a list of them, got \[\"a.png\", 3\]",
+        ),
+        ({**llava_row(0), "image": []}, r"'image' must be a file path or a list of them, got \[\]"),
+        ({**llava_row(0), "image": ["img.png", "img.png"]}, r"1 <image> placeholder for 2 images"),
         ({**llava_row(0), "conversations": "hello"}, r"'conversations' must be a list of turns, got \"hello\""),
         (
             {**llava_row(0), "conversations": [{"from": "human", "value": 7}, {"from": "gpt", "value": "x"}]},
@@ -135,7 +140,7 @@ def test_transparency_is_composited_onto_white_and_counted(tmp_path, tiny_backbo
     rgba.save(tmp_path / "images" / "alpha.png")
     with caplog.at_level(logging.WARNING):
         dm = _setup(tiny_backbone.processor, _image_set(tmp_path, "alpha.png"))
-    image = dm.split(dm.target, "train").records[0].load_image()
+    image = dm.split(dm.target, "train").records[0].load_images()[0]
     assert image.getpixel((5, 5)) == (255, 255, 255) and image.getpixel((0, 0)) == (0, 0, 255)
     assert any("1 image had transparency, composited onto white" in r.getMessage() for r in caplog.records)
 
@@ -146,7 +151,7 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path, tiny_backbone, caplog):
     Image.fromarray(values).save(tmp_path / "images" / "deep.png")
     with caplog.at_level(logging.WARNING):
         dm = _setup(tiny_backbone.processor, _image_set(tmp_path, "deep.png"))
-    image = dm.split(dm.target, "train").records[0].load_image()
+    image = dm.split(dm.target, "train").records[0].load_images()[0]
     assert [image.getpixel((x, 0))[0] for x in range(4)] == [0, 1, 128, 255]
     assert any(
         "were 16-bit, scaled to 8 bits" in r.getMessage() or "was 16-bit" in r.getMessage() for r in caplog.records
@@ -159,7 +164,7 @@ def test_animated_images_use_their_first_frame_and_are_counted(tmp_path, tiny_ba
     frames[0].save(tmp_path / "images" / "anim.gif", save_all=True, append_images=frames[1:])
     with caplog.at_level(logging.WARNING):
         dm = _setup(tiny_backbone.processor, _image_set(tmp_path, "anim.gif"))
-    assert dm.split(dm.target, "train").records[0].load_image().getpixel((0, 0)) == (255, 0, 0)
+    assert dm.split(dm.target, "train").records[0].load_images()[0].getpixel((0, 0)) == (255, 0, 0)
     assert any("animated: their first frame is used" in r.getMessage() for r in caplog.records)
 
 
@@ -181,8 +186,8 @@ def test_an_over_long_conversation_is_refused_at_start_up_not_in_a_worker(tmp_pa
 
 
 def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
-    """The count that needs no image processing equals the real one, for every family (see
-    ConversationCollator.token_lengths)."""
+    """The count that needs no image processing equals the real one, for every family, with one image
+    and with several (see ConversationCollator.token_lengths)."""
     from mllmft import api
     from mllmft.data import ShapesSource
     from mllmft.data.record import Record, Turn
@@ -191,14 +196,17 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
     for model in TINY_MODELS:
         backbone = api.build(compose(f"model={model}")).backbone
         records = [
-            Record(r.id, Image.new("RGB", s, "red"), r.turns, r.task, r.answers)
+            Record(r.id, (Image.new("RGB", s, "red"),), r.turns, r.task, r.answers)
             for r, s in zip(ShapesSource(sizes={"train": 3}).records("train"), sizes)
         ]
+        if backbone.collator_class.max_images is None:
+            images = tuple(Image.new("RGB", s, "red") for s in sizes[1:])
+            records.append(Record("two", images, records[0].turns, "vqa", ("x",)))
         if backbone.family != "paligemma":  # single-turn only
             records.append(
                 Record(
                     "mt",
-                    Image.new("RGB", sizes[1]),
+                    (Image.new("RGB", sizes[1]),),
                     (
                         Turn("user", "Colour?"),
                         Turn("assistant", "red"),
@@ -212,9 +220,10 @@ def test_start_up_token_counts_equal_the_collated_ones(tmp_path, compose):
         for generate in (False, True):
             collator = backbone.collator(4096, generate)
             collated = [
-                int(collator([(0, r, r.load_image())])["model_inputs"]["attention_mask"].sum()) for r in records
+                int(collator([(0, r, r.load_images())])["model_inputs"]["attention_mask"].sum()) for r in records
             ]
-            assert collator.token_lengths(records, [r.image.size for r in records]) == collated, (model, generate)
+            image_sizes = [tuple(image.size for image in r.images) for r in records]
+            assert collator.token_lengths(records, image_sizes) == collated, (model, generate)
 
 
 # --- start-up checks of the run -----------------------------------------------------------------------
@@ -379,8 +388,8 @@ def test_a_set_is_scored_by_its_records_task(tmp_path):
 
 
 def test_messages_and_images_records_read_as_conversations(tmp_path):
-    """ms-swift's / TRL's format gives the same record as LLaVA's; several images, none, or a system
-    message are refused with one line naming the record."""
+    """ms-swift's / TRL's format gives the same record as LLaVA's; no image, a placeholder count that
+    is not the image count, or a system message are refused with one line naming the record."""
     llava = llava_dataset(tmp_path, [llava_row(0)]).records("train")[0]
     swift = {
         "id": "r0",
@@ -397,10 +406,10 @@ def test_messages_and_images_records_read_as_conversations(tmp_path):
     }
     for row in (swift, trl):
         record = llava_dataset(tmp_path, [row]).records("train")[0]
-        assert (record.turns, record.answers, record.image) == (llava.turns, llava.answers, llava.image)
+        assert (record.turns, record.answers, record.images) == (llava.turns, llava.answers, llava.images)
     for change, message in (
-        ({"images": ["img.png", "img.png"]}, "2 images"),
-        ({"images": []}, "0 images"),
+        ({"images": ["img.png", "img.png", "img.png"]}, "1 <image> placeholder for 3 images"),
+        ({"images": []}, "no images"),
         ({"messages": [{"role": "system", "content": "Be brief."}, *swift["messages"]]}, "system message"),
     ):
         with pytest.raises(DataError, match=message) as err:

@@ -37,7 +37,7 @@ def trained(tmp_path_factory):
     )
     run(cfg)
     record = DigitsSource(sizes={"train": 16, "val": 8, "test": 10}).records("test")[0]
-    record.load_image().save(out / "digit.png")
+    record.load_images()[0].save(out / "digit.png")
     predictions = [json.loads(line) for line in (out / "run" / "predictions" / "final-digits.jsonl").open()]
     expected = next(p for p in predictions if p["id"] == record.id)
     return out, record.prompt_turns[-1].text, expected["prediction"]
@@ -65,6 +65,14 @@ def test_chat_answers_as_the_test_phase_did(trained, source):
         ]
     )
     assert answer(_chat(out, f"prompt={prompt}", *where)) == prediction
+
+
+def test_chat_takes_a_list_of_images(trained):
+    out, prompt, prediction = trained
+    adapter = f"adapter={out / 'run' / 'export'}"
+    png = out / "digit.png"
+    assert answer(_chat(out, f"prompt={prompt}", adapter, f"image=[{png}]")) == prediction  # a list of one
+    assert isinstance(answer(_chat(out, f"prompt={prompt}", adapter, f"image=[{png},{png}]")), str)
 
 
 def test_chat_refuses_what_it_cannot_use(trained, tmp_path):

@@ -236,5 +236,7 @@ def test_user_mistakes_exit_2_with_one_line(tmp_path):
         tmp_path,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    assert "data.jsonl:2): 'image' must be one file path (a string), got null" in proc.stderr.strip().splitlines()[-1]
+    assert (
+        "data.jsonl:2): 'image' must be a file path or a list of them, got null" in proc.stderr.strip().splitlines()[-1]
+    )
     assert not (tmp_path / "run2" / "predictions").exists()  # refused before the zero-shot test

@@ -6,7 +6,7 @@ from mllmft.data import IGNORE_INDEX, ConversationCollator, DataError, Record, S
 
 
 def _items(records):
-    return [(i, r, r.load_image()) for i, r in enumerate(records)]
+    return [(i, r, r.load_images()) for i, r in enumerate(records)]
 
 
 def _supervised_text(tokenizer, ids, labels):
@@ -30,7 +30,7 @@ def test_multi_turn_supervises_every_answer_and_no_question(tiny_backbone):
     image = Image.new("RGB", (16, 16), "blue")
     record = Record(
         "mt",
-        image,
+        (image,),
         (
             Turn("user", "What colour?"),
             Turn("assistant", "blue"),

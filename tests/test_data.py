@@ -11,9 +11,9 @@ from mllmft.data.record import single_turn
 def test_shapes_is_deterministic_and_splits_differ():
     a, b = ShapesSource(sizes={"train": 8}).records("train"), ShapesSource(sizes={"train": 8}).records("train")
     assert [r.answers for r in a] == [r.answers for r in b]
-    assert list(a[0].image.getdata()) == list(b[0].image.getdata())
+    assert list(a[0].images[0].getdata()) == list(b[0].images[0].getdata())
     test = ShapesSource(sizes={"test": 8}).records("test")
-    assert [list(r.image.getdata()) for r in test] != [list(r.image.getdata()) for r in a]
+    assert [list(r.images[0].getdata()) for r in test] != [list(r.images[0].getdata()) for r in a]
     assert {r.task for r in a} == {"caption", "vqa"}
     caption = a[0]
     n, colour, shape = caption.answers[0].split()
@@ -53,7 +53,7 @@ def test_llava_json_reader(tmp_path, suffix):
     records = read_llava_json(_write_llava(tmp_path, rows, suffix), tmp_path)
     assert records[0].turns == (Turn("user", "What is this?"), Turn("assistant", "a cat"))
     assert records[0].answers == ("a cat",) and records[1].answers == ("cat", "a cat")
-    assert records[0].load_image().size == (20, 20)
+    assert records[0].load_images()[0].size == (20, 20)
 
 
 def test_llava_json_rejects_unknown_speaker_and_missing_answer(tmp_path):
@@ -70,9 +70,13 @@ def test_llava_json_rejects_unknown_speaker_and_missing_answer(tmp_path):
 def test_record_validation_names_the_problem():
     image = Image.new("RGB", (8, 8))
     with pytest.raises(DataError, match="record 'x'.*empty"):
-        Record("x", image, (), "vqa", ("a",)).validate()
+        Record("x", (image,), (), "vqa", ("a",)).validate()
     with pytest.raises(DataError, match="record 'y'.*no reference answer"):
-        Record("y", image, (Turn("user", "q"), Turn("assistant", "a")), "vqa", ()).validate()
+        Record("y", (image,), (Turn("user", "q"), Turn("assistant", "a")), "vqa", ()).validate()
+    with pytest.raises(DataError, match="record 'w'.*no image"):
+        Record("w", (), (Turn("user", "q"), Turn("assistant", "a")), "vqa", ("a",)).validate()
+    with pytest.raises(DataError, match=r"record 'v' \(built-in\), image 2 of 2: the image must be a file path, got int"):
+        Record("v", (image, 3), (Turn("user", "q"), Turn("assistant", "a")), "vqa", ("a",)).validate()
     with pytest.raises(DataError, match="record 'z'.*turn 1 \\(assistant\\) is empty"):
         single_turn("z", image, "q", " ", "vqa", answers=("a",)).validate()
     with pytest.raises(DataError, match="unknown task"):

@@ -62,7 +62,7 @@ def test_paligemma_answers_are_the_causal_suffix(compose):
     two_turns = Record(
         id="q7",
         turns=(Turn("user", "a?"), Turn("assistant", "b"), Turn("user", "c?"), Turn("assistant", "d")),
-        image=records[0].image,
+        images=records[0].images,
         task="vqa",
         answers=("d",),
         origin="set.json",

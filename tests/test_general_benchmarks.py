@@ -79,7 +79,7 @@ def test_mmbench_asks_every_rotation_and_scores_circularly(data_dir):
     assert [r.answers[0] for r in records] == ["B", "A", "D", "C", "A", "B"]  # "dog" and "yes", rotated
     assert records[1].options == ("dog", "bird", "fish", "cat")
     assert "Look.\nIs it?\nA. no\nB. yes" in records[5].turns[0].text
-    assert records[4].load_image().getpixel((0, 0)) == (0, 0, 0)  # question 11 shares question 10's image
+    assert records[4].load_images()[0].getpixel((0, 0)) == (0, 0, 0)  # question 11 shares question 10's image
     # 10 right in every rotation; 11 right unrotated, wrong rotated: circular 50, vanilla 100
     scores = _score("mmbench", records, ["B", "A", "(D)", "C. dog", "A", "A"])
     assert (scores["score"], scores["vanilla"]) == (50.0, 100.0)

@@ -49,8 +49,8 @@ def test_reader_reads_its_published_layout_end_to_end(compose, tmp_path, tiny_ba
     assert test and test[0].answers == references
     for record in test:
         record.validate()
-        record.check_file("header")
-        record.decode_image()
+        record.check_files("header")
+        record.decode_images()
     train = source.records("train")
     assert train and all(r.turns[-1].text for r in train)
     dm = MLLMDataModule(tiny_backbone.processor, source, batch_size=2, eval_batch_size=2, max_length=256)
@@ -96,7 +96,7 @@ def test_target_without_validation_split_skips_validation(compose, tmp_path, tin
     dm.setup("fit")
     assert dm.val_dataloader() == []
     collate = ConversationCollator(tiny_backbone.processor, 256)
-    assert collate([(0, r, r.load_image()) for r in source.records("train")[:1]])["labels"] is not None
+    assert collate([(0, r, r.load_images()) for r in source.records("train")[:1]])["labels"] is not None
 
 
 def test_hugging_face_dataset_with_a_column_mapping(tmp_path, tiny_backbone):
@@ -128,7 +128,7 @@ def test_hugging_face_dataset_with_a_column_mapping(tmp_path, tiny_backbone):
     )
     test = source.records("test")
     assert [r.answers for r in test] == [("red", "dark red"), ("blue",), ("green",)]
-    assert test[1].load_image().getpixel((0, 0)) == (0, 0, 255)  # decoded lazily, per sample
+    assert test[1].load_images()[0].getpixel((0, 0)) == (0, 0, 255)  # decoded lazily, per sample
     dm = MLLMDataModule(tiny_backbone.processor, source, batch_size=2, eval_batch_size=3)
     dm.setup("fit")
     assert dm.val_dataloader() == [] and len(next(iter(dm.train_dataloader()))["ids"]) == 2

@@ -117,7 +117,14 @@ def _build_tiny(spec: dict, corpus: list[str], family: str) -> Backbone:
     return tiny_backbone(model, processor, family, component_map, [tokenizer.eos_token_id])
 
 
-class InstructBlipCollator(ConversationCollator):
+class Blip2Collator(ConversationCollator):
+    """Chat-template collation of one image per record."""
+
+    max_images = 1
+    max_images_why = "the Q-Former's query tokens stand for one image"
+
+
+class InstructBlipCollator(Blip2Collator):
     """Chat-template collation plus the Q-Former's own reading of the instruction."""
 
     def __call__(self, items: list) -> dict:
@@ -129,7 +136,7 @@ class InstructBlipCollator(ConversationCollator):
         """InstructBLIP's Q-Former reads the instruction (the first user turn) with its own tokenizer.
         The processor would give it the whole text, answers included, which the LLM could then read
         through the query tokens during training."""
-        texts = [self.render(r.turns[:1], add_generation_prompt=True) for r in records]
+        texts = [self.render(r.turns[:1], len(r.images), add_generation_prompt=True) for r in records]
         # truncated to the Q-Former tokenizer's limit (BERT: 512 positions), as InstructBLIP's processor does
         q = self.processor.qformer_tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         return {"qformer_input_ids": q["input_ids"], "qformer_attention_mask": q["attention_mask"]}
@@ -146,6 +153,7 @@ BLIP2 = Family(
     component_map,
     lambda spec, corpus: _build_tiny(spec, corpus, "blip2"),
     Blip2ForConditionalGeneration,
+    collator=Blip2Collator,
     unsupported=_NO_PROMPT_TUNING,
 )
 INSTRUCTBLIP = Family(

@@ -81,23 +81,23 @@ class PrefixSuffixCollator(ConversationCollator):
                     "records or use a chat-template family."
                 )
 
-    def render(self, turns: tuple[Turn, ...], add_generation_prompt: bool) -> str:
-        # the image placeholder first: the processor expands it to image_seq_length tokens + BOS
-        return self.processor.image_token + turns[0].text
+    def render(self, turns: tuple[Turn, ...], n_images: int, add_generation_prompt: bool) -> str:
+        # the image placeholders first: the processor expands each to image_seq_length tokens, then BOS
+        return self.processor.image_token * n_images + turns[0].text
 
-    def token_lengths(self, records: list[Record], sizes: list[tuple[int, int]]) -> list[int]:
+    def token_lengths(self, records: list[Record], sizes: list[tuple[tuple[int, int], ...]]) -> list[int]:
         """Counted by encoding: prefix and suffix are tokenised together. PaliGemma resizes every
         image to one size, so a small blank stands in for each."""
-        blank = [Image.new("RGB", (16, 16))] * len(records)
-        prompts = [self.render(r.turns, False) for r in records]
+        blanks = [[Image.new("RGB", (16, 16))] * len(r.images) for r in records]
+        prompts = [self.render(r.turns, len(r.images), False) for r in records]
         suffix = {} if self.generate else {"suffix": [r.turns[1].text for r in records]}
         self._check_single_turn(records)
-        return self.encode(prompts, blank, padding_side="right", **suffix)["attention_mask"].sum(1).tolist()
+        return self.encode(prompts, blanks, padding_side="right", **suffix)["attention_mask"].sum(1).tolist()
 
     def _encode_for_training(self, records: list[Record], images) -> tuple[dict, torch.Tensor]:
         inputs = dict(
             self.encode(
-                [self.render(r.turns, False) for r in records],
+                [self.render(r.turns, len(r.images), False) for r in records],
                 images,
                 padding_side="right",
                 suffix=[r.turns[1].text for r in records],

@@ -66,7 +66,7 @@ class ScienceQA(FileSource):
             out.append(
                 Record(
                     id=f"{self.name}-{r.id}",
-                    image=r.image,
+                    images=r.images,
                     turns=(Turn("user", question), Turn("assistant", letter)),
                     task="multiple_choice",
                     answers=(letter,),

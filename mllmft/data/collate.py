@@ -18,19 +18,24 @@ from mllmft.errors import ConfigError, DataError
 IGNORE_INDEX = -100
 
 
-def to_messages(turns: tuple[Turn, ...]) -> list[dict]:
-    """HF chat messages; the image goes first in the first user turn."""
+def to_messages(turns: tuple[Turn, ...], n_images: int) -> list[dict]:
+    """HF chat messages; the images go first in the first user turn."""
     messages = []
     for i, turn in enumerate(turns):
         content = [{"type": "text", "text": turn.text}]
         if i == 0:
-            content.insert(0, {"type": "image"})
+            content[:0] = [{"type": "image"}] * n_images
         messages.append({"role": turn.role, "content": content})
     return messages
 
 
 class ConversationCollator:
-    """Collate ``(index, record, image)`` items for training (``generate=False``) or generation."""
+    """Collate ``(index, record, images)`` items for training (``generate=False``) or generation."""
+
+    # how many images one record may carry (None: any number); a family whose model reads fewer says
+    # so in its collator, and a record with more is refused at start-up with the reason
+    max_images: int | None = None
+    max_images_why: str = ""
 
     def __init__(self, processor, max_length: int, generate: bool = False):
         if getattr(processor, "chat_template", None) is None:
@@ -43,26 +48,40 @@ class ConversationCollator:
         if self.image_token_id is None and getattr(processor, "image_token", None) is not None:
             self.image_token_id = processor.tokenizer.convert_tokens_to_ids(str(processor.image_token))
 
-    def render(self, turns: tuple[Turn, ...], add_generation_prompt: bool) -> str:
+    @classmethod
+    def check_image_counts(cls, records: list[Record]) -> None:
+        """Refuse a record with more images than the family's model reads."""
+        if cls.max_images is None:
+            return
+        for record in records:
+            if len(record.images) > cls.max_images:
+                raise DataError(
+                    f"{record.where()}: {len(record.images)} images, but this model family reads at most "
+                    f"{cls.max_images} per record ({cls.max_images_why}); split the record or use a family "
+                    "that reads several (llava, qwen2_vl, smolvlm, ...)"
+                )
+
+    def render(self, turns: tuple[Turn, ...], n_images: int, add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
-            to_messages(turns), tokenize=False, add_generation_prompt=add_generation_prompt
+            to_messages(turns, n_images), tokenize=False, add_generation_prompt=add_generation_prompt
         )
 
-    def encode(self, texts: list[str], images: list[Image.Image], padding_side: str, **kwargs) -> dict:
-        # one list of images per sample: SmolVLM requires it, every other family accepts it
+    def encode(self, texts: list[str], images: list[list[Image.Image]], padding_side: str, **kwargs) -> dict:
+        """``images``: each sample's list of images (SmolVLM requires the nesting, every other family
+        accepts it)."""
         return self.processor(
             text=texts,
-            images=[[im] for im in images],
+            images=[list(sample) for sample in images],
             padding=True,
             padding_side=padding_side,
             return_tensors="pt",
             **kwargs,
         )
 
-    def __call__(self, items: list[tuple[int, Record, Image.Image]]) -> dict:
+    def __call__(self, items: list[tuple[int, Record, list[Image.Image]]]) -> dict:
         indices, records, images = zip(*items)
         if self.generate:
-            texts = [self.render(r.prompt_turns, add_generation_prompt=True) for r in records]
+            texts = [self.render(r.prompt_turns, len(r.images), add_generation_prompt=True) for r in records]
             inputs = dict(self.encode(texts, list(images), padding_side="left"))
             self.check_lengths(records, inputs["attention_mask"].sum(1).tolist(), "prompt")
             labels = None
@@ -79,7 +98,7 @@ class ConversationCollator:
         }
 
     def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:
-        full = [self.render(r.turns, add_generation_prompt=False) for r in records]
+        full = [self.render(r.turns, len(r.images), add_generation_prompt=False) for r in records]
         inputs = dict(self.encode(full, images, padding_side="right"))
         lengths = inputs["attention_mask"].sum(1)
         self.check_lengths(records, lengths.tolist(), "conversation")
@@ -94,11 +113,13 @@ class ConversationCollator:
                 if turn.role != "assistant":
                     continue
                 spans[s].append([len(prefix_texts), -1])
-                prefix_texts.append(self.render(record.turns[:j], add_generation_prompt=True))
+                prefix_texts.append(self.render(record.turns[:j], len(record.images), add_generation_prompt=True))
                 owners.append(s)
                 if j < len(record.turns) - 1:
                     spans[s][-1][1] = len(prefix_texts)
-                    prefix_texts.append(self.render(record.turns[: j + 1], add_generation_prompt=False))
+                    prefix_texts.append(
+                        self.render(record.turns[: j + 1], len(record.images), add_generation_prompt=False)
+                    )
                     owners.append(s)
         prefixes = self.encode(prefix_texts, [images[s] for s in owners], padding_side="right")
         prefix_lengths = prefixes["attention_mask"].sum(1).tolist()
@@ -123,24 +144,26 @@ class ConversationCollator:
             labels[ids == self.image_token_id] = IGNORE_INDEX
         return inputs, labels
 
-    def token_lengths(self, records: list[Record], sizes: list[tuple[int, int]]) -> list[int]:
+    def token_lengths(self, records: list[Record], sizes: list[tuple[tuple[int, int], ...]]) -> list[int]:
         """Each record's token count as ``__call__`` encodes it (image tokens included), without
-        processing its image: the text is tokenised alone, and what the image adds (its placeholder's
-        expansion, which depends only on the image's size) is measured once per size on a blank
-        image of that size. Equal to the collated count for every family (tested)."""
+        processing its images: the text is tokenised alone, and what the images add (their
+        placeholders' expansion, which depends only on the images' sizes; LLaVA-OneVision gives an
+        image fewer tokens when there are several) is measured once per list of sizes on blank images
+        of those sizes. Equal to the collated count for every family (tested)."""
         texts = [self._length_text(r) for r in records]
         text_lengths = [len(ids) for ids in self.processor.tokenizer(texts)["input_ids"]]
-        image_tokens: dict[tuple[int, int], int] = {}
-        for text, n, size in zip(texts, text_lengths, sizes):
-            if size not in image_tokens:
-                encoded = self.encode([text], [Image.new("RGB", size)], padding_side="right")
-                image_tokens[size] = int(encoded["attention_mask"].sum()) - n
-        return [n + image_tokens[size] for n, size in zip(text_lengths, sizes)]
+        image_tokens: dict[tuple[tuple[int, int], ...], int] = {}
+        for text, n, record_sizes in zip(texts, text_lengths, sizes):
+            if record_sizes not in image_tokens:
+                blanks = [Image.new("RGB", size) for size in record_sizes]
+                encoded = self.encode([text], [blanks], padding_side="right")
+                image_tokens[record_sizes] = int(encoded["attention_mask"].sum()) - n
+        return [n + image_tokens[record_sizes] for n, record_sizes in zip(text_lengths, sizes)]
 
     def _length_text(self, record: Record) -> str:
         if self.generate:
-            return self.render(record.prompt_turns, add_generation_prompt=True)
-        return self.render(record.turns, add_generation_prompt=False)
+            return self.render(record.prompt_turns, len(record.images), add_generation_prompt=True)
+        return self.render(record.turns, len(record.images), add_generation_prompt=False)
 
     def check_lengths(self, records, lengths: list[int], what: str) -> None:
         for record, n in zip(records, lengths):

@@ -43,7 +43,7 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, i: int):
         record = self.records[i]
-        return i, record, record.load_image(self.max_image_pixels)
+        return i, record, record.load_images(self.max_image_pixels)
 
 
 class ResumableSampler(DistributedSampler):
@@ -152,6 +152,7 @@ class MLLMDataModule(L.LightningDataModule):
                 raise DataError(f"data set {source.name!r} has no {split!r} records")
             for record in records:
                 record.validate()
+            self.collator_class.check_image_counts(records)
             where = f"data set {source.name!r} ({split})"
             warn_duplicate_ids(where, records)
             if not self.allow_outside_root:
@@ -162,16 +163,16 @@ class MLLMDataModule(L.LightningDataModule):
             self._splits[key] = RecordDataset(records, self.max_image_pixels)
         return self._splits[key]
 
-    def _check_images(self, where: str, records: list[Record]) -> list[tuple[int, int]] | None:
-        """Each record's image checked as ``image_check`` says; their sizes when the length check
+    def _check_images(self, where: str, records: list[Record]) -> list[tuple[tuple[int, int], ...]] | None:
+        """Each record's images checked as ``image_check`` says; their sizes when the length check
         needs them (read from the headers where nothing was decoded)."""
 
-        def inspect(record: Record) -> tuple[tuple[int, int] | None, str | None]:
+        def inspect(record: Record) -> tuple[tuple[tuple[int, int], ...] | None, list[str]]:
             if self.image_check == "decode":
-                image, note = record.decode_image(self.max_image_pixels)
-                return image.size, note
-            record.check_file(self.image_check, self.max_image_pixels)
-            return (record.image_size(self.max_image_pixels) if self.length_check else None), None
+                decoded = record.decode_images(self.max_image_pixels)
+                return tuple(image.size for image, _ in decoded), [note for _, note in decoded if note]
+            record.check_files(self.image_check, self.max_image_pixels)
+            return (record.image_sizes(self.max_image_pixels) if self.length_check else None), []
 
         if self.image_check == "none" and not self.length_check:
             return None
@@ -184,7 +185,7 @@ class MLLMDataModule(L.LightningDataModule):
             checked = dict(
                 zip(first, progress(pool.map(inspect, first.values()), f"checking images of {where}", len(first)))
             )
-        notes = Counter(note for _, note in checked.values() if note)
+        notes = Counter(note for _, record_notes in checked.values() for note in record_notes)
         for note, count in sorted(notes.items()):
             log.warning("%s: %d image%s %s", where, count, "s" * (count > 1), NOTES[note])
         return [checked[_image_key(r)][0] for r in records]
@@ -294,8 +295,8 @@ def check_settings(
         raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
 
 
-def _image_key(record: Record):
-    return str(record.image) if isinstance(record.image, (str, Path)) else id(record.image)
+def _image_key(record: Record) -> tuple:
+    return tuple(str(image) if isinstance(image, (str, Path)) else id(image) for image in record.images)
 
 
 def warn_duplicate_ids(where: str, records: list[Record]) -> None:
@@ -315,8 +316,9 @@ def warn_duplicate_ids(where: str, records: list[Record]) -> None:
 
 def refuse_outside_root(records: list[Record]) -> None:
     for record in records:
-        if record.outside_root():
+        path = record.path_outside_root()
+        if path is not None:
             raise DataError(
-                f"{record.where()}: image path {record.image} leaves the data root {record.image_root}; "
+                f"{record.where()}: image path {path} leaves the data root {record.image_root}; "
                 "move the file under it, or set data.allow_outside_root=true"
             )

@@ -16,11 +16,15 @@ or, as ms-swift and TRL write them, ``messages`` + ``images``::
                   {"role": "assistant", "content": "A kite."}]}
 
 (``content`` may also be TRL's list of parts, ``[{"type": "image"}, {"type": "text", "text": "..."}]``).
-One image per record: a record with several is refused with its count, and so is a system message.
+A system message is refused.
 
-``image`` is relative to ``image_root`` and must stay inside it (``data.allow_outside_root=true``
-lifts that). The ``<image>`` placeholder is removed from the text: the backbone's chat template
-puts the image where its family expects it. Every field's type is checked; a key this reader does
+A record may have several images (``"image": ["a.jpg", "b.jpg"]``, or several ``images``); they go, in
+order, before the text of the first user turn, and a family whose model reads one image (BLIP-2,
+InstructBLIP) refuses the record at start-up. Each path is relative to ``image_root`` and must stay
+inside it (``data.allow_outside_root=true`` lifts that). The ``<image>`` placeholders are removed from
+the text (the backbone's chat template puts the images where its family expects them); when a record
+has them, there is one per image, and several images' placeholders must open the first user turn
+(images interleaved with the text are refused rather than moved). Every field's type is checked; a key this reader does
 not know (a typo such as ``answer``) is reported once per file, with the number of records.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -37,6 +42,7 @@ from mllmft.errors import DataError
 log = logging.getLogger(__name__)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 KEYS = {"id", "image", "conversations", "messages", "images", "answers", "options", "task"}
+PLACEHOLDER = "<image>"
 
 
 def read_llava_json(path: str | Path, image_root: str | Path, default_task: str = "vqa") -> list[Record]:
@@ -97,14 +103,15 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise DataError(f"{origin}: 'id' must be a string or an integer, got {_short(rid)}")
     where = f"record {str(rid)!r} ({origin})"
-    image, turns = _messages_record(row, where) if "messages" in row else _conversations_record(row, where)
+    images, turns = _messages_record(row, where) if "messages" in row else _conversations_record(row, where)
+    turns = without_placeholders(turns, len(images), where)
     last_answer = (turns[-1].text,) if turns and turns[-1].role == "assistant" else ()
     answers = string_list(row.get("answers"), "answers", where) or last_answer
     options = string_list(row.get("options"), "options", where)
     task = row.get("task", default_task)
     record = Record(
         id=str(rid),
-        image=image_root / image,
+        images=tuple(image_root / image for image in images),
         turns=tuple(turns),
         task=task,
         answers=answers,
@@ -116,12 +123,36 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
     return record
 
 
-def _conversations_record(row: dict, where: str) -> tuple[str, list[Turn]]:
-    """LLaVA's ``image`` + ``conversations`` of ``{from, value}``."""
+def without_placeholders(turns: list[Turn], n_images: int, where: str) -> list[Turn]:
+    """The turns without their ``<image>`` placeholders, once these are checked against the images:
+    none, or one per image; several images' placeholders open the first user turn, where the images go."""
+    count = sum(turn.text.count(PLACEHOLDER) for turn in turns)
+    if count and count != n_images:
+        raise DataError(
+            f"{where}: {count} {PLACEHOLDER} placeholder{'s' * (count > 1)} for {n_images} "
+            f"image{'s' * (n_images > 1)}; give one placeholder per image, or none"
+        )
+    if count > 1 and not re.match(rf"\s*(?:{PLACEHOLDER}\s*){{{count}}}", turns[0].text):
+        raise DataError(
+            f"{where}: the images go, in order, before the text of the first user turn, so their "
+            f"{PLACEHOLDER} placeholders must open it; images interleaved with the text are not supported"
+        )
+    return [Turn(turn.role, turn.text.replace(PLACEHOLDER, "").strip()) for turn in turns]
+
+
+def image_paths(value, field: str, where: str) -> list[str]:
+    """One path or a list of them (at least one), each a non-empty string."""
+    paths = [value] if isinstance(value, str) else value
+    if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+        raise DataError(f"{where}: '{field}' must be a file path or a list of them, got {_short(value)}")
+    return paths
+
+
+def _conversations_record(row: dict, where: str) -> tuple[list[str], list[Turn]]:
+    """LLaVA's ``image`` (one path or a list) + ``conversations`` of ``{from, value}``."""
     if "image" not in row:
         raise DataError(f"{where}: no 'image' field (text-only records are not supported)")
-    if not isinstance(row["image"], str) or not row["image"].strip():
-        raise DataError(f"{where}: 'image' must be one file path (a string), got {_short(row['image'])}")
+    images = image_paths(row["image"], "image", where)
     conversations = row.get("conversations")
     if not isinstance(conversations, list):
         raise DataError(f"{where}: 'conversations' must be a list of turns, got {_short(conversations)}")
@@ -138,22 +169,15 @@ def _conversations_record(row: dict, where: str) -> tuple[str, list[Turn]]:
         value = message.get("value")
         if not isinstance(value, str):
             raise DataError(f"{where}: turn {i}'s 'value' must be a string, got {_short(value)}")
-        turns.append(Turn(role, value.replace("<image>", "").strip()))
-    return row["image"], turns
+        turns.append(Turn(role, value))
+    return images, turns
 
 
-def _messages_record(row: dict, where: str) -> tuple[str, list[Turn]]:
+def _messages_record(row: dict, where: str) -> tuple[list[str], list[Turn]]:
     """ms-swift's / TRL's ``images`` + ``messages`` of ``{role, content}``."""
-    images = row.get("images")
-    if isinstance(images, str):
-        images = [images]
-    if not isinstance(images, list) or not all(isinstance(i, str) and i.strip() for i in images):
-        raise DataError(f"{where}: 'images' must be a list of file paths, got {_short(images)}")
-    if len(images) != 1:
-        raise DataError(
-            f"{where}: {len(images)} images; records with "
-            f"{'no image' if not images else 'several images'} are not supported (one image per record)"
-        )
+    if not row.get("images"):
+        raise DataError(f"{where}: no images (text-only records are not supported)")
+    images = image_paths(row["images"], "images", where)
     messages = row["messages"]
     if not isinstance(messages, list):
         raise DataError(f"{where}: 'messages' must be a list of turns, got {_short(messages)}")
@@ -170,11 +194,12 @@ def _messages_record(row: dict, where: str) -> tuple[str, list[Turn]]:
         if role not in ("user", "assistant"):
             raise DataError(f"{where}: message {i} has role {role!r}; expected 'user' or 'assistant'")
         turns.append(Turn(role, _content_text(message.get("content"), f"{where}: message {i}")))
-    return images[0], turns
+    return images, turns
 
 
 def _content_text(content, where: str) -> str:
-    """A message's text: a string with ``<image>`` placeholders, or TRL's list of parts."""
+    """A message's text, with its ``<image>`` placeholders: a string, or TRL's list of parts (an image
+    part is a placeholder)."""
     if isinstance(content, list):
         parts = []
         for part in content:
@@ -186,10 +211,12 @@ def _content_text(content, where: str) -> str:
                 if not isinstance(part.get("text"), str):
                     raise DataError(f"{where}: a text part needs a string 'text', got {_short(part)}")
                 parts.append(part["text"])
+            else:
+                parts.append(PLACEHOLDER)
         content = " ".join(parts)
     if not isinstance(content, str):
         raise DataError(f"{where}: 'content' must be a string or a list of parts, got {_short(content)}")
-    return content.replace("<image>", "").strip()
+    return content
 
 
 def string_list(value, field: str, where: str) -> tuple[str, ...]:

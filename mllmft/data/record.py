@@ -1,4 +1,4 @@
-"""One training/evaluation example: an image, a conversation, a task and its reference answers."""
+"""One training/evaluation example: its images, a conversation, a task and its reference answers."""
 
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ class Turn:
 
 @dataclass(frozen=True)
 class Record:
-    """One training or test example: an image, the conversation (user and assistant turns), its task and
-    the references that score the last answer."""
+    """One training or test example: one image or several, the conversation (user and assistant turns),
+    its task and the references that score the last answer. The images go, in order, before the text of
+    the first user turn (how LLaVA places its image); a family whose model reads fewer refuses the
+    record at start-up (``ConversationCollator.max_images``)."""
 
     id: str
-    image: ImageSource
+    images: tuple[ImageSource, ...]
     turns: tuple[Turn, ...]
     task: str
     answers: tuple[str, ...]  # references for scoring the last assistant turn
@@ -49,8 +51,11 @@ class Record:
             raise DataError(f"{self.where()}: the id must be a string, got {type(self.id).__name__}")
         if self.task not in TASKS:
             raise DataError(f"{self.where()}: unknown task {self.task!r}; expected one of {TASKS}")
-        if not isinstance(self.image, (Image.Image, str, Path)) and not callable(self.image):
-            raise DataError(f"{self.where()}: the image must be a file path, got {type(self.image).__name__}")
+        if not isinstance(self.images, tuple) or not self.images:
+            raise DataError(f"{self.where()}: no image (text-only records are not supported)")
+        for k, image in enumerate(self.images):
+            if not isinstance(image, (Image.Image, str, Path)) and not callable(image):
+                raise DataError(f"{self.where_image(k)}: the image must be a file path, got {type(image).__name__}")
         if not self.turns:
             raise DataError(f"{self.where()}: the conversation is empty")
         for i, turn in enumerate(self.turns):
@@ -78,45 +83,62 @@ class Record:
                     f"its {len(self.options)} options"
                 )
 
-    def outside_root(self) -> bool:
-        """Whether a path read from a data file leaves its root (``../x.png``, an absolute path)."""
-        if self.image_root is None or not isinstance(self.image, (str, Path)):
-            return False
-        root, path = os.path.abspath(self.image_root), os.path.abspath(self.image)
-        return os.path.commonpath([root, path]) != root
+    def where_image(self, k: int) -> str:
+        """The record, and which of its images when it has several (for error messages)."""
+        return self.where() if len(self.images) == 1 else f"{self.where()}, image {k + 1} of {len(self.images)}"
 
-    def check_file(self, check: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        """The cheap start-up checks of an image file: ``exists``, or ``header`` (opens, under the
-        pixel cap, structure verifies). Decoding (``decode``) is ``decode_image``."""
-        if not isinstance(self.image, (str, Path)):
-            return
-        path = Path(self.image)
-        if check == "exists" and not path.is_file():
-            raise DataError(f"{self.where()}: image file not found: {path}")
-        if check == "header":
-            verify_header(path, self.where(), max_pixels)
+    def path_outside_root(self) -> Path | None:
+        """The first image path read from a data file that leaves its root (``../x.png``, an absolute
+        path), or None."""
+        if self.image_root is None:
+            return None
+        root = os.path.abspath(self.image_root)
+        for image in self.images:
+            if isinstance(image, (str, Path)) and os.path.commonpath([root, os.path.abspath(image)]) != root:
+                return Path(image)
+        return None
 
-    def image_size(self, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
-        """(width, height), from the file's header where there is a file."""
-        if isinstance(self.image, (str, Path)):
-            return verify_header(Path(self.image), self.where(), max_pixels)
-        return self.decode_image(max_pixels)[0].size
+    def check_files(self, check: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+        """The cheap start-up checks of the image files: ``exists``, or ``header`` (opens, under the
+        pixel cap, structure verifies). Decoding (``decode``) is ``decode_images``."""
+        for k, image in enumerate(self.images):
+            if not isinstance(image, (str, Path)):
+                continue
+            path = Path(image)
+            if check == "exists" and not path.is_file():
+                raise DataError(f"{self.where_image(k)}: image file not found: {path}")
+            if check == "header":
+                verify_header(path, self.where_image(k), max_pixels)
 
-    def decode_image(self, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[Image.Image, str | None]:
-        """(RGB picture, what decoding had to do to it); any failure is a DataError naming the record."""
-        if isinstance(self.image, (str, Path)):
-            return decode_file(Path(self.image), self.where(), max_pixels)
+    def image_sizes(self, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[tuple[int, int], ...]:
+        """(width, height) of each image, from the file's header where there is a file."""
+        return tuple(
+            verify_header(Path(image), self.where_image(k), max_pixels)
+            if isinstance(image, (str, Path))
+            else self._decode(k, max_pixels)[0].size
+            for k, image in enumerate(self.images)
+        )
+
+    def decode_images(self, max_pixels: int = MAX_IMAGE_PIXELS) -> list[tuple[Image.Image, str | None]]:
+        """(RGB picture, what decoding had to do to it) per image; any failure is a DataError naming the
+        record (and the image, when there are several)."""
+        return [self._decode(k, max_pixels) for k in range(len(self.images))]
+
+    def load_images(self, max_pixels: int = MAX_IMAGE_PIXELS) -> list[Image.Image]:
+        return [image for image, _ in self.decode_images(max_pixels)]
+
+    def _decode(self, k: int, max_pixels: int) -> tuple[Image.Image, str | None]:
+        source, where = self.images[k], self.where_image(k)
+        if isinstance(source, (str, Path)):
+            return decode_file(Path(source), where, max_pixels)
         try:
-            image = self.image if isinstance(self.image, Image.Image) else self.image()
-            check_pixels(image, self.where(), max_pixels)
-            return to_rgb(image, self.where())
+            image = source if isinstance(source, Image.Image) else source()
+            check_pixels(image, where, max_pixels)
+            return to_rgb(image, where)
         except DataError:
             raise
         except UNREADABLE as err:
-            raise DataError(f"{self.where()}: cannot decode its image: {err}") from err
-
-    def load_image(self, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-        return self.decode_image(max_pixels)[0]
+            raise DataError(f"{where}: cannot decode its image: {err}") from err
 
     @property
     def prompt_turns(self) -> tuple[Turn, ...]:
@@ -145,7 +167,7 @@ def single_turn(
 ) -> Record:
     return Record(
         id=id,
-        image=image,
+        images=(image,),
         turns=(Turn("user", question), Turn("assistant", answer)),
         task=task,
         answers=answers or (answer,),

@@ -20,7 +20,7 @@ REAL_MODELS = [name for name, cfg in MODEL_CONFIGS.items() if cfg.get("architect
 
 
 def items(records):
-    return [(i, r, r.load_image()) for i, r in enumerate(records)]
+    return [(i, r, r.load_images()) for i, r in enumerate(records)]
 
 
 def generate(module, processor, records):
