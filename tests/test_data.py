@@ -75,7 +75,9 @@ def test_record_validation_names_the_problem():
         Record("y", (image,), (Turn("user", "q"), Turn("assistant", "a")), "vqa", ()).validate()
     with pytest.raises(DataError, match="record 'w'.*no image"):
         Record("w", (), (Turn("user", "q"), Turn("assistant", "a")), "vqa", ("a",)).validate()
-    with pytest.raises(DataError, match=r"record 'v' \(built-in\), image 2 of 2: the image must be a file path, got int"):
+    with pytest.raises(
+        DataError, match=r"record 'v' \(built-in\), image 2 of 2: the image must be a file path, got int"
+    ):
         Record("v", (image, 3), (Turn("user", "q"), Turn("assistant", "a")), "vqa", ("a",)).validate()
     with pytest.raises(DataError, match="record 'z'.*turn 1 \\(assistant\\) is empty"):
         single_turn("z", image, "q", " ", "vqa", answers=("a",)).validate()
