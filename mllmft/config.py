@@ -6,6 +6,7 @@ import importlib
 import netrc
 import os
 from pathlib import Path
+from urllib.parse import urlparse
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -26,13 +27,17 @@ def import_object(path: str, setting: str):
 
 
 def _wandb_offline() -> bool:
-    """Log to W&B online only when an API key is there (environment or ~/.netrc)."""
+    """Log to W&B online only when an API key is there (``WANDB_API_KEY``, or ~/.netrc for the W&B host,
+    ``WANDB_BASE_URL``'s when set), where ``wandb login`` puts it. Without one, wandb.init would stop
+    and ask for a key on a terminal and fail elsewhere; wandb has no public call that only asks
+    whether a key is there."""
     if os.environ.get("WANDB_MODE") in ("offline", "disabled") or os.environ.get("WANDB_OFFLINE") == "true":
         return True
     if os.environ.get("WANDB_API_KEY"):
         return False
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is None
+        return netrc.netrc().authenticators(host or "api.wandb.ai") is None
     except (FileNotFoundError, netrc.NetrcParseError):
         return True
 

@@ -80,6 +80,29 @@ def test_an_interrupted_run_keeps_its_zero_shot_scores(compose, tmp_path):
     assert not runs and "partial" in skipped[0]
 
 
+def test_wandb_is_online_only_with_a_key_where_wandb_login_puts_it(tmp_path, monkeypatch):
+    from mllmft.config import _wandb_offline
+
+    for name in ("WANDB_MODE", "WANDB_OFFLINE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert _wandb_offline()  # no key anywhere: offline, never a login prompt
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password abc123\n")
+    netrc.chmod(0o600)
+    assert not _wandb_offline()
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")  # a private server: its own entry
+    assert _wandb_offline()
+    netrc.write_text("machine wandb.example.org\n  login user\n  password abc123\n")
+    assert not _wandb_offline()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert _wandb_offline()
+    monkeypatch.delenv("WANDB_MODE")
+    netrc.unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "abc123")
+    assert not _wandb_offline()
+
+
 @pytest.mark.parametrize("multirun", [False, True])
 def test_wandb_names_each_run_by_its_knobs_and_groups_a_sweep(multirun):
     overrides = ["logger=wandb", "strategy=spider", "module.lr=3e-4", "seed=1", "paths.log_dir=/x"]
