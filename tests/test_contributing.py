@@ -16,6 +16,7 @@ import mllmft.merges
 import mllmft.strategies
 from mllmft.backbones import FAMILIES
 from mllmft.config import CONF_DIR
+from tests.helpers.engines import strategies_in_matrix
 from tests.helpers.models import TINY_MODELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,6 +67,14 @@ def test_every_family_has_a_row_in_the_models_table():
 def test_every_configured_class_is_exported_by_its_package(group, package):
     for option in _options(group):
         _exported_target(group, option, package)
+
+
+def test_every_training_strategy_is_in_the_engine_equality_matrix(compose):
+    from hydra.utils import instantiate
+
+    training = {o for o in _options("strategy") if instantiate(compose(f"strategy={o}").strategy).trains}
+    missing = sorted(training - strategies_in_matrix())
+    assert not missing, f"tests/helpers/engines.py: add {missing} to FAST, SLOW or DDP_ONLY"
 
 
 def test_every_tiny_model_config_extends_the_tiny_base():

@@ -144,6 +144,27 @@ def test_main_job_writes_the_export(compose):
     assert (export / "model.safetensors").is_file() and not (export / "adapter_config.json").exists()
 
 
+def test_adalora_scores_importance_once_per_optimizer_step_on_the_whole_gradient(compose):
+    """Under gradient accumulation the batches that only accumulate do not call peft's allocator (the
+    first one would score importance on half the gradient): steps 0, 1, 2 once each, with gradients."""
+    parts = api.build(
+        compose(
+            "strategy=adalora", "scope=connector_llm_last2", "trainer.max_steps=3", "trainer.accumulate_grad_batches=2"
+        )
+    )
+    tuner = parts.backbone.model.base_model
+    allocate, calls = tuner.update_and_allocate, []
+
+    def recording(step):
+        grads = [p.grad for n, p in tuner.named_parameters() if "lora_E" in n]
+        calls.append((step, all(g is not None and bool(g.any()) for g in grads)))
+        return allocate(step)
+
+    tuner.update_and_allocate = recording
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert calls == [(0, True), (1, True), (2, True)]
+
+
 def test_adalora_reallocates_the_rank_budget(compose):
     # tfinal=1: the last step (index 2 of 3) fixes the budget at target_r per adapted matrix on average
     parts, _ = _fit(

@@ -60,6 +60,22 @@ def test_the_optimizer_and_the_schedule_are_partial_configs(compose):
     assert schedule.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_transformers_schedules_plug_in_as_the_scheduler(compose):
+    """transformers' own cosine schedule through overrides (its warm-up starts at lr 0, the default's at
+    lr / warm-up steps: the one difference between them)."""
+    parts = api.build(
+        compose(
+            "module.scheduler._target_=transformers.get_cosine_schedule_with_warmup",
+            "~module.scheduler.warmup_ratio",
+            "~module.scheduler.min_lr_ratio",
+            "+module.scheduler.num_warmup_steps=1",
+        )
+    )
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    factor = parts.trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    assert [factor(step) for step in range(3)] == pytest.approx([0.0, 1.0, 0.0], abs=1e-12)
+
+
 def test_zeroshot_only_evaluates(compose):
     cfg = compose("strategy=zeroshot")
     results = run(cfg)
@@ -228,3 +244,15 @@ def test_engines_are_named_from_the_config_and_fsdp1_is_refused_where_shards_mat
         api.build(compose("strategy=spider", "hardware.lightning_strategy=fsdp"))
     check_engine(LoRA(), "fsdp")  # adapters are ordinary parameters: the optimizer alone trains them
     check_engine(SPIDER(), "deepspeed_stage_3")
+
+
+@pytest.mark.parametrize("hardware", ["fsdp2_cpu", "deepspeed_zero2_cpu", "deepspeed_zero3_cpu"])
+def test_adalora_is_refused_on_parameter_shards_at_start_up(compose, hardware):
+    """peft's allocator multiplies whole parameters by their .grad (measured: a DTensor error inside
+    peft under FSDP2, p.grad None under ZeRO-2/3); DDP ends equal to one process (tests/test_engines.py)."""
+    from mllmft.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^strategy=adalora runs on one device or under DDP .*, not (fsdp2|deepspeed): peft"
+    ):
+        run(compose("strategy=adalora", f"hardware={hardware}"))

@@ -37,6 +37,7 @@ class TuningStrategy:
     trains: bool = True  # False: the run only evaluates
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)
     captures_weights: bool = False  # capture() wants the loaded trainable weights
+    unsharded_only: str = ""  # why the strategy cannot run on parameter shards (empty: it can)
 
     def attach(self, backbone: Backbone) -> None:
         """Prepare the model (wrap, freeze); called before the trainer exists."""

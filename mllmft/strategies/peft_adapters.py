@@ -166,6 +166,10 @@ class AdaLoRA(PeftStrategy):
     number of steps; peft's ``update_and_allocate`` runs after every optimizer step)."""
 
     name = "adalora"
+    unsharded_only = (
+        "peft's rank allocator reads each whole parameter and its .grad, which FSDP shards into DTensors "
+        "and DeepSpeed keeps in its own partitioned buffers"
+    )
 
     def __init__(
         self,
@@ -206,10 +210,21 @@ class AdaLoRA(PeftStrategy):
 
 
 class _AdaLoraBudget(Callback):
-    """peft's rank reallocation; gradients are still on the parameters after the optimizer step
-    (Lightning zeroes them at the start of the next step's closure)."""
+    """peft's rank reallocation, once per optimizer step: under gradient accumulation a batch that
+    only accumulates must not score importance on half a gradient (peft's own loop calls it after
+    ``optimizer.step()``). The gradients are still on the parameters then: Lightning zeroes them at
+    the start of the next accumulation window."""
+
+    def __init__(self):
+        self._last_step = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._last_step = trainer.global_step  # a resumed run continues from its checkpoint's step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self._last_step:
+            return  # this batch accumulated: no optimizer step yet
+        self._last_step = trainer.global_step
         # peft counts the step just taken from 0 (its loop calls it before incrementing)
         pl_module.model.base_model.update_and_allocate(trainer.global_step - 1)
 

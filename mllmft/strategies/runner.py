@@ -171,8 +171,15 @@ def engine_name(lightning_strategy) -> str:
 
 def check_engine(strategy: TuningStrategy, lightning_strategy) -> None:
     """Refuse, before anything is built, a tuning strategy the chosen engine cannot run: every strategy
-    runs on one device, DDP, FSDP2 and DeepSpeed; FSDP1 only those that leave training to the optimizer."""
-    if engine_name(lightning_strategy) == "fsdp1" and strategy.acts_on_training:
+    runs on one device and DDP; FSDP2 and DeepSpeed all but those ``unsharded_only`` names; FSDP1 only
+    those that leave training to the optimizer."""
+    engine = engine_name(lightning_strategy)
+    if engine != "local" and strategy.unsharded_only:
+        raise ConfigError(
+            f"strategy={strategy.name} runs on one device or under DDP "
+            f"(hardware.lightning_strategy=ddp), not {engine}: {strategy.unsharded_only}"
+        )
+    if engine == "fsdp1" and strategy.acts_on_training:
         raise ConfigError(
             f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
             "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "

@@ -1,4 +1,5 @@
-"""Launching the multi-process engine worker as torchrun would, and comparing its weights."""
+"""The engine test matrix (every training strategy; tests/test_contributing.py checks it covers them),
+launching the multi-process engine worker as torchrun would, and comparing its weights."""
 
 from __future__ import annotations
 
@@ -12,6 +13,67 @@ from pathlib import Path
 import torch
 
 WORKER = Path(__file__).with_name("engine_worker.py")
+
+ENGINES = {
+    "ddp": ["hardware=ddp_cpu"],
+    "fsdp2": ["hardware=fsdp2_cpu"],
+    "zero2": ["hardware=deepspeed_zero2_cpu"],
+    "zero3": ["hardware=deepspeed_zero3_cpu"],
+}
+# in `make test`: these four under every engine, one launch per engine
+FAST = {
+    "spider": ["strategy=spider"],
+    "gmt": ["strategy=gmt"],
+    "l2_sp": ["strategy=l2_sp", "strategy.lam=1.0"],
+    "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"],
+}
+BF16 = {"spider_bf16": ["strategy=spider", "hardware.precision=bf16-mixed"]}  # against fp32: a tolerance
+# `pytest -m slow tests/test_engines.py`: every other training strategy (about 3 minutes)
+SLOW = {
+    "spider_binary": ["strategy=spider", "strategy.mask=binary"],
+    "magnitude_mask": ["strategy=magnitude_mask"],
+    "random_mask": ["strategy=random_mask"],
+    "spu": ["strategy=spu", "strategy.score_fraction=0.34"],
+    "hft": ["strategy=hft"],
+    "l1_sp": ["strategy=l1_sp", "strategy.lam=0.01"],
+    "ewc": ["strategy=ewc", "strategy.lam=100", "strategy.fisher_batches=2", "+data.upstream.shapes.sizes.train=8"],
+    "model_dowser": [
+        "strategy=model_dowser",
+        "scope=llm_last_n",
+        "scope.llm.last_n_layers=2",
+        "strategy.sequences=4",
+        "strategy.length=8",
+        "strategy.passes=2",
+    ],
+    "full": ["strategy=full"],
+    # peft without dropout (each rank would draw its own), LoRA's B not at zero (A moves from step 1)
+    "lora": ["strategy=lora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"],
+    "dora": ["strategy=dora", "strategy.init=gaussian", "strategy.dropout=0", "scope=connector_llm"],
+    "vera": ["strategy=vera", "scope=connector_llm"],
+    "ia3": ["strategy=ia3", "scope=connector_llm"],
+    "prompt_tuning": ["strategy=prompt_tuning", "scope=connector_llm"],
+    "prefix_tuning": ["strategy=prefix_tuning", "scope=connector_llm"],
+    **{
+        name: [f"strategy={name}", "scope=connector_llm", "strategy.every_k=1"]
+        for name in ("commit_clr", "constant", "feature_cd", "language_cd")
+    },
+    "commit_lora": [
+        "strategy=commit_lora",
+        "strategy.base.init=gaussian",
+        "strategy.base.dropout=0",
+        "scope=connector_llm",
+        "strategy.every_k=1",
+    ],
+}
+# peft's AdaLoRA reads whole parameters and their .grad: refused on shards (tests/test_run.py)
+DDP_ONLY = {"adalora": ["strategy=adalora", "strategy.dropout=0", "scope=connector_llm"]}
+MEASURED_PER_RANK = ("commit", "ewc", "commit_clr", "constant", "feature_cd", "language_cd", "commit_lora")
+
+
+def strategies_in_matrix() -> set[str]:
+    """The ``strategy=`` choices the engine tests train."""
+    runs = [*FAST.values(), *BF16.values(), *SLOW.values(), *DDP_ONLY.values()]
+    return {o.split("=", 1)[1] for overrides in runs for o in overrides if o.startswith("strategy=")}
 
 
 def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
