@@ -4,6 +4,10 @@ The built-in forgetting benchmark needs a model that already *knows* something (
 fine-tuned on something else (digits). A real MLLM comes pre-trained; a tiny one is pre-trained here,
 in a minute or two on a CPU, and saved under ``<cache_dir>/pretrained/<family>-<hash of its config>``
 with ``save_pretrained``, so every later run loads it through the same code path as a real checkpoint.
+
+The default model's checkpoint also ships inside the package (``mllmft/pretrained/``, 3.4 MB), so the
+main job's first run fine-tunes at once instead of pre-training for minutes; it is found by the same
+key (a changed config trains its own) and rebuilt with ``python -m mllmft.pretrain``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from mllmft.strategies import FullFineTuning
 
 log = logging.getLogger(__name__)
 FORMAT = 1  # bump when the pre-training procedure changes: old caches are then not reused
+SHIPPED = Path(__file__).with_name("pretrained")  # the default model's, built by `python -m mllmft.pretrain`
 ALL_TRAINABLE = {c: {"train": True} for c in ("vision", "connector", "llm")}
 
 
@@ -56,6 +61,8 @@ def pretrained_tiny(
     out = root / f"{family}-{cache_key(family, tiny, pretrain)}"
     if (out / "pretrain.json").is_file():
         return out
+    if (SHIPPED / out.name / "pretrain.json").is_file():
+        return SHIPPED / out.name
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / f".{out.name}.lock"):  # parallel sweep jobs train it once
         if not (out / "pretrain.json").is_file():
@@ -123,3 +130,20 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
     (tmp / "pretrain.json").write_text(json.dumps(report, indent=2))
     os.replace(tmp, out)
     log.info("pre-trained tiny %s: %s test exact match %.1f (%.0f s)", family, source.name, score, report["seconds"])
+
+
+def ship_default_model() -> Path:
+    """Pre-train the default config's tiny model into the package (replacing what ships there)."""
+    from mllmft.api import compose  # api imports this module
+
+    model = compose([]).model
+    out = SHIPPED / f"{model.family}-{cache_key(model.family, model.tiny, model.pretrain)}"
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    _train_and_save(model.family, model.tiny, model.pretrain, out, accelerator="cpu")
+    shutil.rmtree(out / "predictions", ignore_errors=True)  # the pre-training test's, not needed to load
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(ship_default_model())

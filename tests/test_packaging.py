@@ -56,10 +56,14 @@ def _run(python, *args, cwd):
     return subprocess.run([python, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
 
 
-def test_the_wheel_carries_every_config(installed):
+def test_the_wheel_carries_every_config_and_the_shipped_checkpoint(installed):
+    from mllmft.pretrain import SHIPPED
+
     names = set(zipfile.ZipFile(installed[1]).namelist())
     configs = {f"mllmft/conf/{p.relative_to(CONF_DIR)}" for p in CONF_DIR.rglob("*.yaml")}
     assert configs and configs <= names
+    shipped = {f"mllmft/pretrained/{p.relative_to(SHIPPED)}" for p in SHIPPED.rglob("*") if p.is_file()}
+    assert any(n.endswith("model.safetensors") for n in shipped) and shipped <= names
     assert not any(n.startswith(("tests/", "conf/")) for n in names)
 
 

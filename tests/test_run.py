@@ -120,6 +120,25 @@ PRETRAIN = (
 )
 
 
+def test_the_default_model_ships_pre_trained_for_its_config(tmp_path, monkeypatch):
+    """The main job's first run loads the checkpoint in the package (same key as the default config:
+    rebuild it with `python -m mllmft.pretrain` after changing model/_tiny.yaml or the pre-training)."""
+    from mllmft import pretrain
+    from mllmft.run import build_backbone, pretrain_stage
+
+    def no_training(*args):
+        raise AssertionError("pre-trained instead of loading the shipped checkpoint")
+
+    monkeypatch.setattr(pretrain, "_train_and_save", no_training)
+    cfg = api.compose([f"paths.cache_dir={tmp_path}"], output_dir=tmp_path / "run")
+    shipped = pretrain_stage(cfg)
+    assert shipped is not None and shipped.parent == pretrain.SHIPPED
+    report = json.loads((shipped / "pretrain.json").read_text())
+    assert report["upstream_test_exact_match"] >= 80 and report["format"] == pretrain.FORMAT
+    assert build_backbone(cfg.model, shipped).info["pretrain"]["steps"] == cfg.model.pretrain.max_steps
+    assert not (tmp_path / "pretrained").exists()
+
+
 def test_pretrained_tiny_model_is_cached_and_fine_tuned_in_train_mode(compose, tmp_path):
     cfg = compose(PRETRAIN, "zeroshot_test=true")
     parts = api.build(cfg)
