@@ -53,12 +53,17 @@ def cache_key(family: str, tiny: Mapping, pretrain: Mapping) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def checkpoint_name(family: str, tiny: Mapping, pretrain: Mapping) -> str:
+    """The folder name of a pre-trained tiny checkpoint, in the cache and in the package alike."""
+    return f"{family}-{cache_key(family, tiny, pretrain)}"
+
+
 def pretrained_tiny(
     family: str, tiny: Mapping, pretrain: Mapping, cache_dir: str | Path, accelerator: str = "auto"
 ) -> Path:
     """Path of the pre-trained checkpoint, training it first if this config has none cached."""
     root = Path(cache_dir) / "pretrained"
-    out = root / f"{family}-{cache_key(family, tiny, pretrain)}"
+    out = root / checkpoint_name(family, tiny, pretrain)
     if (out / "pretrain.json").is_file():
         return out
     if (SHIPPED / out.name / "pretrain.json").is_file():
@@ -137,7 +142,7 @@ def ship_default_model() -> Path:
     from mllmft.api import compose  # api imports this module
 
     model = compose([]).model
-    out = SHIPPED / f"{model.family}-{cache_key(model.family, model.tiny, model.pretrain)}"
+    out = SHIPPED / checkpoint_name(model.family, model.tiny, model.pretrain)
     shutil.rmtree(SHIPPED, ignore_errors=True)
     _train_and_save(model.family, model.tiny, model.pretrain, out, accelerator="cpu")
     shutil.rmtree(out / "predictions", ignore_errors=True)  # the pre-training test's, not needed to load
