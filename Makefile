@@ -6,7 +6,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline
 
-.PHONY: install train test test-full test-gpu lint typecheck clean
+.PHONY: install train test test-full test-gpu bench-gpu lint typecheck clean
 
 install: $(STAMP)
 
@@ -22,15 +22,21 @@ $(STAMP): pyproject.toml constraints.txt
 train: $(STAMP)
 	$(BIN)/mllmft-train $(ARGS)
 
+# one pytest worker per core, at most 4 (JOBS=0: one process, e.g. with ARGS=-s)
+JOBS    ?= auto
 test: $(STAMP)
-	$(BIN)/pytest -q $(ARGS)
+	$(BIN)/pytest -q -n $(JOBS) --maxprocesses 4 $(ARGS)
 
 test-full: $(STAMP)
-	$(BIN)/pytest -q -m "" $(ARGS)
+	$(BIN)/pytest -q -n $(JOBS) --maxprocesses 4 -m "" $(ARGS)
 
 # on a machine with CUDA (after installing the CUDA build of torch 2.13.0)
 test-gpu: $(STAMP)
 	$(BIN)/pytest -q -s -m "" tests/test_gpu.py $(ARGS)
+
+# one GPU, a LLaVA-1.5-7B-shaped model with random bf16 weights: tokens/s, MFU, step ÷ full, peak memory
+bench-gpu: $(STAMP)
+	$(BIN)/python bench/gpu.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check mllmft tests bench

@@ -12,7 +12,8 @@ from PIL import Image
 
 from tests.helpers.runs import FAST, SMALL_LLAVA
 
-FAST = [*FAST, *SMALL_LLAVA]
+# 4 new tokens: a random model never stops early, and under FSDP2/ZeRO-3 each token gathers every layer
+FAST = [*FAST, *SMALL_LLAVA, "module.max_new_tokens=4"]
 
 BIN = Path(sys.executable).parent
 PRETRAIN = [
@@ -39,6 +40,7 @@ def test_main_job_pretrains_fine_tunes_and_prints_the_table(tmp_path):
     assert list((tmp_path / "cache" / "pretrained").glob("llava-*/model.safetensors"))
 
 
+@pytest.mark.slow  # the launcher that re-runs the command per rank: the sharded jobs below; DDP: test_engines
 def test_real_ddp_launcher_two_cpu_processes(tmp_path):
     proc = _run([sys.executable, "-m", "mllmft.train", *FAST, "hardware=ddp_cpu", "hydra.run.dir=run"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -46,6 +48,7 @@ def test_real_ddp_launcher_two_cpu_processes(tmp_path):
     assert (tmp_path / "run" / "train_ddp_process_1.log").is_file()  # the second rank ran
 
 
+@pytest.mark.slow  # -m sweeps in make test: the Optuna search and the merge sweep below
 def test_multirun_sweep(tmp_path):
     proc = _run(
         [BIN / "mllmft-train", "-m", *FAST, "strategy=full,zeroshot", "seed=1,2", "hydra.sweep.dir=sweep"], tmp_path
@@ -90,22 +93,14 @@ def test_eval_entry_point_on_an_exported_checkpoint(tmp_path, tiny_backbone):
 
 def test_merge_sweep_from_a_training_checkpoint_spans_the_two_runs(tmp_path):
     """The WiSE-FT sweep of the issue on a run directory with only checkpoints/last.ckpt: α = 0 scores
-    as the base model and α = 1 as the fine-tuned one, set by set; no ``finetuned``: one line, exit 2."""
+    as the base model and α = 1 as the fine-tuned one, set by set; no ``finetuned``: one line, exit 2.
+    The training run is in-process (the train command has its own tests); the sweep is the command."""
+    from mllmft import api
+    from mllmft.run import run
+
     checkpoints = ["callbacks=default", "~callbacks.rich_progress_bar", "~callbacks.lr_monitor"]  # no logger here
-    train = _run(
-        [
-            BIN / "mllmft-train",
-            *FAST,
-            *checkpoints,
-            "trainer.max_steps=3",
-            "module.lr=1e-2",
-            "zeroshot_test=true",
-            "hydra.run.dir=run",
-        ],
-        tmp_path,
-    )
-    assert train.returncode == 0, train.stderr[-3000:]
-    trained = json.loads((tmp_path / "run" / "results.json").read_text())
+    overrides = [*FAST, *checkpoints, "trainer.max_steps=3", "module.lr=1e-2", "zeroshot_test=true"]
+    trained = run(api.compose(overrides, output_dir=tmp_path / "run"))
     proc = _run(
         [
             BIN / "mllmft-merge",
@@ -131,7 +126,15 @@ def test_merge_sweep_from_a_training_checkpoint_spans_the_two_runs(tmp_path):
     assert missing.returncode == 2 and "finetuned" in missing.stderr and "Traceback" not in missing.stderr
 
 
-@pytest.mark.parametrize("case", ["unknown_strategy", "missing_image", "empty_answer"])
+# the data errors' messages are tested in-process (test_data, test_fuzz); here the console's exit 2 and one line
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unknown_strategy",
+        pytest.param("missing_image", marks=pytest.mark.slow),
+        pytest.param("empty_answer", marks=pytest.mark.slow),
+    ],
+)
 def test_bad_input_is_one_clear_message(tmp_path, case):
     Image.new("RGB", (16, 16), "red").save(tmp_path / "ok.png")
     rows = [
@@ -170,7 +173,13 @@ def test_bad_input_is_one_clear_message(tmp_path, case):
 
 
 @pytest.mark.parametrize(
-    "hardware, strategy", [("fsdp2_cpu", "spider"), ("fsdp2_cpu", "lora"), ("deepspeed_zero3_cpu", "spider")]
+    "hardware, strategy",
+    # the peft export gathered from FSDP2 shards: slow (the same gather as spider's, then peft's merge)
+    [
+        ("fsdp2_cpu", "spider"),
+        pytest.param("fsdp2_cpu", "lora", marks=pytest.mark.slow),
+        ("deepspeed_zero3_cpu", "spider"),
+    ],
 )
 def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, hardware, strategy):
     """The whole job on 2 processes (the launcher re-runs the command per rank): zero-shot test, fit,
@@ -206,14 +215,17 @@ def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, 
     assert moved and all(not n.startswith("model.vision_tower.") for n in moved)  # the scope: connector + LLM
 
 
-def test_user_mistakes_exit_2_with_one_line(tmp_path):
-    """A bad strategy knob (raised inside Hydra's instantiate) and bad data: exit 2, one line, no
-    traceback, and nothing evaluated first."""
+def test_a_bad_strategy_knob_exits_2_with_one_line(tmp_path):
+    """A bad strategy knob (raised inside Hydra's instantiate): exit 2, one line, no traceback."""
     proc = _run([BIN / "mllmft-train", *FAST, "strategy=spider", "strategy.mask=foo", "hydra.run.dir=run"], tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last == "mllmft: error: strategy.mask='foo'; expected one of ('soft', 'binary')"
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # the record errors' messages: test_bad_input (in-process); the console's exit 2: above
+def test_bad_data_exits_2_with_one_line_before_anything_is_evaluated(tmp_path):
     Image.new("RGB", (16, 16)).save(tmp_path / "img.png")
     rows = [
         {

@@ -24,7 +24,18 @@ from torch.utils.data import DataLoader, Sampler
 
 from mllmft import api
 from mllmft.data.datamodule import ResumableSampler
-from tests.helpers.engines import BF16, DDP_ONLY, ENGINES, FAST, MEASURED_PER_RANK, SLOW, launch, relative_deviation
+from tests.helpers.engines import (
+    BF16,
+    DDP_ONLY,
+    ENGINES,
+    FAST,
+    MEASURED_PER_RANK,
+    SLOW,
+    launch,
+    launch_once,
+    relative_deviation,
+    session_dir,
+)
 from tests.helpers.runs import EQUAL_STEPS
 
 TOLERANCE = 1e-5
@@ -68,10 +79,9 @@ def _max_difference(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def engine_runs(tmp_path_factory):
-    return {
-        engine: launch(tmp_path_factory.mktemp(engine), hardware, {**FAST, **BF16})
-        for engine, hardware in ENGINES.items()
-    }
+    """One launch per engine per session, whichever pytest workers run the tests below."""
+    shared = session_dir(tmp_path_factory) / "engine_runs"
+    return {engine: launch_once(shared / engine, hardware, {**FAST, **BF16}) for engine, hardware in ENGINES.items()}
 
 
 def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_runs, compose):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 WORKER = Path(__file__).with_name("engine_worker.py")
 
@@ -109,6 +110,29 @@ def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: in
         raise AssertionError(
             f"{hardware} exited {codes}:\n" + logs[codes.index(next(c for c in codes if c))].read_text()[-4000:]
         )
+    return _read(out, runs, world)
+
+
+def launch_once(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
+    """``launch`` for results several pytest workers need (``make test`` runs one per core): the first
+    to take the lock launches, the others wait (idle: the launch's processes use the cores) and read
+    its files. ``out`` must be shared by the workers and fresh per session."""
+    out.mkdir(parents=True, exist_ok=True)
+    with FileLock(out / "launch.lock"):
+        if not (out / "done").is_file():
+            launch(out, hardware, runs, world)
+            (out / "done").touch()
+    return _read(out, runs, world)
+
+
+def session_dir(tmp_path_factory) -> Path:
+    """A directory of this test session that every pytest-xdist worker sees (each has its own basetemp
+    below the session's)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _read(out: Path, runs: dict, world: int) -> dict:
     return {
         name: (
             torch.load(out / f"{name}.pt", weights_only=True),
