@@ -39,3 +39,16 @@ def compose(tmp_path):
         )
 
     return _compose
+
+
+# `make test` hands the tests to its workers in this order (pytest-xdist --dist worksteal: each worker
+# takes half, an idle one takes from the end of the other's): the multi-process launches, the notebooks
+# and the console commands first, so that no worker is left running a long one alone at the end
+LONG_FIRST = ("tests/test_engines.py", "notebooks/", "tests/test_cli.py", "tests/test_benchmark.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item) -> int:
+        return next((i for i, prefix in enumerate(LONG_FIRST) if item.nodeid.startswith(prefix)), len(LONG_FIRST))
+
+    items.sort(key=rank)

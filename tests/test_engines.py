@@ -31,8 +31,7 @@ from tests.helpers.engines import (
     FAST,
     MEASURED_PER_RANK,
     SLOW,
-    launch,
-    launch_once,
+    launch_engines,
     relative_deviation,
     session_dir,
 )
@@ -79,9 +78,9 @@ def _max_difference(a: dict, b: dict) -> float:
 
 @pytest.fixture(scope="module")
 def engine_runs(tmp_path_factory):
-    """One launch per engine per session, whichever pytest workers run the tests below."""
-    shared = session_dir(tmp_path_factory) / "engine_runs"
-    return {engine: launch_once(shared / engine, hardware, {**FAST, **BF16}) for engine, hardware in ENGINES.items()}
+    """One launch per session, whichever pytest workers run the tests below."""
+    runs = {engine: {**FAST, **BF16} for engine in ENGINES}
+    return launch_engines(session_dir(tmp_path_factory) / "engine_runs", runs, once=True)
 
 
 def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_runs, compose):
@@ -127,31 +126,30 @@ CHECKPOINT_EVERY_STEP = (
 )
 
 
-@pytest.mark.parametrize("engine", ["fsdp2", "zero3"])
-def test_resuming_a_sharded_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_path, engine):
-    """SPIDER's Σ g lives in each rank's shard: saved beside the sharded checkpoint, read back by each rank."""
-    spider, steps = ["strategy=spider", "trainer.max_steps=5"], 5  # 4 steps per epoch: the resume is mid-epoch 2
-    first = tmp_path / "first"
+def test_resuming_a_sharded_checkpoint_ends_equal_to_an_uninterrupted_run(tmp_path):
+    """SPIDER's Σ g lives in each rank's shard: saved beside the sharded checkpoint, read back by each
+    rank; under FSDP2 and ZeRO-3, in one launch."""
+    spider = ["strategy=spider", "trainer.max_steps=5"]  # 4 steps per epoch: the resume is mid-epoch 2
     runs = {
-        "whole": spider,
-        "first": {"overrides": [*spider, CHECKPOINT_EVERY_STEP], "stop_at": 3},
-        "resumed": [*spider, f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"],
+        engine: {
+            "whole": spider,
+            "first": {"overrides": [*spider, CHECKPOINT_EVERY_STEP], "stop_at": 3},
+            "resumed": [*spider, f"ckpt_path={tmp_path / f'{engine}__first' / 'checkpoints' / 'last.ckpt'}"],
+        }
+        for engine in ("fsdp2", "zero3")
     }
-    results = launch(tmp_path, ENGINES[engine], runs)
-    assert (first / "checkpoints" / "last.ckpt" / "strategy_state" / "rank1.pt").is_file()
-    assert [s["steps"] for s in results["first"][1]] == [3, 3] and [s["steps"] for s in results["resumed"][1]] == [5, 5]
-    whole, resumed = results["whole"][0], results["resumed"][0]
-    assert all(torch.equal(whole[k], resumed[k]) for k in whole), engine
-    assert steps == 5
+    for engine, results in launch_engines(tmp_path, runs).items():
+        assert (tmp_path / f"{engine}__first" / "checkpoints" / "last.ckpt" / "strategy_state" / "rank1.pt").is_file()
+        assert [s["steps"] for s in results["first"][1]] == [3, 3], engine
+        assert [s["steps"] for s in results["resumed"][1]] == [5, 5], engine
+        whole, resumed = results["whole"][0], results["resumed"][0]
+        assert all(torch.equal(whole[k], resumed[k]) for k in whole), engine
 
 
 @pytest.mark.slow
 def test_every_other_strategy_under_every_engine(tmp_path_factory, compose):
     every = {**SLOW, **DDP_ONLY}
-    runs = {
-        engine: launch(tmp_path_factory.mktemp(f"slow_{engine}"), hardware, every if engine == "ddp" else SLOW)
-        for engine, hardware in ENGINES.items()
-    }
+    runs = launch_engines(tmp_path_factory.mktemp("slow"), {e: every if e == "ddp" else SLOW for e in ENGINES})
     for strategy, overrides in every.items():
         expected = runs["ddp"][strategy][0] if strategy in MEASURED_PER_RANK else reference(compose, overrides)
         for engine, results in runs.items():

@@ -10,6 +10,15 @@ from mllmft.run import run
 OWN_FAMILY = "model.family=tests.helpers.plugins.MY_LLAVA"
 
 
+@pytest.fixture(autouse=True)
+def _built_in_families_only_afterwards():
+    """The family these tests register is gone after each, whatever runs next in this process."""
+    before = dict(FAMILIES)
+    yield
+    FAMILIES.clear()
+    FAMILIES.update(before)
+
+
 def test_a_family_of_ones_own_trains_tests_and_is_registered_by_its_name(compose):
     results = run(compose(OWN_FAMILY, "+data.target.metric=tests.helpers.plugins.FirstWordMatch"))
     assert results["run"]["family"] == "my_llava" and FAMILIES["my_llava"].name == "my_llava"
