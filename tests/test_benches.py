@@ -16,7 +16,7 @@ def test_the_gpu_bench_runs_its_code_path_on_a_cpu(tmp_path):
         [
             sys.executable,
             str(BENCH / "gpu.py"),
-            *("--shape", "small", "--device", "cpu", "--steps", "2", "--warmup", "1"),
+            *("--shape", "small", "--device", "cpu", "--steps", "2", "--warmup", "1", "--peak-tflops", "1"),
             *("--strategies", "full", "spider", "--scopes", "connector_llm_last2", "llm"),
         ],
         capture_output=True,
@@ -32,5 +32,5 @@ def test_the_gpu_bench_runs_its_code_path_on_a_cpu(tmp_path):
         ("llm", "full"),
         ("llm", "spider"),
     ]
-    assert all(float(r[6]) > 0 for r in rows)  # step ÷ full
+    assert all(0 < float(r[5]) < 1 and float(r[6]) > 0 for r in rows)  # MFU over a 1 TFLOP/s "peak", step ÷ full
     assert rows[0][6] == rows[2][6] == "1.000"
