@@ -33,9 +33,9 @@ from tests.helpers.engines import (
     SLOW,
     launch_engines,
     relative_deviation,
-    session_dir,
 )
 from tests.helpers.runs import EQUAL_STEPS
+from tests.helpers.shared import session_dir
 
 TOLERANCE = 1e-5
 ZERO_GRADIENT = ".self_attn.k_proj.bias"  # ∂L/∂b_k ≡ 0 (see above)
@@ -80,7 +80,7 @@ def _max_difference(a: dict, b: dict) -> float:
 def engine_runs(tmp_path_factory):
     """One launch per session, whichever pytest workers run the tests below."""
     runs = {engine: {**FAST, **BF16} for engine in ENGINES}
-    return launch_engines(session_dir(tmp_path_factory) / "engine_runs", runs, once=True)
+    return launch_engines(session_dir(tmp_path_factory) / "engine_runs", runs, per_session=True)
 
 
 def test_spider_in_bf16_trains_within_tolerance_of_fp32_on_every_engine(engine_runs, compose):

@@ -14,6 +14,7 @@ import pytest
 
 from mllmft.config import CONF_DIR
 from tests.helpers.runs import FAST, SMALL_LLAVA
+from tests.helpers.shared import once, session_dir
 
 ROOT = CONF_DIR.parent
 
@@ -21,14 +22,18 @@ ROOT = CONF_DIR.parent
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
     """(python of a fresh venv holding the wheel, the wheel)."""
+
+    def build(dist: Path) -> None:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(dist), str(ROOT)],
+            check=True,
+            capture_output=True,
+            timeout=600,
+        )
+
+    # once per session: two builds at a time in one source tree collide (make test runs several workers)
+    wheel = next(once(session_dir(tmp_path_factory) / "wheel", build).glob("mllmft-*.whl"))
     tmp = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(tmp / "dist"), str(ROOT)],
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
-    wheel = next((tmp / "dist").glob("mllmft-*.whl"))
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp / "venv")], check=True, timeout=120)
     python = tmp / "venv" / "bin" / "python"
     target = Path(

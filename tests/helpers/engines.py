@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import torch
-from filelock import FileLock
+
+from tests.helpers.shared import once
 
 WORKER = Path(__file__).with_name("engine_worker.py")
 
@@ -115,22 +116,18 @@ def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: in
 
 def launch_once(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
     """``launch`` for results several pytest workers need (``make test`` runs one per core): the first
-    to take the lock launches, the others wait (idle: the launch's processes use the cores) and read
-    its files. ``out`` must be shared by the workers and fresh per session."""
-    out.mkdir(parents=True, exist_ok=True)
-    with FileLock(out / "launch.lock"):
-        if not (out / "done").is_file():
-            launch(out, hardware, runs, world)
-            (out / "done").touch()
+    launches, the others wait (idle: the launch's processes use the cores) and read its files. ``out``
+    must be shared by the workers and fresh per session (``shared.session_dir``)."""
+    once(out, lambda d: launch(d, hardware, runs, world))
     return _read(out, runs, world)
 
 
-def launch_engines(out: Path, runs_of: dict[str, dict], once: bool = False) -> dict[str, dict]:
+def launch_engines(out: Path, runs_of: dict[str, dict], per_session: bool = False) -> dict[str, dict]:
     """Every engine's runs in one launch, one process group ({engine: {run: ...}}; a run's engine is its
     ``hardware=`` choice): the imports and the group are paid once, not once per engine (44 s instead
-    of 93 s for make test's 20 runs on 2 cores). ``once``: through ``launch_once``."""
+    of 93 s for make test's 20 runs on 2 cores). ``per_session``: through ``launch_once``."""
     flat = {f"{engine}__{name}": _on(engine, run) for engine, runs in runs_of.items() for name, run in runs.items()}
-    results = (launch_once if once else launch)(out, [], flat)
+    results = (launch_once if per_session else launch)(out, [], flat)
     return {engine: {name: results[f"{engine}__{name}"] for name in runs} for engine, runs in runs_of.items()}
 
 
@@ -139,13 +136,6 @@ def _on(engine: str, run: list[str] | dict) -> list[str] | dict:
     if isinstance(run, dict):
         return {**run, "overrides": [*ENGINES[engine], *run["overrides"]]}
     return [*ENGINES[engine], *run]
-
-
-def session_dir(tmp_path_factory) -> Path:
-    """A directory of this test session that every pytest-xdist worker sees (each has its own basetemp
-    below the session's)."""
-    base = tmp_path_factory.getbasetemp()
-    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 def _read(out: Path, runs: dict, world: int) -> dict:
