@@ -24,11 +24,12 @@ train: $(STAMP)
 
 # one pytest worker per core, at most 4 (JOBS=0: one process, e.g. with ARGS=-s)
 JOBS    ?= auto
+WORKERS := -n $(JOBS) --maxprocesses 4 --dist worksteal
 test: $(STAMP)
-	$(BIN)/pytest -q -n $(JOBS) --maxprocesses 4 --dist worksteal $(ARGS)
+	$(BIN)/pytest -q $(WORKERS) $(ARGS)
 
 test-full: $(STAMP)
-	$(BIN)/pytest -q -n $(JOBS) --maxprocesses 4 --dist worksteal -m "" $(ARGS)
+	$(BIN)/pytest -q $(WORKERS) -m "" $(ARGS)
 
 # on a machine with CUDA (after installing the CUDA build of torch 2.13.0)
 test-gpu: $(STAMP)

@@ -59,10 +59,11 @@ def _architecture(shape: str) -> dict:
     """LLaVA-1.5-7B's stored architecture, or the same layout scaled down for a CPU check."""
     arch = OmegaConf.to_container(api.compose(["model=llava15_7b"]).model.architecture, resolve=True)
     if shape == "small":
-        arch["vision_config"].update(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4)
-        arch["vision_config"].update(image_size=56)
-        arch["text_config"].update(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4)
-        arch["text_config"].update(num_key_value_heads=4)
+        vision, text = arch["vision_config"], arch["text_config"]
+        vision.update(hidden_size=64, intermediate_size=256, num_hidden_layers=3, num_attention_heads=4, image_size=56)
+        text.update(
+            hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4
+        )
     return arch
 
 

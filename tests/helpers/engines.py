@@ -80,6 +80,11 @@ def strategies_in_matrix() -> set[str]:
 
 def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
     """Run the spec on ``world`` processes; {run: (final trainable weights, [per-rank stats])}."""
+    _run_workers(out, hardware, runs, world)
+    return _read(out, runs, world)
+
+
+def _run_workers(out: Path, hardware: list[str], runs: dict, world: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     spec = out / "spec.json"
     spec.write_text(json.dumps({"hardware": hardware, "runs": runs, "out": str(out)}))
@@ -111,14 +116,13 @@ def launch(out: Path, hardware: list[str], runs: dict[str, list[str]], world: in
         raise AssertionError(
             f"{hardware} exited {codes}:\n" + logs[codes.index(next(c for c in codes if c))].read_text()[-4000:]
         )
-    return _read(out, runs, world)
 
 
 def launch_once(out: Path, hardware: list[str], runs: dict[str, list[str]], world: int = 2) -> dict:
     """``launch`` for results several pytest workers need (``make test`` runs one per core): the first
     launches, the others wait (idle: the launch's processes use the cores) and read its files. ``out``
     must be shared by the workers and fresh per session (``shared.session_dir``)."""
-    once(out, lambda d: launch(d, hardware, runs, world))
+    once(out, lambda d: _run_workers(d, hardware, runs, world))
     return _read(out, runs, world)
 
 
