@@ -158,3 +158,22 @@ def test_every_other_strategy_under_every_engine(tmp_path_factory, compose):
             difference = _max_difference(results[strategy][0], expected)
             print(f"{strategy} under {engine}: max |w - w_ref| = {difference:.2e}")
             assert difference <= TOLERANCE, (strategy, engine, difference)
+
+
+def test_a_fragment_of_freed_memory_is_a_clear_error_not_a_memory_fault():
+    """FSDP2 frees a gathered copy by shrinking its storage to 0 bytes: a fragment taken from that copy
+    (as the runner once did after Lightning's sanity validation, a segmentation fault at the first
+    step) must refuse to hand out a view of it."""
+    from torch import nn
+
+    from mllmft.strategies.engines import LocalEngine
+
+    layer = nn.Linear(4, 4)
+    (fragment,) = [f for f in LocalEngine().fragments(layer) if f.name == "weight"]
+    layer.weight.grad = torch.ones(4, 4)
+    assert fragment.values().numel() == 16 and fragment.grad().numel() == 16
+    layer.weight.data.untyped_storage().resize_(0)
+    with pytest.raises(
+        RuntimeError, match="weight: this rank's view of the tensor points at memory the engine has freed"
+    ):
+        fragment.values()

@@ -52,12 +52,13 @@ class Fragment:
 
     def values(self) -> torch.Tensor:
         """The weights the optimizer continues from (its master copy where it keeps one)."""
-        return self._values()
+        return _alive(self._values(), self.name)
 
     def grad(self) -> torch.Tensor | None:
         """The gradient the optimizer is about to use (reduced over data-parallel ranks); None when
         the parameter got none. Only between backward and the optimizer step."""
-        return self._grad()
+        grad = self._grad()
+        return None if grad is None else _alive(grad, self.name)
 
     def part(self, whole: torch.Tensor) -> torch.Tensor:
         """This rank's part of a tensor of the whole parameter's shape (or of its flattening)."""
@@ -144,11 +145,7 @@ class FSDP2Engine(_DistributedEngine):
     def publish(self, fragments: list[Fragment]) -> None:
         # the root unit keeps its parameters gathered after a forward without backward (the balance
         # measurement's): drop every gathered copy, so that the next forward gathers the new shards
-        from torch.distributed.fsdp import FSDPModule
-
-        for module in self.trainer.lightning_module.model.modules():
-            if isinstance(module, FSDPModule):
-                module.reshard()
+        _reshard(self.trainer.lightning_module.model)
 
     def __init__(self, trainer):
         super().__init__(trainer)
@@ -176,6 +173,11 @@ class FSDP2Engine(_DistributedEngine):
         from torch.distributed.tensor import DTensor
         from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
+        # A unit's registered parameters are its gathered copies from its unshard to its reshard, and the
+        # root unit stays gathered after a forward without backward (Lightning's sanity validation,
+        # a validation during training): taken then, a fragment would point at memory the root's next
+        # reshard frees. Resharded, every unit registers its persistent DTensor shards again.
+        _reshard(model)
         out = []
         for name, p in model.named_parameters():
             if not p.requires_grad:
@@ -309,6 +311,19 @@ class DeepSpeedEngine(_DistributedEngine):
             f.param.data.copy_(whole.view(f.shape))
 
 
+def _alive(view: torch.Tensor, name: str) -> torch.Tensor:
+    """``view`` itself, if the memory it points at is still allocated. An engine that frees a gathered
+    copy (FSDP2's reshard shrinks its storage to 0 bytes) would otherwise turn a write through a
+    fragment taken from that copy into a write to freed memory: a crash at best. Costs no data access."""
+    needed = (view.storage_offset() + view.numel()) * view.element_size()
+    if view.numel() and view.untyped_storage().nbytes() < needed:
+        raise RuntimeError(
+            f"{name}: this rank's view of the tensor points at memory the engine has freed (a gathered copy "
+            "that was resharded); fragments must be taken from the engine's persistent shards"
+        )
+    return view
+
+
 def engine_for(trainer) -> LocalEngine:
     """The adapter for the trainer's Lightning strategy."""
     from lightning.pytorch.strategies import DeepSpeedStrategy, ModelParallelStrategy
@@ -320,6 +335,15 @@ def engine_for(trainer) -> LocalEngine:
     if isinstance(strategy, ModelParallelStrategy):
         return FSDP2Engine(trainer)
     return LocalEngine(trainer)
+
+
+def _reshard(model: nn.Module) -> None:
+    """Every FSDP2 unit of ``model`` back to its shards (a no-op for a unit that is sharded already)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
 
 
 def _flat_data(p: nn.Parameter) -> Callable[[], torch.Tensor]:

@@ -85,6 +85,9 @@ def main(spec_path: str) -> None:
         parts.trainer.callbacks.append(SaveFinalWeights(out / f"{name}.pt"))
         if "stop_at" in run:
             parts.trainer.callbacks.append(StopAt(run["stop_at"]))
+        if cfg.zeroshot_test:  # as mllmft.run does before fitting
+            parts.module.test_phase = "zeroshot"
+            parts.trainer.test(parts.module, datamodule=parts.datamodule, verbose=False)
         parts.trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=cfg.get("ckpt_path"))
 
 

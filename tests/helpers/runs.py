@@ -41,13 +41,18 @@ FAST = [
     "+data.target.sizes={train: 16, val: 8, test: 10}",
 ]
 
-# the engine runs and their single-process references share these, so that their steps are comparable
+# the engine runs and their single-process references share these, so that their steps are comparable;
+# with what runs around training by default (the zero-shot test, Lightning's sanity validation, a
+# validation mid-run), since each leaves the model in a state of its own (FSDP2's root unit gathered)
 EQUAL_STEPS = [
     "trainer.max_steps=3",
     "data.batch_size=2",
-    "trainer.limit_val_batches=0",
     "trainer.gradient_clip_val=null",
     "trainer.log_every_n_steps=1",
+    "zeroshot_test=true",
+    "trainer.num_sanity_val_steps=1",
+    "trainer.val_check_interval=2",
+    "module.max_new_tokens=4",
 ]
 
 CKPT = (
