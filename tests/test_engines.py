@@ -116,7 +116,8 @@ def test_spider_state_is_sharded(engine_runs):
         for rank in engine_runs[engine]["spider"][1]:
             per_param = rank["state_bytes"] / rank["numel"]
             assert per_param <= 8 / 2 * 1.01, (engine, per_param)
-    assert all(r["state_bytes"] / r["numel"] == 8 for r in engine_runs["ddp"]["spider"][1])  # DDP replicates
+    for rank in engine_runs["ddp"]["spider"][1]:  # DDP replicates (and two scalars per tensor)
+        assert rank["state_bytes"] / rank["numel"] == pytest.approx(8, rel=2e-3)
 
 
 CHECKPOINT_EVERY_STEP = (

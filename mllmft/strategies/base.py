@@ -95,4 +95,11 @@ HOOKS = ("capture", "start", "before_batch", "before_step", "after_step", "after
 
 
 def tensor_nbytes(*groups: dict[str, torch.Tensor]) -> int:
-    return sum(t.numel() * t.element_size() for group in groups for t in group.values())
+    """Bytes of the memory the tensors of ``groups`` keep alive: each storage once, whole (a view of a
+    larger tensor holds all of it)."""
+    storages = {}
+    for group in groups:
+        for t in group.values():
+            storage = t.untyped_storage()
+            storages[(storage.device, storage.data_ptr())] = storage.nbytes()
+    return sum(storages.values())

@@ -64,6 +64,11 @@ class Fragment:
         """This rank's part of a tensor of the whole parameter's shape (or of its flattening)."""
         return whole.reshape(-1)[self.offset : self.offset + self.size]
 
+    def copy_part(self, whole: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``part(whole)`` in memory of its own beside the fragment: state kept per rank (a view would
+        keep the whole tensor alive on every rank)."""
+        return self.part(whole).to(device=self.values().device, dtype=dtype or whole.dtype, copy=True)
+
 
 class LocalEngine:
     """One device or DDP: every rank holds every tensor whole (DDP keeps them identical)."""

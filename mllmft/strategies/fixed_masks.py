@@ -11,7 +11,7 @@ import zlib
 import torch
 
 from mllmft.checks import check_number
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.base import TuningStrategy, tensor_nbytes
 from mllmft.strategies.theta0 import Theta0
 
 
@@ -51,7 +51,7 @@ class FixedWeightMask(TuningStrategy):
 
     def start(self, ctx) -> None:
         self.theta0.place(ctx.fragments)
-        self.movable = {f.name: f.part(self._whole_masks[f.name]).to(f.values().device) for f in ctx.fragments}
+        self.movable = {f.name: f.copy_part(self._whole_masks[f.name]) for f in ctx.fragments}
         self._whole_masks = {}
 
     def after_step(self, ctx) -> None:
@@ -62,7 +62,7 @@ class FixedWeightMask(TuningStrategy):
                 ctx.mask_stats.add(f.name, movable)
 
     def state_nbytes(self) -> int:
-        return self.theta0.nbytes() + sum(m.numel() for m in self.movable.values())
+        return self.theta0.nbytes() + tensor_nbytes(self.movable, self._whole_masks)
 
 
 class MagnitudeMask(FixedWeightMask):

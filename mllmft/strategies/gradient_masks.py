@@ -114,7 +114,7 @@ class SPU(TuningStrategy):
                 ctx.mask_stats.add(f.name, mask)
 
     def state_nbytes(self) -> int:
-        return tensor_nbytes(self.scores) + sum(m.numel() for m in (self.masks or {}).values())
+        return tensor_nbytes(self.scores, self.masks or {})
 
     def state_dict(self) -> dict:
         return {"scores": self.scores, "masks": self.masks, "window_steps": self.window_steps}

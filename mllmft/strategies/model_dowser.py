@@ -34,7 +34,7 @@ from mllmft.checkpoint_match import weights_fingerprint
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.hardware import on_compute_device
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.base import TuningStrategy, tensor_nbytes
 from mllmft.strategies.dowser_probe import PSI_MODES, probe_scores, synthetic_sequences
 from mllmft.strategies.tensor_stats import lowest_entries
 
@@ -154,10 +154,9 @@ class ModelDowser(TuningStrategy):
     # --- training: the static gradient mask -----------------------------------------------------------
     def start(self, ctx) -> None:
         self.masks = {
-            f.name: f.part(self._whole_masks[f.name]).to(f.values().device)
-            for f in ctx.fragments
-            if f.name in self._whole_masks
+            f.name: f.copy_part(self._whole_masks[f.name]) for f in ctx.fragments if f.name in self._whole_masks
         }
+        self._whole_masks = {}  # this rank keeps its parts only (a resumed run probes, or reads the cache, again)
 
     def before_step(self, ctx) -> None:
         for f in ctx.fragments:
@@ -177,4 +176,4 @@ class ModelDowser(TuningStrategy):
         }
 
     def state_nbytes(self) -> int:
-        return sum(m.numel() for m in self.masks.values())  # bool: 1 byte per masked parameter
+        return tensor_nbytes(self.masks, self._whole_masks)  # bool: 1 byte per masked parameter

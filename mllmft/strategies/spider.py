@@ -158,7 +158,8 @@ class SPIDER(TuningStrategy):
         return [r.mul_(inverse_mean[j]).clamp_(max=1.0) for j, r in enumerate(ratios)]
 
     def state_nbytes(self) -> int:
-        return self.theta0.nbytes() + tensor_nbytes(self.accumulated)
+        coefficients = dict(enumerate(self._theta0_coefficients or ()))  # two scalars per tensor
+        return self.theta0.nbytes() + tensor_nbytes(self.accumulated, coefficients)
 
     def state_dict(self) -> dict:
         return {"accumulated": self.accumulated}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from mllmft.strategies.base import tensor_nbytes
+
 
 class Theta0:
     def __init__(self):
@@ -23,9 +25,7 @@ class Theta0:
     def place(self, fragments) -> None:
         for f in fragments:
             if f.name in self._whole:
-                self.parts[f.name] = (
-                    f.part(self._whole.pop(f.name)).to(device=f.values().device, dtype=f.param.dtype).clone()
-                )
+                self.parts[f.name] = f.copy_part(self._whole.pop(f.name), f.param.dtype)
         self._whole = {}
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -35,4 +35,4 @@ class Theta0:
         return name in self.parts
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.parts.values())
+        return tensor_nbytes(self.parts, self._whole)
