@@ -199,6 +199,7 @@ def test_main_job_under_sharded_engines_with_a_merged_export(compose, tmp_path, 
             "scope=connector_llm",
             "trainer.max_steps=3",
             "zeroshot_test=true",
+            "trainer.num_sanity_val_steps=1",  # the default: it once left FSDP2's root unit gathered
             "export=merged",
             "hydra.run.dir=run",
         ],

@@ -34,7 +34,7 @@ from tests.helpers.engines import (
     launch_engines,
     relative_deviation,
 )
-from tests.helpers.runs import EQUAL_STEPS
+from tests.helpers.runs import EQUAL_STEPS, FAST_DEFAULT_MODEL
 from tests.helpers.shared import session_dir
 
 TOLERANCE = 1e-5
@@ -178,3 +178,28 @@ def test_a_fragment_of_freed_memory_is_a_clear_error_not_a_memory_fault():
         RuntimeError, match="weight: this rank's view of the tensor points at memory the engine has freed"
     ):
         fragment.values()
+
+
+@pytest.mark.slow
+def test_zero3_deviation_from_the_pretrained_model_is_adamw_amplifying_round_off(tmp_path, compose):
+    """The README's ZeRO-3 figure, measured (`pytest -s -m slow tests/test_engines.py -k round_off`):
+    `full`, 4 steps from the shipped pre-trained tiny LLaVA, ZeRO-3 against one process. With SGD the
+    weights differ by round-off only (measured 3.0e-8): ZeRO-3's gradients are the same to ~1e-8.
+    With AdamW (lr 1e-3) they differ by up to 1.8e-4 on the attention key biases (zero gradient in
+    exact arithmetic) and 2.4e-5 elsewhere: g / (√v + ε) turns the round-off of a gradient that is
+    zero, or tiny, into a step of up to lr, whatever its sign."""
+    optimizers = {"adamw": [], "sgd": ["module.optimizer._target_=torch.optim.SGD", "~module.optimizer.betas"]}
+    overrides = {o: ["strategy=full", "trainer.max_steps=4", "zeroshot_test=false", *x] for o, x in optimizers.items()}
+    runs = launch_engines(tmp_path, {"zero3": {o: {"overrides": x, "model": "default"} for o, x in overrides.items()}})
+    largest = {}
+    for optimizer, run in overrides.items():
+        expected = reference(lambda *o: compose(*FAST_DEFAULT_MODEL, *o, fast=False), run)
+        weights = runs["zero3"][optimizer][0]
+        deviation = {k: float((weights[k] - expected[k]).abs().max()) for k in expected}
+        for name in sorted(deviation, key=deviation.get, reverse=True)[:4]:
+            print(f"{optimizer}: zero3 vs one process, {name}: {deviation[name]:.2e}")
+        rest = max(v for k, v in deviation.items() if not k.endswith(ZERO_GRADIENT))
+        print(f"{optimizer}: largest but the key biases: {rest:.2e}")
+        largest[optimizer] = max(deviation.values())
+    assert largest["sgd"] <= 1e-7
+    assert largest["adamw"] <= 4 * 1e-3  # 4 AdamW steps of at most ~lr each

@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
 from mllmft.strategies.engines import engine_for  # noqa: E402
-from tests.helpers.runs import EQUAL_STEPS, FAST, SMALL_LLAVA, StopAt  # noqa: E402
+from tests.helpers.runs import EQUAL_STEPS, FAST, FAST_DEFAULT_MODEL, SMALL_LLAVA, StopAt  # noqa: E402
 
 
 class SaveFinalWeights(L.Callback):
@@ -67,11 +67,12 @@ def main(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     out = Path(spec["out"])
     for name, run in spec["runs"].items():
-        run = run if isinstance(run, dict) else {"overrides": run}  # {"overrides": [...], "stop_at": N}
+        # {"overrides": [...], "stop_at": N, "model": "default" (the shipped pre-trained tiny LLaVA)}
+        run = run if isinstance(run, dict) else {"overrides": run}
+        small = [*FAST, *SMALL_LLAVA] if run.get("model") != "default" else FAST_DEFAULT_MODEL
         cfg = api.compose(
             [
-                *FAST,
-                *SMALL_LLAVA,
+                *small,
                 *EQUAL_STEPS,
                 f"paths.cache_dir={out / 'cache'}",
                 *spec["hardware"],

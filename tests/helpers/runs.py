@@ -41,6 +41,9 @@ FAST = [
     "+data.target.sizes={train: 16, val: 8, test: 10}",
 ]
 
+# FAST's settings on the default model, pre-trained (the tiny LLaVA the package ships)
+FAST_DEFAULT_MODEL = [o for o in FAST if not o.startswith("model.pretrain=")]
+
 # the engine runs and their single-process references share these, so that their steps are comparable;
 # with what runs around training by default (the zero-shot test, Lightning's sanity validation, a
 # validation mid-run), since each leaves the model in a state of its own (FSDP2's root unit gathered)
