@@ -25,7 +25,6 @@ def answer(cfg: DictConfig) -> str:
     """The model's answer to ``cfg.prompt`` about ``cfg.image`` (a path, or a list of paths)."""
     import torch
     from hydra.utils import instantiate
-    from omegaconf import ListConfig
 
     from mllmft.checkpoint_match import check_checkpoint, read_checkpoint, run_identity
     from mllmft.data.images import MAX_IMAGE_PIXELS
@@ -38,6 +37,7 @@ def answer(cfg: DictConfig) -> str:
 
     if not str(cfg.prompt).strip():
         raise ConfigError("prompt= is empty")
+    image_paths = chat_images(cfg.image)
     strategy = instantiate(cfg.strategy)
     backbone = build_backbone(cfg.model, pretrain_stage(cfg))
     apply_scope(backbone, cfg.scope)
@@ -63,7 +63,7 @@ def answer(cfg: DictConfig) -> str:
         module.load_state_dict(checkpoint["state_dict"], strict=False)  # trainable tensors; the rest is the base
     record = Record(
         id="chat",
-        images=tuple(Path(p) for p in (cfg.image if isinstance(cfg.image, ListConfig) else [cfg.image])),
+        images=image_paths,
         turns=(Turn("user", str(cfg.prompt)), Turn("assistant", "")),
         task="vqa",
         answers=("",),
@@ -75,6 +75,21 @@ def answer(cfg: DictConfig) -> str:
     module.eval()
     with torch.no_grad():
         return module.generate(batch["model_inputs"])[0]
+
+
+def chat_images(image) -> tuple[Path, ...]:
+    """``image=``: an image file, or a non-empty list of them (each file is read with the record)."""
+    from omegaconf import ListConfig
+
+    from mllmft.errors import ConfigError
+
+    paths = list(image) if isinstance(image, (ListConfig, list, tuple)) else [image]
+    if not paths or not all(isinstance(p, str) and p.strip() for p in paths):
+        raise ConfigError(
+            f"image={image!r}; expected an image file or a non-empty list of them "
+            "(image=cat.png, image=[left.png,right.png])"
+        )
+    return tuple(Path(p) for p in paths)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="chat")

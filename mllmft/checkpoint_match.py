@@ -71,29 +71,29 @@ def plain_scope(scope: Mapping) -> dict:
     return json.loads(json.dumps(dict(scope)))
 
 
-def read_checkpoint(path: str | Path) -> dict:
+def read_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict:
     """A Lightning checkpoint, loaded weights-only (tensors memory-mapped): a missing, truncated or
-    foreign file is a one-line error."""
+    foreign file is a one-line error naming the config ``key`` that gave it."""
     path = Path(path)
     if path.is_dir():
-        path = _state_file_of(path)
+        path = _state_file_of(path, key)
     elif not path.is_file():
-        raise CheckpointNotFoundError(f"ckpt_path={path}: no such checkpoint file")
+        raise CheckpointNotFoundError(f"{key}={path}: no such checkpoint file")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConfigError(
-            f"ckpt_path={path} is not a readable checkpoint (truncated, corrupted, or not a "
+            f"{key}={path} is not a readable checkpoint (truncated, corrupted, or not a "
             f"weights-only Lightning checkpoint): {first}"
         ) from err
     sharded = path.name in (DCP_METADATA, *DEEPSPEED_STATES)  # their tensors are elsewhere
     if not isinstance(checkpoint, dict) or (not sharded and "state_dict" not in checkpoint):
-        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no state_dict)")
+        raise ConfigError(f"{key}={path} is not a Lightning checkpoint (no state_dict)")
     return checkpoint
 
 
-def _state_file_of(directory: Path) -> Path:
+def _state_file_of(directory: Path, key: str) -> Path:
     """The file of a sharded checkpoint directory that holds Lightning's state (and our identity)."""
     if (directory / DCP_METADATA).is_file():
         return directory / DCP_METADATA
@@ -102,54 +102,66 @@ def _state_file_of(directory: Path) -> Path:
         if (directory / tag / name).is_file():
             return directory / tag / name
     raise ConfigError(
-        f"ckpt_path={directory} is a directory but neither a distributed (FSDP2) checkpoint (no "
+        f"{key}={directory} is a directory but neither a distributed (FSDP2) checkpoint (no "
         f"{DCP_METADATA}) nor a DeepSpeed one (no {tag}/*model_states.pt)"
     )
 
 
 def check_checkpoint(
-    checkpoint: dict, identity: dict, path, resuming: bool, model_state: Mapping[str, torch.Tensor] | None = None
+    checkpoint: dict,
+    identity: dict,
+    path,
+    resuming: bool,
+    model_state: Mapping[str, torch.Tensor] | None = None,
+    key: str = "ckpt_path",
 ) -> None:
     """Refuse a checkpoint of another model, scope or (when resuming) strategy, or whose tensors do
-    not fit this run's (``model_state``: the module's state dict)."""
+    not fit this run's (``model_state``: the module's state dict); ``key`` names the config key that
+    gave ``path``."""
+    where = f"{key}={path}"
     saved = checkpoint.get("mllmft")
     if not isinstance(saved, dict) or "weights" not in saved:
         raise ConfigError(
-            f"ckpt_path={path} records no mllmft run identity (written by another program or an "
+            f"{where} records no mllmft run identity (written by another program or an "
             "older mllmft): it cannot be matched to this run's model"
         )
-    if saved.get("family") != identity["family"] or saved.get("architecture") != identity["architecture"]:
-        raise ConfigError(f"ckpt_path={path} is of another model: {_model(saved)}; this run builds {_model(identity)}")
-    if saved["weights"] != identity["weights"]:
-        raise ConfigError(
-            f"ckpt_path={path} was trained from other base weights: {saved.get('backbone_source')} "
-            f"(weights {saved['weights']}); this run loads {identity['backbone_source']} "
-            f"(weights {identity['weights']})"
-        )
+    check_base(saved, identity, where, "trained")
     if saved.get("scope") != identity["scope"]:
         raise ConfigError(
-            f"ckpt_path={path} was trained with scope {saved.get('scope')}; this run's scope is "
+            f"{where} was trained with scope {saved.get('scope')}; this run's scope is "
             f"{identity['scope']}: set the same scope"
         )
     if resuming and saved.get("strategy") != identity["strategy"]:
         raise ConfigError(
-            f"ckpt_path={path} was trained with strategy={saved.get('strategy')}; this run resumes it "
+            f"{where} was trained with strategy={saved.get('strategy')}; this run resumes it "
             f"with strategy={identity['strategy']}: set strategy={saved.get('strategy')}"
         )
     if model_state is not None and "state_dict" in checkpoint:
         unknown = [name for name in checkpoint["state_dict"] if name not in model_state]
         if unknown:  # loading with strict=False would drop them silently: the base model, not the run's
             raise ConfigError(
-                f"ckpt_path={path} holds {len(unknown)} tensors this run's model does not have (e.g. "
+                f"{where} holds {len(unknown)} tensors this run's model does not have (e.g. "
                 f"{unknown[0]}): it was trained with strategy={saved.get('strategy')}; set "
                 f"strategy={saved.get('strategy')} with the run's knobs to load it"
             )
         for name, tensor in checkpoint["state_dict"].items():
             if name in model_state and tuple(tensor.shape) != tuple(model_state[name].shape):
                 raise ConfigError(
-                    f"ckpt_path={path}: tensor {name} has shape {list(tensor.shape)}, this run's "
-                    f"{list(model_state[name].shape)}"
+                    f"{where}: tensor {name} has shape {list(tensor.shape)}, this run's {list(model_state[name].shape)}"
                 )
+
+
+def check_base(saved: Mapping, identity: Mapping, where: str, made: str) -> None:
+    """Refuse what was ``made`` ("trained", "fine-tuned") from another model or other base weights than
+    this run's, as the recorded identity ``saved`` says."""
+    if saved.get("family") != identity["family"] or saved.get("architecture") != identity["architecture"]:
+        raise ConfigError(f"{where} is of another model: {_model(saved)}; this run builds {_model(identity)}")
+    if saved.get("weights") != identity["weights"]:
+        raise ConfigError(
+            f"{where} was {made} from other base weights: {saved.get('backbone_source')} "
+            f"(weights {saved.get('weights')}); this run loads {identity['backbone_source']} "
+            f"(weights {identity['weights']})"
+        )
 
 
 def _model(identity: Mapping) -> str:

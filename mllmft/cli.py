@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import functools
 import sys
+from typing import NoReturn
 
-from mllmft.errors import UserInputError
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from mllmft.checks import check_directory
+from mllmft.errors import ConfigError, UserInputError
 
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
@@ -23,12 +28,36 @@ def user_errors_exit(fn):
             message = user_error_message(err)
             if message is None:
                 raise
-            print(f"mllmft: error: {message}", file=sys.stderr)
-            raise SystemExit(2) from None
+            exit_with(message)
         finally:
             _finish_wandb()
 
     return wrapper
+
+
+def exit_with(message: str) -> NoReturn:
+    """A user's mistake, as every entry point reports it: one line on stderr, exit status 2."""
+    print(f"mllmft: error: {message}", file=sys.stderr)
+    raise SystemExit(2) from None
+
+
+class RunDirectoryCheck(Callback):
+    """Hydra makes the run's directory (``hydra.run.dir``; a sweep's ``hydra.sweep.dir``) before the
+    entry point runs, and would fail there with its traceback: one that cannot be made or written is
+    refused first. Hydra turns a callback's exception into a warning, so this one exits itself."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(key: str, path: str) -> None:
+        try:
+            check_directory(key, path)
+        except ConfigError as err:
+            exit_with(str(err))
 
 
 def user_error_message(err: BaseException) -> str | None:

@@ -1,4 +1,5 @@
-"""Where the Hydra configs live, the resolvers they use, and the dotted paths they may name."""
+"""Where the Hydra configs live, the resolvers they use, the dotted paths they may name, and the checks
+every config file passes as it is read."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlparse
 
+import yaml
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from mllmft.errors import ConfigError
@@ -100,6 +103,93 @@ def resolved(cfg: DictConfig) -> dict:
     return plain
 
 
+class ConfigFileError(ConfigError, CompactHydraException):
+    """A config file refused as it is read. Hydra reads them before the entry point runs, and prints a
+    CompactHydraException as its one line (exit 1), as it does its own composition errors."""
+
+
+# the values of one config file once its aliases (*name) are expanded: a config is far smaller, while
+# a few lines of nested aliases ("billion laughs") expand past any memory as OmegaConf copies each
+MAX_EXPANDED_VALUES = 100_000
+
+
+def _checked_yaml_loader(loader: type) -> type:
+    """``loader`` refusing, in one line naming the file: what is not YAML or not plain YAML values
+    (``!!python/...`` tags), and aliases that expand a file past ``MAX_EXPANDED_VALUES``."""
+
+    class CheckedLoader(loader):
+        def get_single_data(self):
+            try:
+                node = self.get_single_node()
+                if node is None:
+                    return None
+                _check_expansion(node, self.name)
+                return self.construct_document(node)
+            except (yaml.YAMLError, RecursionError) as err:
+                raise ConfigFileError(_yaml_problem(err, self.name)) from err
+
+    return CheckedLoader
+
+
+def _yaml_problem(err: Exception, name: str) -> str:
+    if isinstance(err, RecursionError):
+        return f"{name}: nested too deeply to be a config"
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
+        return " ".join(str(err).split())
+    where = f"{err.problem_mark.name}, line {err.problem_mark.line + 1}"
+    problem = " ".join(str(err.problem).split())
+    if "constructor for the tag" in problem:
+        return f"{where}: {problem} (a config holds plain YAML values: no !!python/... or other tags)"
+    return f"{where}: {problem}"
+
+
+def _check_expansion(root: yaml.Node, name: str) -> None:
+    """Count the document's values as OmegaConf will make them, each alias a copy of its anchor's,
+    without making them: once per node (its count kept, and capped past the bound), so in linear time."""
+    counts: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    aliased = False
+
+    def count(node: yaml.Node) -> int:
+        nonlocal aliased
+        if id(node) in counts:  # a node met again: through an alias
+            aliased = True
+            return counts[id(node)]
+        if id(node) in open_nodes:  # an alias inside its own anchor: endless
+            raise ConfigFileError(f"{name}: an alias (*name) inside the value it names makes an endless config")
+        open_nodes.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            children = [child for pair in node.value for child in pair]
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else []
+        counts[id(node)] = min(1 + sum(count(child) for child in children), MAX_EXPANDED_VALUES + 1)
+        open_nodes.discard(id(node))
+        return counts[id(node)]
+
+    if count(root) > MAX_EXPANDED_VALUES and aliased:
+        raise ConfigFileError(
+            f"{name}: its aliases (*name) expand it to more than {MAX_EXPANDED_VALUES:,} values, far more than "
+            "a config holds; write the values out or use fewer aliases"
+        )
+
+
+def _check_config_files() -> None:
+    """Every config file Hydra reads (OmegaConf.load, from any search path: the package's configs, a
+    --config-dir, conf/local) goes through the checked loader; OmegaConf asks ``get_yaml_loader`` at
+    each load, and has no other way in."""
+    from omegaconf import _utils
+
+    if getattr(_utils.get_yaml_loader, "checked", False):
+        return
+    plain = _utils.get_yaml_loader
+
+    def get_yaml_loader():
+        return _checked_yaml_loader(plain())
+
+    get_yaml_loader.checked = True  # type: ignore[attr-defined]
+    _utils.get_yaml_loader = get_yaml_loader
+
+
 def register_resolvers() -> None:
     for name, resolver in (("wandb_offline", _wandb_offline), ("run_name", _run_name), ("run_group", _run_group)):
         if not OmegaConf.has_resolver(name):
@@ -107,3 +197,4 @@ def register_resolvers() -> None:
 
 
 register_resolvers()
+_check_config_files()

@@ -19,3 +19,8 @@ class ConfigError(UserInputError, ValueError):
 
 class CheckpointNotFoundError(UserInputError, FileNotFoundError):
     """A model checkpoint that is neither a local directory nor in the HF cache."""
+
+
+class StorageError(UserInputError, OSError):
+    """A write the machine refused (a full disk, a quota, no permission). The message names the file,
+    why, and what was kept: the previous version of it, whole."""

@@ -5,10 +5,16 @@
 every other strategy's weights already are the fine-tuned model. ``export=adapter`` (peft strategies)
 writes peft's adapter directory (adapter config and weights, including ``modules_to_save``) plus the
 processor: ``PeftModel.from_pretrained(base_model, dir)``.
+
+An export is whole or absent: it is written into ``.export.tmp`` beside it and renamed at the end, so
+a failure (a full disk) leaves no half-written ``export/`` for mllmft-merge to read. ``mllmft.json``
+in it records the run's identity (checkpoint_match.run_identity: the base model the weights were
+fine-tuned from), which mllmft-merge matches against its base.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,6 +22,7 @@ from typing import Any
 import peft
 import torch
 
+from mllmft.atomic_io import directory_written_atomically
 from mllmft.backbones import Backbone
 from mllmft.errors import ConfigError
 from mllmft.strategies import PeftStrategy
@@ -23,6 +30,7 @@ from mllmft.strategies.base import TuningStrategy
 
 log = logging.getLogger(__name__)
 EXPORTS = ("merged", "adapter")
+RECORD = "mllmft.json"  # the export's kind and the identity of the run that wrote it
 
 
 def check_export(kind: str | None, strategy: TuningStrategy) -> None:
@@ -50,10 +58,10 @@ def check_export(kind: str | None, strategy: TuningStrategy) -> None:
         )
 
 
-def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None) -> Path:
-    """Write the export; ``merged`` merges adapters into the live model, so call it last. Under a
-    sharded engine every rank must call it: the weights are gathered tensor by tensor and rank 0
-    writes them from an unsharded copy of the model on the host."""
+def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None, identity: dict | None = None) -> Path:
+    """Write the export, with ``identity`` (the run's) in its record; ``merged`` merges adapters into
+    the live model, so call it last. Under a sharded engine every rank must call it: the weights are
+    gathered tensor by tensor and rank 0 writes them from an unsharded copy of the model on the host."""
     out = Path(out_dir)
     model = backbone.model
     if engine is not None and engine.sharded:
@@ -66,8 +74,10 @@ def export_model(backbone: Backbone, kind: str, out_dir: str | Path, engine=None
     if kind == "adapter":  # the base as the user named it (a hub id or a path), not where it was read from
         for config in model.peft_config.values():
             config.base_model_name_or_path = backbone.source
-    model.save_pretrained(out)
-    backbone.processor.save_pretrained(out)
+    with directory_written_atomically(out, f"export={kind}") as tmp:
+        model.save_pretrained(tmp)
+        backbone.processor.save_pretrained(tmp)
+        (tmp / RECORD).write_text(json.dumps({"export": kind, "run_identity": identity}, indent=2))
     log.info("export=%s written to %s", kind, out)
     return out
 

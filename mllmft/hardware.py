@@ -1,9 +1,10 @@
 """Lightning strategies for the sharded engines, as ``conf/hardware/*.yaml`` choose them.
 
-Both keep each rank's strategy state (θ0's companions: SPIDER's gradient sums, masks, EWC's Fisher)
-in its own file inside the sharded checkpoint directory, ``<checkpoint>/strategy_state/rank<r>.pt``,
-since Lightning writes the rest of a checkpoint's non-tensor state from rank 0 only; a resume reads
-each rank's file back (the same number of ranks is required and checked).
+Both write a sharded checkpoint whole or not at all (``save_directory_whole``), and keep each rank's
+strategy state (θ0's companions: SPIDER's gradient sums, masks, EWC's Fisher) in its own file inside
+the sharded checkpoint directory, ``<checkpoint>/strategy_state/rank<r>.pt``, since Lightning writes
+the rest of a checkpoint's non-tensor state from rank 0 only; a resume reads each rank's file back
+(the same number of ranks is required and checked).
 
 ``DeepSpeedStrategy`` also runs on the CPU (gloo, for tests): Lightning's refuses any accelerator
 but CUDA, though DeepSpeed's ZeRO-2/3 run there (DeepSpeed's CPU accelerator). On CUDA it is Lightning's.
@@ -12,6 +13,8 @@ but CUDA, though DeepSpeed's ZeRO-2/3 run there (DeepSpeed's CPU accelerator). O
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,7 +24,8 @@ from lightning.pytorch.strategies import DeepSpeedStrategy as LightningDeepSpeed
 from omegaconf import OmegaConf
 from torch import nn
 
-from mllmft.errors import ConfigError
+from mllmft.atomic_io import replace_directory, temporary_of
+from mllmft.errors import ConfigError, StorageError
 
 STATE_DIR = "strategy_state"
 METADATA = "meta.pt"  # a distributed checkpoint's non-tensor part (Lightning's name)
@@ -31,6 +35,33 @@ RUNNER_KEY = "StrategyRunner["
 def _split_off_runner_state(checkpoint: dict) -> dict:
     callbacks = checkpoint.get("callbacks", {})
     return {k: callbacks.pop(k) for k in [k for k in callbacks if str(k).startswith(RUNNER_KEY)]}
+
+
+def save_directory_whole(strategy, path: Path, save: Callable[[Path], None]) -> None:
+    """A sharded checkpoint, a directory each rank writes its part of, written as ``.<name>.tmp`` beside
+    ``path`` and swapped in once every rank has written all of its part: a save that fails on any rank
+    (a full disk) keeps the previous checkpoint whole, and every rank stops with one line (none waits
+    for the others forever)."""
+    tmp = temporary_of(path)
+    if strategy.is_global_zero:
+        shutil.rmtree(tmp, ignore_errors=True)  # left by a run that died while saving
+    strategy.barrier()
+    failure: OSError | None = None
+    try:
+        save(tmp)
+    except OSError as err:
+        failure = err
+    if not strategy.reduce_boolean_decision(failure is None, all=True):
+        strategy.barrier()
+        if strategy.is_global_zero:
+            shutil.rmtree(tmp, ignore_errors=True)
+        reason = failure.strerror or str(failure) if failure is not None else "another rank could not write its part"
+        kept = f"the previous {path.name} is kept unchanged" if path.exists() else f"no {path.name} was written"
+        raise StorageError(f"could not write the checkpoint {path} ({reason}); {kept}") from failure
+    strategy.barrier()
+    if strategy.is_global_zero:
+        replace_directory(tmp, path)
+    strategy.barrier()
 
 
 def _save_rank_state(strategy, checkpoint: dict, directory: Path) -> None:
@@ -59,9 +90,14 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))
-        if self._save_distributed_checkpoint:
-            _save_rank_state(self, checkpoint, path)
-        super().save_checkpoint(checkpoint, path, storage_options)
+        if not self._save_distributed_checkpoint:  # one file, through the (atomic) CheckpointIO
+            return super().save_checkpoint(checkpoint, path, storage_options)
+
+        def save(directory: Path) -> None:
+            _save_rank_state(self, checkpoint, directory)
+            super(FSDP2Strategy, self).save_checkpoint(checkpoint, directory, storage_options)
+
+        save_directory_whole(self, path, save)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))
@@ -133,8 +169,12 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
 
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))
-        _save_rank_state(self, checkpoint, path)
-        super().save_checkpoint(checkpoint, path, storage_options)
+
+        def save(directory: Path) -> None:
+            _save_rank_state(self, checkpoint, directory)
+            super(DeepSpeedStrategy, self).save_checkpoint(checkpoint, directory, storage_options)
+
+        save_directory_whole(self, path, save)
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))

@@ -28,31 +28,46 @@ log = logging.getLogger(__name__)
 
 
 def merge_update(cfg: DictConfig):
-    """The change mllmft-merge makes where mllmft-train would fit: read θ_ft, merge it into θ0."""
+    """The change mllmft-merge makes where mllmft-train would fit: read θ_ft, merge it into θ0.
 
-    def update(parts: RunParts) -> dict:
+    Its input is checked as early as each check can be: the method's knobs and what ``finetuned=``
+    names now, before the base model is built; θ_ft against the built base (and the method's data)
+    in ``update(parts)``, before any evaluation; the merge itself runs in the change it returns."""
+    from mllmft.merges import locate_finetuned
+
+    method = instantiate(cfg.merge)
+    located, run_strategy = locate_finetuned(cfg.finetuned)
+
+    def update(parts: RunParts):
         from mllmft.merges import FinetunedWeights, merge_into
 
         started = time.perf_counter()
-        method = parts.merge = instantiate(cfg.merge)
-        backbone = parts.backbone
-        finetuned = FinetunedWeights.open(cfg.finetuned, backbone, parts.module.run_identity)
-        method.prepare(parts, finetuned)
-        changed = merge_into(backbone.model, method, finetuned)
-        extra = sum(t.numel() * t.element_size() for t in finetuned.tensors.values())
-        seconds = round(time.perf_counter() - started, 3)
-        log.info("merge=%s: %d tensors from %s in %.1f s", method.name, changed, finetuned.source, seconds)
-        return {
-            "merge": {
-                "method": method.name,
-                **method.knobs(),
-                "finetuned": finetuned.source,
-                "finetuned_strategy": finetuned.strategy,
-                "tensors_changed": changed,
-                "seconds": seconds,
-                "extra_bytes": extra,
+        parts.merge = method
+        finetuned = FinetunedWeights.load(located, run_strategy, parts.backbone, parts.module.run_identity)
+        if method.calibrates:
+            parts.datamodule.setup("fit")  # the target's training data, read and checked now
+        opened = time.perf_counter() - started
+
+        def merge() -> dict:
+            started = time.perf_counter()
+            method.prepare(parts, finetuned)
+            changed = merge_into(parts.backbone.model, method, finetuned)
+            extra = sum(t.numel() * t.element_size() for t in finetuned.tensors.values())
+            seconds = round(opened + time.perf_counter() - started, 3)
+            log.info("merge=%s: %d tensors from %s in %.1f s", method.name, changed, finetuned.source, seconds)
+            return {
+                "merge": {
+                    "method": method.name,
+                    **method.knobs(),
+                    "finetuned": finetuned.source,
+                    "finetuned_strategy": finetuned.strategy,
+                    "tensors_changed": changed,
+                    "seconds": seconds,
+                    "extra_bytes": extra,
+                }
             }
-        }
+
+        return merge
 
     return update
 

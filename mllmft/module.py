@@ -83,6 +83,12 @@ def check_hyperparameters(
     for knob in ("warmup_ratio", "min_lr_ratio"):
         if (value := _keywords(scheduler).get(knob)) is not None:
             check_number(f"module.scheduler.{knob}", value, 0, 1)
+    if (eps := _keywords(optimizer).get("eps")) is not None:
+        check_number("module.optimizer.eps", eps, 0)
+    for group, factory in (("optimizer", optimizer), ("scheduler", scheduler)):  # any other: finite at least
+        for knob, value in _keywords(factory).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                check_number(f"module.{group}.{knob}", value)
 
 
 def _keywords(factory: Callable | Mapping | None) -> Mapping:
@@ -164,13 +170,17 @@ class MLLMFineTuner(L.LightningModule):
         outputs = self.model(**batch["model_inputs"], labels=batch["labels"])
         loss = outputs.loss
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
-        # steps done, logged so that it reaches the launching process under ddp_fork/spawn too
-        self.log("trainer/steps", float(self.global_step + 1), batch_size=len(batch["ids"]))
         extra = self.strategy.extra_loss(self, batch, outputs)
         if extra is not None:
             self.log("train/extra_loss", extra, batch_size=len(batch["ids"]))
             loss = loss + extra
         return loss
+
+    def on_fit_end(self) -> None:
+        # the steps the weights have had, a resumed checkpoint's included (one already finished trains
+        # no more): in callback_metrics, which Lightning hands back to the launching process under
+        # ddp_fork/spawn, where the fit ran in child processes
+        self.trainer.callback_metrics["trainer/steps"] = torch.tensor(float(self.global_step))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         outputs = self.model(**batch["model_inputs"], labels=batch["labels"])

@@ -28,6 +28,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mllmft.backbones import build_tiny
+from mllmft.checks import check_directory, check_number, check_seed
 from mllmft.data import MLLMDataModule
 from mllmft.module import MLLMFineTuner, cosine_with_warmup, logged_test_scores
 from mllmft.progress import PlainProgress, StepProgressBar
@@ -62,17 +63,29 @@ def pretrained_tiny(
     family: str, tiny: Mapping, pretrain: Mapping, cache_dir: str | Path, accelerator: str = "auto"
 ) -> Path:
     """Path of the pre-trained checkpoint, training it first if this config has none cached."""
+    check_pretrain(pretrain)
     root = Path(cache_dir) / "pretrained"
     out = root / checkpoint_name(family, tiny, pretrain)
     if (out / "pretrain.json").is_file():
         return out
     if (SHIPPED / out.name / "pretrain.json").is_file():
         return SHIPPED / out.name
+    check_directory("paths.cache_dir", cache_dir)  # before minutes of pre-training that could not be saved
     root.mkdir(parents=True, exist_ok=True)
     with FileLock(root / f".{out.name}.lock"):  # parallel sweep jobs train it once
         if not (out / "pretrain.json").is_file():
             _train_and_save(family, tiny, pretrain, out, accelerator)
     return out
+
+
+def check_pretrain(pretrain: Mapping) -> None:
+    """``model.pretrain``'s numbers, in range: a NaN lr would pre-train for minutes, then cache the NaNs."""
+    for key in ("max_steps", "batch_size", "max_length"):
+        if key in pretrain:
+            check_number(f"model.pretrain.{key}", pretrain[key], 1, integer=True)
+    check_number("model.pretrain.lr", pretrain["lr"], 0, low_open=True)
+    check_number("model.pretrain.warmup_ratio", pretrain.get("warmup_ratio", 0.05), 0, 1)
+    check_seed("model.pretrain.seed", pretrain.get("seed", 0))
 
 
 def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, accelerator: str) -> None:

@@ -8,8 +8,9 @@ Runs are grouped by every knob of their resolved config except the seed (and wha
 result: paths, loggers, progress bars, ...): an lr sweep gives one row per lr, with the knobs that
 differ between rows shown as columns. Within a row, runs of the same seed are averaged first (a
 repeated seed is not another sample), then the table shows mean ± standard deviation over seeds.
-A results.json that cannot be read is skipped and listed, and so are the failed runs of an
-mllmft-benchmark directory (its benchmark.json).
+A results.json that cannot be read, or holds anything the report cannot use (``check_results``:
+a wrong type, a null, a missing key, a non-finite number), is skipped and listed with what is wrong;
+so are the failed runs of an mllmft-benchmark directory (its benchmark.json).
 
 ``--out DIR`` writes table.md / table.csv (the rows), per_set.md / per_set.csv (the target and every
 upstream set), and the plots (PNG and SVG, see mllmft/report_plots.py): S_u against S_t with the
@@ -29,8 +30,11 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 COLUMNS = ("S_t", "S_u", "H", "E", "F", "O")
+ZEROSHOT_COLUMNS = ("S_t", "S_u", "H")
+MAX_DEPTH = 64  # deeper is no results.json (and would exhaust the recursion that flattens its config)
 # knobs that name where or how visibly a run ran, not what it computed
 # (finetuned: a merge's input path differs per seed; the strategy that made it is the knob, from run.merge)
 IGNORED = (
@@ -55,23 +59,94 @@ IGNORED = (
 
 
 def load_runs(paths: list[Path]) -> tuple[list[dict], list[str]]:
-    """(the readable runs, one warning per results.json that is not)."""
+    """(the usable runs, one line per results.json that is not: the file and what is wrong)."""
     files = [f for p in paths for f in ([p] if p.is_file() else sorted(p.rglob("results.json")))]
     runs, skipped = [], []
     for f in files:
         try:
-            run = json.loads(f.read_text(encoding="utf-8"))
-            if isinstance(run, dict) and run.get("status") == "partial":
-                raise ValueError("an unfinished run (status partial: the zero-shot test only)")
-            if not isinstance(run, dict) or not isinstance(run.get("tradeoff", {}).get("final"), dict):
-                raise ValueError("not an mllmft results file (no tradeoff.final)")
-            for key in ("run", "target", "upstream"):
-                if key not in run:
-                    raise ValueError(f"no {key!r}")
-            runs.append(run)
-        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as err:
-            skipped.append(f"{f}: {err}")
+            runs.append(check_results(json.loads(f.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            skipped.append(f"{f}: {'nested too deeply' if isinstance(err, RecursionError) else err}")
     return runs, skipped
+
+
+def check_results(run: object) -> dict:
+    """``run`` itself if mllmft-report can use every field it reads, else a ValueError naming the first
+    field that is wrong: the one place that knows what the rest of this module may assume."""
+    doc = _typed(run, "the file", dict)
+    if _depth(doc) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    if doc.get("status", "complete") == "partial":
+        raise ValueError("an unfinished run (status partial: the zero-shot test only)")
+    if doc.get("status", "complete") != "complete":
+        raise ValueError(f"status is {_show(doc['status'])}; expected 'complete'")
+    tradeoff = _typed(doc.get("tradeoff", MISSING), "tradeoff", dict)
+    final = _typed(tradeoff.get("final", MISSING), "tradeoff.final", dict)
+    summary = _typed(doc.get("run", MISSING), "run", dict)
+    for key in ("model", "strategy"):
+        _typed(summary.get(key, MISSING), f"run.{key}", str)
+    _typed(summary.get("seed"), "run.seed", (int, str, type(None)))
+    if summary.get("merge") is not None:
+        merge = _typed(summary["merge"], "run.merge", dict)
+        _typed(merge.get("method", ""), "run.merge.method", str)
+        for key in ("finetuned", "finetuned_strategy"):
+            _typed(merge.get(key), f"run.merge.{key}", (str, type(None)))
+    _typed(doc.get("target", MISSING), "target", str)
+    for i, name in enumerate(_typed(doc.get("upstream", MISSING), "upstream", list)):
+        _typed(name, f"upstream[{i}]", str)
+    _scores(final, "tradeoff.final", COLUMNS)
+    if tradeoff.get("zeroshot") is not None:
+        _scores(_typed(tradeoff["zeroshot"], "tradeoff.zeroshot", dict), "tradeoff.zeroshot", ZEROSHOT_COLUMNS)
+    scores = _typed(doc.get("scores", {}), "scores", dict)
+    set_scores = _typed(scores.get("final", {}), "scores.final", dict)
+    _scores(set_scores, "scores.final", list(set_scores))
+    _typed(doc.get("config"), "config", (dict, type(None)))
+    return doc
+
+
+MISSING = object()  # a key that is not there (null is there, and wrong where a value belongs)
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "an integer", type(None): "null"}
+
+
+def _typed(value, where: str, kinds):
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if value is MISSING:
+        raise ValueError(f"no {where!r}")
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        expected = " or ".join(JSON_TYPES[k] for k in kinds)
+        raise ValueError(f"{where} is {_show(value)}; expected {expected}")
+    return value
+
+
+def _scores(scores: dict, where: str, keys) -> None:
+    """Each of ``keys`` in ``scores`` is a finite number or null (absent: not measured)."""
+    for key in keys:
+        value = scores.get(key)
+        if value is None:
+            continue
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not abs(value) <= sys.float_info.max:  # NaN, ±inf and integers beyond a float fail
+            raise ValueError(f"{where}.{key} is {_show(value)}; expected a finite number or null")
+
+
+def _depth(value) -> int:
+    """How deep ``value`` nests objects and arrays (iteratively: no recursion to exhaust)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack += [(child, depth + 1) for child in children]
+    return deepest
+
+
+def _show(value) -> str:
+    """A JSON value, short: its type, and its text where that is short."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    text = json.dumps(value)  # NaN and Infinity as JSON's readers write them
+    kind = "a number" if isinstance(value, (int, float)) else JSON_TYPES.get(type(value), type(value).__name__)
+    return f"{kind} {text}" if len(text) <= 40 else kind
 
 
 def failed_runs(paths: list[Path]) -> list[str]:
@@ -80,15 +155,20 @@ def failed_runs(paths: list[Path]) -> list[str]:
     lines = []
     for manifest in manifests:
         try:
-            planned = json.loads(manifest.read_text())["runs"]
-        except (OSError, ValueError, KeyError, TypeError):
-            lines.append(f"{manifest}: not a readable benchmark manifest")
-            continue
-        lines += [
-            f"{run['name']} seed {run['seed']}: {run.get('error', 'not run')} ({run['dir']}/run.log)"
-            for run in planned.values()
-            if run.get("status") != "complete"
-        ]
+            lines += _failed_in(json.loads(manifest.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+            lines.append(f"{manifest}: not a readable benchmark manifest ({err})")
+    return lines
+
+
+def _failed_in(manifest: object) -> list[str]:
+    planned = _typed(_typed(manifest, "the file", dict).get("runs", MISSING), "runs", dict)
+    lines = []
+    for key, run in planned.items():
+        run = _typed(run, f"runs.{key}", dict)
+        if run.get("status") != "complete":
+            name, seed, folder = (run.get(k, "?") for k in ("name", "seed", "dir"))
+            lines.append(f"{name} seed {seed}: {run.get('error', 'not run')} ({folder}/run.log)")
     return lines
 
 
@@ -225,18 +305,28 @@ def main(argv: list[str] | None = None) -> None:
     table = Table(title="target gain vs upstream retention (mean ± std over seeds)")
     names = ("model", "strategy", *varying, "target", "upstream", "seeds")
     for col in (*names, *COLUMNS):
-        table.add_column(col, justify="right" if col in COLUMNS or col == "seeds" else "left")
+        table.add_column(Text(col), justify="right" if col in COLUMNS or col == "seeds" else "left")
     for row in rows:
         cells = [_pm(row, c) for c in COLUMNS]
-        table.add_row(*(str(row[c]) for c in names), *cells)
+        table.add_row(*(Text(str(row[c])) for c in names), *cells)  # Text: a name is no rich markup
     Console(width=200).print(table)
-    if args.csv:
-        write_csv(rows, args.csv)
-    if args.out:
+    try:
+        write_outputs(rows, varying, failed, args.csv, args.out)
+    except OSError as err:  # --csv or --out where nothing can be written
+        sys.exit(f"mllmft-report: error: cannot write {err.filename or args.out or args.csv}: {err.strerror or err}")
+
+
+def write_outputs(
+    rows: list[dict], varying: list[str], failed: list[str], table_csv: Path | None, out: Path | None
+) -> None:
+    """The table as CSV (``--csv``); the tables and plots in ``out`` (``--out``)."""
+    if table_csv:
+        write_csv(rows, table_csv)
+    if out:
         from mllmft.report_plots import plot_all
 
-        write_tables(rows, varying, failed, args.out)
-        for path in plot_all(rows, varying, args.out):
+        write_tables(rows, varying, failed, out)
+        for path in plot_all(rows, varying, out):
             print(f"mllmft-report: wrote {path}")
 
 

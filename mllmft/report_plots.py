@@ -28,15 +28,17 @@ def plot_all(rows: list[dict], varying: list[str], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for groups in _by_target(rows).values():
-        suffix = "" if len(_by_target(rows)) == 1 else f"_{groups[0]['target']}"
-        points = [r for r in groups if "S_u" in r and "S_t" in r]
-        if points:
-            written += _save(tradeoff_figure(points, varying), out / f"tradeoff{suffix}")
-        if any("H" in r for r in groups):
-            written += _save(h_figure(groups, varying), out / f"h{suffix}")
-        for (name, knob), curve in knob_curves(groups, varying).items():
-            written += _save(knob_figure(name, knob, curve), out / f"knob_{_slug(name)}_{_slug(knob)}{suffix}")
+    # names and knob values are the runs' own text: a "$" in one is no TeX formula to parse
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for groups in _by_target(rows).values():
+            suffix = "" if len(_by_target(rows)) == 1 else f"_{_slug(groups[0]['target'])}"
+            points = [r for r in groups if "S_u" in r and "S_t" in r]
+            if points:
+                written += _save(tradeoff_figure(points, varying), out / f"tradeoff{suffix}")
+            if any("H" in r for r in groups):
+                written += _save(h_figure(groups, varying), out / f"h{suffix}")
+            for (name, knob), curve in knob_curves(groups, varying).items():
+                written += _save(knob_figure(name, knob, curve), out / f"knob_{_slug(name)}_{_slug(knob)}{suffix}")
     return written
 
 
@@ -96,7 +98,7 @@ def tradeoff_figure(rows: list[dict], varying: list[str]):
     front = pareto_front([(r["S_t"], r["S_u"]) for r in rows])
     ax.plot(*zip(*front), color="tab:red", lw=1.2, ls="--", label="Pareto front")
     zeroshot = _zeroshot(rows)
-    if zeroshot:
+    if zeroshot and zeroshot.get("S_t") is not None and zeroshot.get("S_u") is not None:
         ax.plot(zeroshot["S_t"], zeroshot["S_u"], "*", color="black", ms=12, label="zero-shot model")
     seeds = sorted({r["seeds"] for r in rows})
     ax.set(

@@ -9,7 +9,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,8 +20,11 @@ from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from mllmft.backbones import Backbone, build_tiny, check_family_supports, load_pretrained
+from mllmft.atomic_io import write_atomically
+from mllmft.backbones import Backbone, build_tiny, check_family_supports, load_pretrained, model_dtype
 from mllmft.checkpoint_match import LIGHTNING_ALIASES, check_checkpoint, plain_scope, read_checkpoint, run_identity
+from mllmft.checkpointing import FreshLastCheckpoint, use_atomic_saves
+from mllmft.checks import check_run_settings, check_training_length
 from mllmft.config import is_first_job, resolved
 from mllmft.console import print_config, print_parameters, print_results, quiet_library_notices
 from mllmft.data.datamodule import check_settings as check_data_settings
@@ -32,6 +34,7 @@ from mllmft.loggers import log_hyperparameters, log_images, log_summary
 from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, logged_test_scores
 from mllmft.pretrain import pretrained_tiny
+from mllmft.run_lock import run_directory_lock
 from mllmft.scope import apply_scope
 from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.engines import engine_for
@@ -73,20 +76,21 @@ def pretrain_stage(cfg: DictConfig) -> Path | None:
 
 def build_backbone(model: DictConfig, pretrained: Path | None = None) -> Backbone:
     """The checkpoint ``model.checkpoint`` names; else the tiny model, from the checkpoint
-    ``pretrain_stage`` made of it, or random."""
+    ``pretrain_stage`` made of it, or random; each in ``model.dtype``."""
+    dtype = model.get("dtype", "float32")
     if model.get("checkpoint"):
         return load_pretrained(
             model.family,
             model.checkpoint,
-            dtype=model.get("dtype", "float32"),
+            dtype=dtype,
             attn_implementation=model.get("attn_implementation"),
             trust_remote_code=model.get("trust_remote_code", False),
         )
     if pretrained is not None:
-        backbone = load_pretrained(model.family, pretrained)
+        backbone = load_pretrained(model.family, pretrained, dtype=dtype)
         backbone.info["pretrain"] = json.loads((pretrained / "pretrain.json").read_text())
         return backbone
-    return build_tiny(model.family, model.tiny)
+    return build_tiny(model.family, model.tiny, dtype)
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -99,8 +103,12 @@ def check_settings(cfg: DictConfig, strategy) -> dict | None:
     the model is built)."""
     check_hyperparameters(**{k: v for k, v in cfg.module.items() if k in _parameters(check_hyperparameters)})
     check_data_settings(**{k: v for k, v in cfg.data.items() if k in _parameters(check_data_settings)})
+    if strategy.trains and not cfg.get("evaluate_only", False):
+        strategy.check_training(cfg)
+        check_training_length(cfg.trainer)
     check_engine(strategy, cfg.hardware.lightning_strategy)
     check_family_supports(cfg.model.family, strategy.name)
+    model_dtype(cfg.model.get("dtype", "float32"))  # a bad name now, not after minutes of pre-training
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 
@@ -115,6 +123,7 @@ def prepare(cfg: DictConfig) -> RunParts:
     Everything a user can get wrong is checked here, before any evaluation: settings first (before
     minutes of model loading), then what needs the model (the scope trains something, the
     checkpoint belongs to this model), then every record of the data."""
+    check_run_settings(cfg)  # the seed, the trainer's loop, the run directory: before anything uses them
     L.seed_everything(cfg.seed, workers=True)
     strategy = instantiate(cfg.strategy)
     checkpoint = check_settings(cfg, strategy)
@@ -146,24 +155,34 @@ def prepare(cfg: DictConfig) -> RunParts:
     runner = [StrategyRunner(strategy, backbone.components)] if strategy.acts_on_training else []
     trainer = instantiate(
         cfg.trainer,
-        callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks(),
+        callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks() + [FreshLastCheckpoint()],
         logger=loggers or False,
     )
+    use_atomic_saves(trainer)
     return RunParts(
         backbone=backbone, strategy=strategy, datamodule=datamodule, module=module, trainer=trainer, loggers=loggers
     )
 
 
-def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> dict:
+def run(cfg: DictConfig, update: Callable[[RunParts], Callable[[], dict]] | None = None) -> dict:
     """Zero-shot test (optional), fit, test on target + upstream; returns and writes results.json.
 
-    ``update(parts)`` replaces the fit with another change of the model (mllmft-merge's merge); what
-    it returns goes into ``results["run"]``."""
+    ``update`` replaces the fit with another change of the model (mllmft-merge's merge): ``update(parts)``
+    checks its input at start-up, before any evaluation, and returns the change, called where the
+    fit would be; what that returns goes into ``results["run"]``. One run at a time in a run
+    directory (mllmft.run_lock)."""
+    check_run_settings(cfg)  # before the lock, the first write into the run directory (prepare checks again)
+    with run_directory_lock(cfg.paths.output_dir):
+        return _run(cfg, update)
+
+
+def _run(cfg: DictConfig, update: Callable[[RunParts], Callable[[], dict]] | None) -> dict:
     started = time.time()
     quiet_library_notices()
     if cfg.get("print_config", True) and is_first_job():  # a sweep's jobs: each in its .hydra/config.yaml
         rank_zero_only(print_config)(cfg, cfg.paths.output_dir)
     parts = prepare(cfg)
+    change = update(parts) if update is not None else None
     module, trainer, datamodule = parts.module, parts.trainer, parts.datamodule
     rank_zero_only(print_parameters)(parts.backbone.parameter_counts(), parts.strategy.name)
     log_hyperparameters(parts.loggers, cfg, parts)
@@ -180,8 +199,8 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
         if trainer.is_global_zero:  # kept if the run stops before its end (status "partial")
             write_results(make_results(cfg, parts, scores, details, {}, 0, time.time() - started), out / "results.json")
     steps, run_info = 0, {}
-    if update is not None:
-        run_info = update(parts)
+    if change is not None:
+        run_info = change()
     elif trains:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
         # from the logged metrics: under ddp_fork/spawn the fit ran in child processes
@@ -198,7 +217,7 @@ def run(cfg: DictConfig, update: Callable[[RunParts], dict] | None = None) -> di
         print_results(results)
     if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
         # every rank takes part (a sharded model is gathered), rank 0 writes
-        exported = export_model(parts.backbone, cfg.export, out / "export", engine_for(trainer))
+        exported = export_model(parts.backbone, cfg.export, out / "export", engine_for(trainer), module.run_identity)
         if trainer.is_global_zero:
             results["export"] = str(exported)
             write_results(results, out / "results.json")
@@ -290,11 +309,8 @@ def without_nan(results: dict, upstream: bool) -> dict:
 
 def write_results(results: dict, path: Path) -> None:
     """Atomically (a crash mid-write leaves the previous file or none, never half of one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2, allow_nan=False)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomically(path, lambda file: file.write(text.encode()), "the results")
 
 
 def metric_value(results: dict, name: str) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from mllmft.backbones import COMPONENTS, Backbone
-from mllmft.checks import check_number
+from mllmft.checks import check_bool, check_number
 from mllmft.errors import ConfigError
 
 RULE_KEYS = {"train", "lr_scale", "last_n_layers"}
@@ -28,8 +28,7 @@ def apply_scope(backbone: Backbone, scope: Mapping) -> None:
         if bad:
             raise ConfigError(f"scope.{component} has unknown keys {sorted(bad)}; expected {sorted(RULE_KEYS)}")
         rule = rule or {}
-        if not isinstance(rule.get("train", False), bool):
-            raise ConfigError(f"scope.{component}.train={rule['train']!r}; expected true or false")
+        check_bool(f"scope.{component}.train", rule.get("train", False))
         check_number(f"scope.{component}.lr_scale", rule.get("lr_scale", 1.0), 0, low_open=True)
         n = rule.get("last_n_layers")
         if n is not None:  # 0 is an error, not "every layer"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mllmft.data import LlavaJsonSource, MLLMDataModule
+from mllmft.data import LlavaJsonSource, MLLMDataModule, read_llava_json
 from mllmft.errors import UserInputError
 
 CASES = 240
@@ -213,3 +213,132 @@ def test_malformed_input_trains_whole_or_stops_with_one_line(tmp_path, images, t
             assert torch.isfinite(loss), f"case {case}"
         outcomes["trained"] += 1
     assert outcomes["trained"] > 5 and outcomes["refused"] > 20, outcomes  # both paths are exercised
+
+
+# --- random JSON shapes through the reader alone (no model): fast, so many more cases ----------------
+
+SHAPE_CASES = 2000
+SHAPE_KEYS = ["id", "image", "images", "conversations", "messages", "answers", "options", "task"]
+SHAPE_KEYS += ["from", "value", "role", "content", "type", "text", "answer", "x"]
+SHAPE_STRINGS = ["", " ", "red", "<image>", "<image>\nColour?", "img.png", "../x.png", "human", "gpt", "user"]
+SHAPE_STRINGS += [
+    "assistant",
+    "system",
+    "text",
+    "image",
+    "vqa",
+    "caption",
+    "multiple_choice",
+    "A",
+    "\u0000",
+    "\U0001f600",
+]
+DEEP = "@deep@"  # replaced in the file's text by nesting deeper than Python's parser recurses, or just under
+
+
+def _random_value(rng: random.Random, depth: int = 0):
+    kinds = ["null", "bool", "int", "float", "str", "str", "list", "dict"][: 8 if depth < 4 else 6]
+    kind = rng.choice(kinds)
+    if kind == "list":
+        return [_random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))]
+    if kind == "dict":
+        return {rng.choice(SHAPE_KEYS): _random_value(rng, depth + 1) for _ in range(rng.randint(0, 3))}
+    return {
+        "null": None,
+        "bool": rng.random() < 0.5,
+        "int": rng.choice([0, -1, 7, 10**30]),
+        "float": rng.choice([0.5, -2.0, 1e308]),
+        "str": rng.choice(SHAPE_STRINGS),
+    }[kind]
+
+
+def _shape_row(rng: random.Random, i: int) -> dict:
+    if rng.random() < 0.5:
+        return _valid_row(i)
+    return {
+        "id": i,
+        "images": ["ok.png"],
+        "messages": [
+            {
+                "role": "user",
+                "content": rng.choice(["<image>Colour?", [{"type": "image"}, {"type": "text", "text": "Q"}]]),
+            },
+            {"role": "assistant", "content": "red"},
+        ],
+    }
+
+
+def _paths(value, path=()):
+    """Every position in a JSON value: a tuple of keys and indices from the top."""
+    yield path
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, child in children:
+        yield from _paths(child, (*path, key))
+
+
+def _put(value, path: tuple, new):
+    if not path:
+        return new
+    value[path[0]] = _put(value[path[0]], path[1:], new)
+    return value
+
+
+def _reshape(rng: random.Random, rows: list) -> list:
+    """A wrong type at some level: a node replaced by a random value (or by deep nesting), or a key
+    added to an object."""
+    for _ in range(rng.randint(1, 3)):
+        path = rng.choice(list(_paths(rows)))
+        node = rows
+        for key in path:
+            node = node[key]
+        if isinstance(node, dict) and rng.random() < 0.3:
+            node[rng.choice(SHAPE_KEYS)] = _random_value(rng)
+        else:
+            rows = _put(rows, path, DEEP if rng.random() < 0.1 else _random_value(rng))
+    return rows
+
+
+def _last_text(row: dict):
+    """The last turn's text as the row gives it (placeholders removed), when it is a plain string."""
+    turns = row.get("conversations") or row.get("messages")
+    last = turns[-1].get("value", turns[-1].get("content"))
+    return last.replace("<image>", "").strip() if isinstance(last, str) else None
+
+
+@pytest.mark.parametrize("chunk", range(2))
+def test_random_json_shapes_load_correctly_or_stop_with_one_line(tmp_path, chunk):
+    """Nesting and wrong types at every level of a conversation file: the reader gives the records the
+    rows describe, or one line naming the file; never another exception."""
+    outcomes = {"loaded": 0, "refused": 0}
+    for case in range(chunk * SHAPE_CASES // 2, (chunk + 1) * SHAPE_CASES // 2):
+        rng = random.Random(f"shape{case}")
+        rows = [_shape_row(rng, i) for i in range(rng.randint(1, 3))]
+        rows = _reshape(rng, rows) if rng.random() < 0.9 else rows
+        suffix = ".jsonl" if isinstance(rows, list) and rng.random() < 0.3 else ".json"
+        text = "\n".join(json.dumps(r) for r in rows) if suffix == ".jsonl" else json.dumps(rows)
+        depth = rng.choice([200, 990, 3000, 100_000])
+        path = tmp_path / f"case{case}{suffix}"
+        path.write_text(text.replace(json.dumps(DEEP), "[" * depth + "]" * depth), encoding="utf-8")
+        try:
+            records = read_llava_json(path, tmp_path)
+        except UserInputError as err:
+            message = str(err)
+            assert "\n" not in message and len(message) < 800, f"case {case}: {message}"
+            assert str(path) in message, f"case {case}: {message}"
+            outcomes["refused"] += 1
+            continue
+        except Exception as err:  # a traceback from inside the reader or a library: the defect
+            raise AssertionError(f"case {case}: {type(err).__name__}: {err}\nrows: {text[:500]}") from err
+        assert len(records) == len(rows), f"case {case}: records lost"
+        for record, row in zip(records, rows):
+            images = row.get("image", row.get("images"))
+            assert record.images == tuple(tmp_path / p for p in ([images] if isinstance(images, str) else images))
+            assert record.id == str(row["id"]) if "id" in row else record.origin in record.id
+            if _last_text(row) is not None:
+                assert record.turns[-1].text == _last_text(row), f"case {case}"
+            if row.get("answers"):
+                assert record.answers == tuple([row["answers"]] if isinstance(row["answers"], str) else row["answers"])
+            else:
+                assert record.answers == (record.turns[-1].text,), f"case {case}"
+        outcomes["loaded"] += 1
+    assert outcomes["loaded"] > 20 and outcomes["refused"] > 100, outcomes  # both paths are exercised

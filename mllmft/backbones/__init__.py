@@ -49,6 +49,7 @@ __all__ = [
     "check_family_supports",
     "find_family",
     "load_pretrained",
+    "model_dtype",
 ]
 
 
@@ -87,12 +88,21 @@ def check_family_supports(family: str, strategy: str) -> None:
         raise ConfigError(f"strategy={strategy} does not work with the {family} family: {why}")
 
 
-def build_tiny(family: str, spec: Mapping) -> Backbone:
-    """A random tiny model whose tokenizer covers the built-in data sets' text."""
+def model_dtype(name: str) -> torch.dtype:
+    """The torch dtype ``model.dtype`` names."""
+    if name not in DTYPES:
+        raise ConfigError(f"model.dtype={name!r}; expected one of {sorted(DTYPES)}")
+    return DTYPES[name]
+
+
+def build_tiny(family: str, spec: Mapping, dtype: str = "float32") -> Backbone:
+    """A random tiny model whose tokenizer covers the built-in data sets' text, its weights in ``dtype``."""
     from mllmft.data.builtin import DigitsSource, ShapesSource
 
     corpus = ShapesSource().corpus() + DigitsSource().corpus()
-    return find_family(family).build_tiny(dict(spec), corpus)
+    backbone = find_family(family).build_tiny(dict(spec), corpus)
+    backbone.model.to(model_dtype(dtype))
+    return backbone
 
 
 def load_pretrained(
@@ -104,8 +114,7 @@ def load_pretrained(
 ) -> Backbone:
     """Load a checkpoint directory (or an already-cached hub id) saved in the HF format."""
     fam = find_family(family)
-    if dtype not in DTYPES:
-        raise ConfigError(f"model.dtype={dtype!r}; expected one of {sorted(DTYPES)}")
+    torch_dtype = model_dtype(dtype)
     local = Path(checkpoint)
     if local.is_dir() and not (local / "config.json").is_file():
         raise CheckpointNotFoundError(
@@ -115,7 +124,7 @@ def load_pretrained(
     try:
         model = AutoModelForImageTextToText.from_pretrained(
             checkpoint,
-            dtype=DTYPES[dtype],
+            dtype=torch_dtype,
             attn_implementation=attn_implementation,
             trust_remote_code=trust_remote_code,
         )

@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from mllmft.data.record import Record, single_turn
+from mllmft.data.sizes import SPLITS, check_sizes, keep_first
 
 CAPTION_PROMPT = "Describe the image."
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-SPLITS = ("train", "val", "test")
 
 
 def _check_split(split: str) -> None:
@@ -61,7 +61,9 @@ class ShapesSource:
         self.name = name
         self.metric = metric
         self.metric_args = dict(metric_args or {})
-        self.sizes = {"train": 4000, "val": 120, "test": 240, **(sizes or {})}
+        # null keeps a split's default count: the scenes are drawn, not read, so there is no "all"
+        drawn = {split: n for split, n in check_sizes(sizes, f"data set {name!r}: sizes").items() if n is not None}
+        self.sizes = {"train": 4000, "val": 120, "test": 240, **drawn}
         self.seed = seed
         self.image_size = image_size
 
@@ -134,7 +136,7 @@ class DigitsSource:
         self.name = name
         self.metric = metric
         self.metric_args = dict(metric_args or {})
-        self.sizes = sizes or {}
+        self.sizes = check_sizes(sizes, f"data set {name!r}: sizes")
         self.image_size = image_size
 
     @cached_property
@@ -164,8 +166,7 @@ class DigitsSource:
             base = f"digits-{split}-{idx}"
             out.append(single_turn(f"{base}-vqa", image, self.QUESTION, word, "vqa"))
             out.append(single_turn(f"{base}-caption", image, CAPTION_PROMPT, f"a handwritten {word}", "caption"))
-        limit = self.sizes.get(split)
-        return out[:limit] if limit else out
+        return keep_first(out, self.sizes, split)
 
     def corpus(self) -> list[str]:
         return [CAPTION_PROMPT, self.QUESTION, *(f"a handwritten {w}" for w in NUMBER_WORDS), *NUMBER_WORDS]

@@ -5,9 +5,18 @@ template appends to them). The answer spans are found by rendering the conversat
 ends where each answer starts (with the generation prompt) and where it ends, and tokenizing those
 prefixes with the same processor; this works for any chat template whose rendering of a prefix is a
 prefix of the whole rendering, and it is checked token by token rather than assumed.
+
+Text is encoded as the chat template renders it, special tokens and all (the template writes its own,
+``<|im_start|>`` and the like, as text), so a special token written out in a record's text would be
+read as that token: ``check_texts`` refuses, at start-up, the records whose text holds one that would
+break the encoding (see ``reserved_tokens``).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from PIL import Image
@@ -16,6 +25,31 @@ from mllmft.data.record import Record, Turn
 from mllmft.errors import ConfigError, DataError
 
 IGNORE_INDEX = -100
+
+
+def _tokenizers(processor) -> list:
+    """The tokenizers the collator encodes text with (InstructBLIP's Q-Former reads the instruction with
+    one of its own)."""
+    found = (getattr(processor, "tokenizer", None), getattr(processor, "qformer_tokenizer", None))
+    return [tokenizer for tokenizer in found if tokenizer is not None]
+
+
+@contextmanager
+def processor_refusal(records: list[Record], sizes: list[tuple[tuple[int, int], ...]]) -> Iterator[None]:
+    """A processor's ValueError about these records' inputs (Qwen2-VL refuses an image whose sides
+    differ more than 200-fold) as a DataError naming them and their image sizes."""
+    try:
+        yield
+    except DataError:
+        raise
+    except ValueError as err:
+        described = "; ".join(
+            f"{r.where()} (image{'s' * (len(s) > 1)} of {', '.join(f'{w}x{h}' for w, h in s)} pixels)"
+            for r, s in zip(records[:3], sizes)
+        )
+        more = f" and {len(records) - 3} more" if len(records) > 3 else ""
+        which = "it" if len(records) == 1 else "one of them"
+        raise DataError(f"{described}{more}: the model's processor refuses {which}: {err}") from err
 
 
 def to_messages(turns: tuple[Turn, ...], n_images: int) -> list[dict]:
@@ -61,6 +95,39 @@ class ConversationCollator:
                     "that reads several (llava, qwen2_vl, smolvlm, ...)"
                 )
 
+    def reserved_tokens(self) -> list[str]:
+        """The special tokens a record's text must not hold written out, longest first: the tokenizers'
+        named ones (BOS, EOS, padding, unknown...), the processor's own (image and video tokens, their
+        delimiters) and those the chat template writes (turn markers, end of turn). Another special
+        token (Qwen's ``<|box_start|>`` for grounding) encodes as itself, which is what its writer means."""
+        # BLIP-2's processor holds its image token as an AddedToken
+        tokens = {getattr(v, "content", v) for k, v in vars(self.processor).items() if k.endswith("_token")}
+        rendered = self.render((Turn("user", "q"), Turn("assistant", "a"), Turn("user", "q")), 1, True)
+        for tokenizer in _tokenizers(self.processor):
+            tokens.update(tokenizer.special_tokens_map.values())
+            tokens.update(token for token in tokenizer.all_special_tokens if token in rendered)
+        return sorted((t for t in tokens if isinstance(t, str) and t.strip()), key=len, reverse=True)
+
+    def check_texts(self, records: list[Record]) -> None:
+        """Refuse a record whose encoded text holds a reserved token written out (``</s>``, ``<pad>``, an
+        image token): it would be read as that token, not as text, so an answer would end early or
+        hold padding, or ask for an image the record does not have. (Encoding the text with special
+        tokens split is no way out: the chat template writes its own special tokens as text.) In
+        generation only the prompt is encoded; the last answer is a reference."""
+        tokens = self.reserved_tokens()
+        if not tokens:
+            return
+        pattern = re.compile("|".join(map(re.escape, tokens)))
+        for record in records:
+            for i, turn in enumerate(record.prompt_turns if self.generate else record.turns):
+                found = pattern.search(turn.text)
+                if found:
+                    raise DataError(
+                        f"{record.where()}: turn {i} ({turn.role}) holds {found.group()!r}, a special token of "
+                        "the model's tokenizer, written as text; it would be read as that token (an end of "
+                        "text, padding, an image), so remove or reword it"
+                    )
+
     def render(self, turns: tuple[Turn, ...], n_images: int, add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
             to_messages(turns, n_images), tokenize=False, add_generation_prompt=add_generation_prompt
@@ -82,7 +149,8 @@ class ConversationCollator:
         indices, records, images = zip(*items)
         if self.generate:
             texts = [self.render(r.prompt_turns, len(r.images), add_generation_prompt=True) for r in records]
-            inputs = dict(self.encode(texts, list(images), padding_side="left"))
+            with processor_refusal(list(records), _sizes(images)):
+                inputs = dict(self.encode(texts, list(images), padding_side="left"))
             self.check_lengths(records, inputs["attention_mask"].sum(1).tolist(), "prompt")
             labels = None
         else:
@@ -99,7 +167,8 @@ class ConversationCollator:
 
     def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:
         full = [self.render(r.turns, len(r.images), add_generation_prompt=False) for r in records]
-        inputs = dict(self.encode(full, images, padding_side="right"))
+        with processor_refusal(list(records), _sizes(images)):
+            inputs = dict(self.encode(full, images, padding_side="right"))
         lengths = inputs["attention_mask"].sum(1)
         self.check_lengths(records, lengths.tolist(), "conversation")
 
@@ -153,10 +222,11 @@ class ConversationCollator:
         texts = [self._length_text(r) for r in records]
         text_lengths = [len(ids) for ids in self.processor.tokenizer(texts)["input_ids"]]
         image_tokens: dict[tuple[tuple[int, int], ...], int] = {}
-        for text, n, record_sizes in zip(texts, text_lengths, sizes):
+        for record, text, n, record_sizes in zip(records, texts, text_lengths, sizes):
             if record_sizes not in image_tokens:
                 blanks = [Image.new("RGB", size) for size in record_sizes]
-                encoded = self.encode([text], [blanks], padding_side="right")
+                with processor_refusal([record], [record_sizes]):  # at start-up: the images' sizes are all it needs
+                    encoded = self.encode([text], [blanks], padding_side="right")
                 image_tokens[record_sizes] = int(encoded["attention_mask"].sum()) - n
         return [n + image_tokens[record_sizes] for n, record_sizes in zip(text_lengths, sizes)]
 
@@ -173,3 +243,7 @@ class ConversationCollator:
                     f"data.max_length={self.max_length}; truncating would cut the image or the answer. "
                     "Raise data.max_length or shorten the record."
                 )
+
+
+def _sizes(images) -> list[tuple[tuple[int, int], ...]]:
+    return [tuple(image.size for image in sample) for sample in images]

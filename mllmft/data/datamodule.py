@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
@@ -18,6 +19,7 @@ from mllmft.console import progress
 from mllmft.data.collate import ConversationCollator
 from mllmft.data.images import MAX_IMAGE_PIXELS, NOTES
 from mllmft.data.record import IMAGE_CHECKS, Record
+from mllmft.data.sizes import check_sizes
 from mllmft.data.test_set import TestSet
 from mllmft.errors import ConfigError, DataError
 
@@ -73,11 +75,13 @@ class MLLMDataModule(L.LightningDataModule):
     """``test_dataloader`` returns the target's test set first, then each upstream set.
 
     Every split is checked when first read, before any step or evaluation runs: each record's
-    fields; duplicate ids (a warning); image paths read from data files stay under their root
-    unless ``allow_outside_root``; every image as thoroughly as ``image_check`` says (``decode``:
+    fields; duplicate ids (a warning); no special token of the tokenizer written out in the text it
+    encodes; image paths read from data files stay under their root (links resolved) unless
+    ``allow_outside_root``; every image as thoroughly as ``image_check`` says (``decode``:
     fully decoded, with a count of images that needed converting; ``header``: opened and verified;
     ``exists``; ``none``) and no larger than ``max_image_pixels``; and, with ``length_check``, each
-    record's token count as the processor encodes it (image tokens included) against ``max_length``.
+    record's token count as the processor encodes it (image tokens included) against ``max_length``,
+    which also finds the images the processor refuses (Qwen2-VL's aspect-ratio limit).
     """
 
     def __init__(
@@ -153,13 +157,15 @@ class MLLMDataModule(L.LightningDataModule):
             for record in records:
                 record.validate()
             self.collator_class.check_image_counts(records)
+            collator = self.collator_class(self.processor, self.max_length, generate)
+            collator.check_texts(records)
             where = f"data set {source.name!r} ({split})"
             warn_duplicate_ids(where, records)
             if not self.allow_outside_root:
                 refuse_outside_root(records)
             sizes = self._check_images(where, records)
             if self.length_check:
-                self._check_lengths(where, records, sizes, generate)
+                self._check_lengths(collator, where, records, sizes)
             self._splits[key] = RecordDataset(records, self.max_image_pixels)
         return self._splits[key]
 
@@ -190,9 +196,8 @@ class MLLMDataModule(L.LightningDataModule):
             log.warning("%s: %d image%s %s", where, count, "s" * (count > 1), NOTES[note])
         return [checked[_image_key(r)][0] for r in records]
 
-    def _check_lengths(self, where: str, records: list[Record], sizes, generate: bool) -> None:
-        collator = self.collator_class(self.processor, self.max_length, generate)
-        what = "prompt" if generate else "conversation"
+    def _check_lengths(self, collator: ConversationCollator, where: str, records: list[Record], sizes) -> None:
+        what = "prompt" if collator.generate else "conversation"
         lengths: list[int] = []
         for start in progress(range(0, len(records), 256), f"counting tokens of {where}", (len(records) + 255) // 256):
             lengths += collator.token_lengths(records[start : start + 256], sizes[start : start + 256])
@@ -281,8 +286,11 @@ def check_settings(
     max_length: int = 1,
     image_check: str = "decode",
     max_image_pixels: int = MAX_IMAGE_PIXELS,
+    target: Mapping | None = None,
+    upstream: Mapping | None = None,
 ) -> None:
-    """The data knobs, in range."""
+    """The data knobs, in range; ``target`` and ``upstream`` are the data sets' configs (a run checks
+    their ``sizes`` here, before any model is built; each source checks its own again when built)."""
     for key, value, low in (
         ("batch_size", batch_size, 1),
         ("eval_batch_size", eval_batch_size, 1),
@@ -293,6 +301,10 @@ def check_settings(
         check_number(f"data.{key}", value, low, integer=True)
     if image_check not in IMAGE_CHECKS:
         raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+    sources = {"data.target": target, **{f"data.upstream.{k}": v for k, v in (upstream or {}).items()}}
+    for key, source in sources.items():
+        if isinstance(source, Mapping):
+            check_sizes(source.get("sizes"), f"{key}.sizes")
 
 
 def _image_key(record: Record) -> tuple:
@@ -315,10 +327,13 @@ def warn_duplicate_ids(where: str, records: list[Record]) -> None:
 
 
 def refuse_outside_root(records: list[Record]) -> None:
+    real_dirs: dict[str, str] = {}  # each folder resolved once for the whole split
     for record in records:
-        path = record.path_outside_root()
+        path = record.path_outside_root(real_dirs)
         if path is not None:
+            real = os.path.realpath(path)
+            link = f" (resolves to {real})" if real != os.path.abspath(path) else ""
             raise DataError(
-                f"{record.where()}: image path {path} leaves the data root {record.image_root}; "
+                f"{record.where()}: image path {path}{link} leaves the data root {record.image_root}; "
                 "move the file under it, or set data.allow_outside_root=true"
             )

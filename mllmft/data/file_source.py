@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
-from mllmft.data.llava_json import read_text
+from mllmft.data.llava_json import parse_json, read_text
 from mllmft.data.record import Record
+from mllmft.data.sizes import check_sizes, keep_first
 from mllmft.errors import DataError
 
 VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
@@ -47,7 +47,7 @@ class FileSource:
         self.prompt = prompt
         self.metric = metric or self.metric
         self.metric_args = dict(metric_args or {})
-        self.sizes = sizes or {}
+        self.sizes = check_sizes(sizes, f"data set {name!r}: sizes")
         self.max_new_tokens = max_new_tokens or self.max_new_tokens
 
     def has_split(self, split: str) -> bool:
@@ -72,8 +72,7 @@ class FileSource:
                 f"data set {self.name!r}: {path} is not in {type(self).__name__}'s layout "
                 f"({type(err).__name__}: {err}); see the reader's docstring"
             ) from err
-        limit = self.sizes.get(split)
-        records = records[:limit] if limit else records
+        records = keep_first(records, self.sizes, split)
         # paths built from the files' contents (ids, file names) must stay under the image root
         return [r if r.image_root is not None else replace(r, image_root=self.image_root) for r in records]
 
@@ -83,7 +82,4 @@ class FileSource:
     def load_json(self, path: Path):
         if not path.is_file():
             raise DataError(f"data set {self.name!r}: file not found: {path}")
-        try:
-            return json.loads(read_text(path))
-        except json.JSONDecodeError as err:
-            raise DataError(f"data set {self.name!r}: {path} is not valid JSON: {err}") from err
+        return parse_json(read_text(path), f"data set {self.name!r}: {path}")

@@ -12,15 +12,15 @@ import base64
 import binascii
 import csv
 import io
-import json
 import sys
 from pathlib import Path
 
 from PIL import Image
 
 from mllmft.data.file_source import FileSource
-from mllmft.data.llava_json import read_text
+from mllmft.data.llava_json import parse_json, read_text
 from mllmft.data.record import Record, single_turn
+from mllmft.data.sizes import check_sizes, keep_first
 from mllmft.data.vqa_sets import CHOICE_SUFFIX, letter_options
 from mllmft.errors import DataError
 from mllmft.metrics.general import MME_COGNITION, MME_PERCEPTION
@@ -33,11 +33,10 @@ class _QuestionLimit(FileSource):
 
     def __init__(self, *args, sizes: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.limits = dict(sizes or {})
+        self.limits = check_sizes(sizes, f"data set {self.name!r}: sizes")
 
     def limit(self, split: str, items: list) -> list:
-        n = self.limits.get(split)
-        return items[:n] if n else items
+        return keep_first(items, self.limits, split)
 
 
 class POPE(_QuestionLimit):
@@ -49,7 +48,10 @@ class POPE(_QuestionLimit):
 
     def read(self, path: Path, split: str) -> list[Record]:
         text = read_text(path).strip()
-        rows = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line]
+        if text.startswith("["):
+            rows = parse_json(text, str(path))
+        else:
+            rows = [parse_json(line, f"{path}:{n}") for n, line in enumerate(text.splitlines(), 1) if line]
         out = []
         for row in self.limit(split, rows):
             label = str(row["label"]).strip().lower()

@@ -8,13 +8,17 @@ that ``load_dataset`` reads) or a dataset name already in the HF cache, with a c
       splits: {train: train, val: validation, test: test}
       columns: {image: image, question: question, answer: answer, answers: answers}
 
-``image`` may be an Image feature or a path (relative to ``image_root``). ``answers`` (a list column,
-optional) holds the references; else the answer is the reference. Images are decoded lazily, per
-sample, so a large set is never held in memory.
+``image`` may be an Image feature, decoded lazily per sample (a large set is never held in memory),
+or a string column of file paths relative to ``image_root``, which must then be set; such a path must
+stay inside it, as in every data file (``data.allow_outside_root`` lifts that). ``answers`` (a list
+column, optional) holds the references; else the answer is the reference. A question or answer
+cell must be text or a number: an empty one (null) is refused, never read as the text "None".
 """
 
 from __future__ import annotations
 
+import math
+import reprlib
 from functools import partial
 from pathlib import Path
 
@@ -22,23 +26,36 @@ from PIL import Image
 
 from mllmft.data.file_source import VQA_PROMPT
 from mllmft.data.record import Record, single_turn
+from mllmft.data.sizes import check_sizes, keep_first
 from mllmft.errors import DataError
 
 COLUMNS = {"image": "image", "question": "question", "answer": "answer", "answers": None, "id": None}
 
 
-def _references(value) -> tuple[str, ...]:
-    """An answers cell: a list (of strings or numbers), or one string (never split into characters)."""
+def _text(value, column: str, where: str) -> str:
+    """A text cell: a string, or a number (a count); null, NaN or any other type is refused."""
     if isinstance(value, str):
-        return (value,)
-    return tuple(str(a) for a in value or ())
-
-
-def _open(ds, column: str, image_root: Path | None, index: int) -> Image.Image:
-    value = ds[index][column]
-    if isinstance(value, Image.Image):
         return value
-    return Image.open(image_root / value if image_root else value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)
+    raise DataError(f"{where}: column {column!r} holds {reprlib.repr(value)}; expected text")
+
+
+def _references(value, column: str, where: str) -> tuple[str, ...]:
+    """An answers cell: a list (of strings or numbers), or one string (never split into characters);
+    an empty cell is no references (which the record's check refuses)."""
+    if value is None or isinstance(value, str):
+        return () if value is None else (value,)
+    if not isinstance(value, (list, tuple)):
+        raise DataError(f"{where}: column {column!r} holds {reprlib.repr(value)}; expected a list of answers")
+    return tuple(_text(a, column, where) for a in value)
+
+
+def _open(ds, column: str, index: int) -> Image.Image:
+    value = ds[index][column]
+    if not isinstance(value, Image.Image):  # Record turns this into a DataError naming the record
+        raise ValueError(f"column {column!r} holds {reprlib.repr(value)}, not an image")
+    return value
 
 
 class HFDataset:
@@ -67,7 +84,7 @@ class HFDataset:
         self.image_root = Path(image_root) if image_root else None
         self.prompt, self.task, self.metric = prompt, task, metric
         self.metric_args = dict(metric_args or {})
-        self.sizes = sizes or {}
+        self.sizes = check_sizes(sizes, f"data set {name!r}: sizes")
 
     def has_split(self, split: str) -> bool:
         return bool(self.splits.get(split))
@@ -98,21 +115,46 @@ class HFDataset:
     def records(self, split: str) -> list[Record]:
         ds = self._load(split)
         c = self.columns
-        limit = self.sizes.get(split) or len(ds)
-        text = ds.select_columns([x for x in (c["question"], c["answer"], c["answers"], c["id"]) if x])
+        paths = self._holds_paths(ds)
+        read = [c["question"], c["answer"], c["answers"], c["id"], c["image"] if paths else None]
+        rows = ds.select_columns(list(dict.fromkeys(x for x in read if x)))
         out = []
-        for i, row in enumerate(text.select(range(min(limit, len(ds))))):
-            answers = _references(row[c["answers"]]) if c["answers"] else (str(row[c["answer"]]),)
-            rid = f"{self.name}-{row[c['id']] if c['id'] else i}"
+        indices = keep_first(range(len(ds)), self.sizes, split)
+        for i, row in zip(indices, rows.select(indices)):
+            origin = f"{self.path}[{self.splits[split]}][{i}]"
+            rid = f"{self.name}-{_text(row[c['id']], c['id'], origin) if c['id'] else i}"
+            where = f"record {rid!r} ({origin})"
+            answer = _text(row[c["answer"]], c["answer"], where)
             out.append(
                 single_turn(
                     rid,
-                    partial(_open, ds, c["image"], self.image_root, i),
-                    self.prompt.format(question=row[c["question"]]),
-                    str(row[c["answer"]]),
+                    self._image_path(row[c["image"]], where) if paths else partial(_open, ds, c["image"], i),
+                    self.prompt.format(question=_text(row[c["question"]], c["question"], where)),
+                    answer,
                     self.task,
-                    answers=answers,
-                    origin=f"{self.path}[{self.splits[split]}][{i}]",
+                    answers=_references(row[c["answers"]], c["answers"], where) if c["answers"] else (answer,),
+                    origin=origin,
+                    image_root=self.image_root if paths else None,
                 )
             )
         return out
+
+    def _holds_paths(self, ds) -> bool:
+        """Whether the image column holds file paths (strings) rather than pictures."""
+        import datasets
+
+        feature = ds.features[self.columns["image"]]
+        paths = isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
+        if paths and self.image_root is None:
+            raise DataError(
+                f"data set {self.name!r}: its image column {self.columns['image']!r} holds file paths; set "
+                "image_root to the folder they are relative to (their paths must stay inside it)"
+            )
+        return paths
+
+    def _image_path(self, value, where: str) -> Path:
+        if not isinstance(value, str) or not value.strip():
+            column = self.columns["image"]
+            raise DataError(f"{where}: column {column!r} holds {reprlib.repr(value)}; expected a file path")
+        assert self.image_root is not None  # _holds_paths requires it
+        return self.image_root / value

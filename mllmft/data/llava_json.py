@@ -24,7 +24,9 @@ InstructBLIP) refuses the record at start-up. Each path is relative to ``image_r
 inside it (``data.allow_outside_root=true`` lifts that). The ``<image>`` placeholders are removed from
 the text (the backbone's chat template puts the images where its family expects them); when a record
 has them, there is one per image, and several images' placeholders must open the first user turn
-(images interleaved with the text are refused rather than moved). Every field's type is checked; a key this reader does
+(images interleaved with the text are refused rather than moved), and a placeholder in a later turn is
+refused rather than moved to the first. A record gives either ``conversations`` or ``messages``, and
+either ``image`` or ``images``, never both. Every field's type is checked; a key this reader does
 not know (a typo such as ``answer``) is reported once per file, with the number of records.
 """
 
@@ -33,10 +35,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import sys
 from collections import Counter
 from pathlib import Path
 
 from mllmft.data.record import Record, Turn
+from mllmft.data.sizes import check_sizes, keep_first
 from mllmft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -45,11 +49,36 @@ KEYS = {"id", "image", "conversations", "messages", "images", "answers", "option
 PLACEHOLDER = "<image>"
 
 
+# keys that say the same thing in the two formats: a record with both would silently lose one
+EXCLUSIVE_KEYS = (("conversations", "messages"), ("image", "images"))
+
+
 def read_llava_json(path: str | Path, image_root: str | Path, default_task: str = "vqa") -> list[Record]:
     """The records of a LLaVA-style JSON / JSONL file (or ms-swift / TRL ``messages`` + ``images``), checked."""
     rows = load_llava_rows(path)
     warn_unknown_keys(path, (row for _, row in rows), KEYS)
-    return [llava_record(origin, row, Path(image_root), default_task) for origin, row in rows]
+    return [_checked_record(origin, row, Path(image_root), default_task) for origin, row in rows]
+
+
+def _checked_record(origin: str, row: dict, image_root: Path, default_task: str) -> Record:
+    try:
+        return llava_record(origin, row, image_root, default_task)
+    except RecursionError as err:  # a value nested so deeply that printing it for a message recurses too far
+        raise DataError(f"{origin}: a value nested too deeply to report; flatten the record") from err
+
+
+def parse_json(text: str, where: str):
+    """``text`` parsed; invalid JSON, or JSON nested deeper than Python's parser recurses, is a
+    DataError naming ``where``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        position = f"line {err.lineno} column {err.colno}" if "\n" in text else f"column {err.colno}"
+        raise DataError(f"{where}: not valid JSON: {err.msg} ({position})") from err
+    except RecursionError as err:
+        raise DataError(
+            f"{where}: JSON nested too deeply to read (more than about {sys.getrecursionlimit()} levels)"
+        ) from err
 
 
 def read_text(path: Path) -> str:
@@ -66,18 +95,10 @@ def load_llava_rows(path: str | Path) -> list[tuple[str, dict]]:
         raise DataError(f"conversation file not found: {path}")
     text = read_text(path)
     if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append((f"{path}:{n}", json.loads(line)))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path}:{n}: not valid JSON: {err.msg} (column {err.colno})") from err
+        lines = enumerate(text.splitlines(), 1)
+        rows = [(f"{path}:{n}", parse_json(line, f"{path}:{n}")) for n, line in lines if line.strip()]
     else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataError(f"{path}: not valid JSON: {err}") from err
+        data = parse_json(text, str(path))
         if not isinstance(data, list):
             raise DataError(f"{path}: the top level must be a list of records, got a {type(data).__name__}")
         rows = [(f"{path}[{n}]", row) for n, row in enumerate(data)]
@@ -103,6 +124,9 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
     if not isinstance(rid, (str, int)) or isinstance(rid, bool):
         raise DataError(f"{origin}: 'id' must be a string or an integer, got {_short(rid)}")
     where = f"record {str(rid)!r} ({origin})"
+    for first, second in EXCLUSIVE_KEYS:
+        if first in row and second in row:
+            raise DataError(f"{where}: has both {first!r} and {second!r}; give one (both would lose one silently)")
     images, turns = _messages_record(row, where) if "messages" in row else _conversations_record(row, where)
     turns = without_placeholders(turns, len(images), where)
     last_answer = (turns[-1].text,) if turns and turns[-1].role == "assistant" else ()
@@ -125,7 +149,14 @@ def llava_record(origin: str, row: dict, image_root: Path, default_task: str) ->
 
 def without_placeholders(turns: list[Turn], n_images: int, where: str) -> list[Turn]:
     """The turns without their ``<image>`` placeholders, once these are checked against the images:
-    none, or one per image; several images' placeholders open the first user turn, where the images go."""
+    none, or one per image, in the first user turn (where every family puts the images); several
+    images' placeholders open it."""
+    for i, turn in enumerate(turns[1:], 1):
+        if PLACEHOLDER in turn.text:
+            raise DataError(
+                f"{where}: turn {i} ({turn.role}) has an {PLACEHOLDER} placeholder; the images go before "
+                f"the text of the first user turn (turn 0), so their placeholders must be there"
+            )
     count = sum(turn.text.count(PLACEHOLDER) for turn in turns)
     if count and count != n_images:
         raise DataError(
@@ -231,7 +262,10 @@ def string_list(value, field: str, where: str) -> tuple[str, ...]:
 
 
 def _short(value, limit: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except RecursionError:
+        return f"a {type(value).__name__} nested too deeply to print"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -265,7 +299,7 @@ class LlavaJsonSource:
         self.image_root = image_root
         self.files = {"train": train, "val": val, "test": test}
         self.task = task
-        self.sizes = sizes or {}  # at most this many records per split (quick runs on big sets)
+        self.sizes = check_sizes(sizes, f"data set {name!r}: sizes")  # at most this many records per split
 
     def has_split(self, split: str) -> bool:
         return bool(self.files.get(split))
@@ -288,6 +322,5 @@ class LlavaJsonSource:
             if file is None:
                 raise DataError(f"data set {self.name!r} has no {split!r} file; set it in its data config")
             records = read_llava_json(file, self.image_root, self.task)
-            limit = self.sizes.get(split)
-            self._records[split] = records[:limit] if limit else records
+            self._records[split] = keep_first(records, self.sizes, split)
         return self._records[split]

@@ -87,14 +87,15 @@ class Record:
         """The record, and which of its images when it has several (for error messages)."""
         return self.where() if len(self.images) == 1 else f"{self.where()}, image {k + 1} of {len(self.images)}"
 
-    def path_outside_root(self) -> Path | None:
+    def path_outside_root(self, real_dirs: dict[str, str] | None = None) -> Path | None:
         """The first image path read from a data file that leaves its root (``../x.png``, an absolute
-        path), or None."""
+        path, a symbolic link to a file elsewhere), or None. Both are resolved first: the path's text
+        alone would let a link inside the root lead out of it. ``real_dirs``: see ``real_path``."""
         if self.image_root is None:
             return None
-        root = os.path.abspath(self.image_root)
+        root = real_path(self.image_root, real_dirs)
         for image in self.images:
-            if isinstance(image, (str, Path)) and os.path.commonpath([root, os.path.abspath(image)]) != root:
+            if isinstance(image, (str, Path)) and os.path.commonpath([root, real_path(image, real_dirs)]) != root:
                 return Path(image)
         return None
 
@@ -144,6 +145,19 @@ class Record:
     def prompt_turns(self) -> tuple[Turn, ...]:
         """The conversation up to (not including) the final answer: what generation starts from."""
         return self.turns[:-1]
+
+
+def real_path(path: str | Path, real_dirs: dict[str, str] | None = None) -> str:
+    """``os.path.realpath``; with ``real_dirs`` (folder -> its real path, filled as it goes) each folder
+    is resolved once: realpath costs a system call per component, and a data set keeps its many
+    images in a few folders. Only the file itself is then looked at, for being a link."""
+    path = os.path.abspath(path)
+    if real_dirs is None or os.path.islink(path):
+        return os.path.realpath(path)
+    folder, name = os.path.split(path)
+    if folder not in real_dirs:
+        real_dirs[folder] = os.path.realpath(folder)
+    return os.path.join(real_dirs[folder], name)
 
 
 def _check_strings(record: Record, field: str, values) -> None:

@@ -6,6 +6,11 @@ tensor, written into the live (θ0) model. No training loop; the evaluation is m
 training checkpoint (trainable tensors only: every other tensor of θ_ft is θ0's). A training
 checkpoint is read memory-mapped; an HF directory is loaded once beside the live model, so memory
 never holds more than one extra copy of the model.
+
+θ_ft must be a fine-tuning of this θ0, checked at start-up, before any evaluation: a checkpoint by its
+recorded run identity (checkpoint_match), an HF directory by its model type, every tensor's name and
+shape, and the base identity its export recorded (export.RECORD); and it must be whole (an export cut
+short by a full disk is passed over for the run's last.ckpt) and finite.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mllmft.errors import CheckpointNotFoundError, ConfigError
+from mllmft.checkpoint_match import check_base, check_checkpoint, read_checkpoint
+from mllmft.errors import CheckpointNotFoundError, ConfigError, UserInputError
 
 if TYPE_CHECKING:
     from mllmft.run import RunParts
@@ -34,6 +40,7 @@ class MergeMethod:
 
     name = "base"
     written: frozenset[str] | set[str] = frozenset()
+    calibrates = False  # prepare() reads the target's training data (checked at start-up)
 
     def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
         pass
@@ -59,51 +66,60 @@ class FinetunedWeights:
 
     @classmethod
     def open(cls, path: str | Path, backbone, run_identity: dict | None = None) -> FinetunedWeights:
-        path = Path(path)
-        run_strategy = None
-        if path.is_dir() and not (path / "config.json").is_file():  # a run directory of mllmft-train
-            run_strategy = _strategy_of_run(path)
-            if (path / "export" / "config.json").is_file():
-                path = path / "export"
-            elif (path / "checkpoints" / "last.ckpt").is_file():
-                path = path / "checkpoints" / "last.ckpt"
-            else:
-                raise CheckpointNotFoundError(
-                    f"finetuned={path}: neither an HF directory nor a run directory with "
-                    "export/ or checkpoints/last.ckpt"
-                )
+        return cls.load(*locate_finetuned(path), backbone, run_identity)
+
+    @classmethod
+    def load(cls, path: Path, run_strategy: str | None, backbone, run_identity: dict | None) -> FinetunedWeights:
+        """θ_ft from what ``locate_finetuned`` found, matched to the base model ``backbone`` (whose
+        identity, before any change, is ``run_identity``): one line naming finetuned= if it is not a
+        fine-tuning of it."""
         if path.is_dir():
-            weights = cls._from_hf(path, backbone)
-        elif path.is_file():
-            weights = cls._from_checkpoint(path, run_identity)
+            weights = cls._from_hf(path, backbone, run_identity)
         else:
-            raise CheckpointNotFoundError(f"finetuned={path}: no such file or directory")
-        weights.check_against(backbone.model)
+            weights = cls._from_checkpoint(path, run_identity)
+        weights.check_against(backbone.model, whole=path.is_dir())
+        weights.check_finite()
         weights.strategy = run_strategy or weights.strategy
         return weights
 
     @classmethod
-    def _from_hf(cls, path: Path, backbone) -> FinetunedWeights:
+    def _from_hf(cls, path: Path, backbone, run_identity: dict | None) -> FinetunedWeights:
         from mllmft.backbones import load_pretrained
 
+        where = f"finetuned={path}"
+        model_type = _read_json(path / "config.json", where).get("model_type")
+        if model_type != backbone.model.config.model_type:
+            raise ConfigError(
+                f"{where} holds a {model_type!r} model, not a {backbone.model.config.model_type!r} one: it is "
+                f"not a fine-tuning of this run's base model ({backbone.source})"
+            )
+        recorded = _export_identity(path)
+        if recorded is not None and run_identity is not None:  # before minutes of loading another model
+            check_base(recorded, run_identity, where, "fine-tuned")
         dtype = str(next(backbone.model.parameters()).dtype).removeprefix("torch.")
-        finetuned = load_pretrained(backbone.family, path, dtype=dtype)
-        return cls({n: p.detach() for n, p in finetuned.model.named_parameters()}, str(path))
+        try:
+            finetuned = load_pretrained(backbone.family, path, dtype=dtype)
+        except UserInputError as err:
+            cause = err.__cause__ or err
+            raise ConfigError(f"{where}: cannot load it ({type(cause).__name__}: {_first_line(cause)})") from err
+        tensors = {n: p.detach() for n, p in finetuned.model.named_parameters()}
+        return cls(tensors, str(path), strategy=(recorded or {}).get("strategy"))
 
     @classmethod
     def _from_checkpoint(cls, path: Path, run_identity: dict | None) -> FinetunedWeights:
-        from mllmft.checkpoint_match import check_checkpoint, read_checkpoint
-
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, key="finetuned")
         if run_identity is not None:  # the checkpoint's base must be this θ0 (its frozen rest is θ0's)
-            check_checkpoint(checkpoint, run_identity, path, resuming=False)
+            check_checkpoint(checkpoint, run_identity, path, resuming=False, key="finetuned")
         prefix = "model."
-        tensors = {k[len(prefix) :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith(prefix)}
+        state = checkpoint.get("state_dict")
+        tensors = {k[len(prefix) :]: v for k, v in (state or {}).items() if k.startswith(prefix)}
         if not tensors:
             raise ConfigError(f"finetuned={path} holds no model tensors")
         return cls(tensors, str(path), strategy=(checkpoint.get("mllmft") or {}).get("strategy"))
 
-    def check_against(self, model: nn.Module) -> None:
+    def check_against(self, model: nn.Module, whole: bool) -> None:
+        """Every tensor is one of ``model``'s, of its shape; ``whole`` (an HF directory, not a
+        checkpoint of the trainable tensors): every tensor of ``model`` is there too."""
         params = dict(model.named_parameters())
         unknown = sorted(set(self.tensors) - set(params))
         if unknown:
@@ -112,6 +128,12 @@ class FinetunedWeights:
                 f"(e.g. {unknown[:3]}): was it trained from another model, or with a peft strategy "
                 "(merge its export=merged instead)?"
             )
+        missing = sorted(set(params) - set(self.tensors)) if whole else []
+        if missing:
+            raise ConfigError(
+                f"finetuned={self.source} lacks {len(missing)} tensors of this model (e.g. {missing[:3]}): "
+                "it is another model than this run's base"
+            )
         for name, tensor in self.tensors.items():
             if tuple(tensor.shape) != tuple(params[name].shape):
                 raise ConfigError(
@@ -119,12 +141,113 @@ class FinetunedWeights:
                     f"{list(params[name].shape)}"
                 )
 
+    def check_finite(self) -> None:
+        """A diverged fine-tuning's NaN or infinite weights would merge into a model that scores
+        nothing, silently."""
+        for name, tensor in self.tensors.items():
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                raise ConfigError(
+                    f"finetuned={self.source}: {name} holds NaN or infinite values (the fine-tuning diverged?)"
+                )
+
+
+def locate_finetuned(path: str | Path) -> tuple[Path, str | None]:
+    """What ``finetuned=`` names, found without loading it (at start-up): an HF directory, a training
+    checkpoint, or a run directory's complete ``export/`` (else its ``checkpoints/last.ckpt``); and the
+    strategy of the run, for a run directory."""
+    path = Path(path)
+    if path.is_file():
+        return path, None
+    if not path.is_dir():
+        raise CheckpointNotFoundError(f"finetuned={path}: no such file or directory")
+    if (path / "config.json").is_file():  # an HF directory
+        _check_complete(path, f"finetuned={path}")
+        return path, None
+    if (path / "adapter_config.json").is_file():
+        raise ConfigError(
+            f"finetuned={path} is a peft adapter directory (export=adapter): a merge needs whole weights; "
+            "give the run directory of a peft run exported with export=merged"
+        )
+    export, last = path / "export", path / "checkpoints" / "last.ckpt"
+    if (export / "config.json").is_file():
+        problem = _incomplete(export)
+        if problem is None:
+            return export, _strategy_of_run(path)
+        if not last.is_file():
+            raise ConfigError(f"finetuned={path}: its export/ is incomplete ({problem}) and there is no {last}")
+        log.warning(
+            "finetuned=%s: its export/ is incomplete (%s); merging checkpoints/last.ckpt instead", path, problem
+        )
+    if last.is_file():
+        return last, _strategy_of_run(path)
+    if last.is_dir():
+        raise ConfigError(
+            f"finetuned={path}: its checkpoints/last.ckpt is a sharded checkpoint (FSDP2, DeepSpeed), which a "
+            "merge cannot read; train with export=merged and merge the export"
+        )
+    raise CheckpointNotFoundError(
+        f"finetuned={path}: neither an HF directory nor a run directory with export/ or checkpoints/last.ckpt"
+    )
+
+
+# the weights of an HF directory, as save_pretrained writes them: one file, or an index of shards
+WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def _incomplete(directory: Path) -> str | None:
+    """Why an HF directory cannot be whole (a write cut short), or None."""
+    for index in INDEXES:
+        if (directory / index).is_file():
+            weight_map = _read_json(directory / index, f"finetuned={directory}").get("weight_map")
+            if not isinstance(weight_map, dict):
+                return f"{index} has no weight_map"
+            absent = sorted({str(f) for f in weight_map.values()} - {p.name for p in directory.iterdir()})
+            return f"{index} lists {len(absent)} missing files (e.g. {absent[0]})" if absent else None
+    if not any((directory / name).is_file() for name in WEIGHTS):
+        return f"config.json but no weights ({' / '.join(WEIGHTS + INDEXES)})"
+    return None
+
+
+def _check_complete(directory: Path, where: str) -> None:
+    problem = _incomplete(directory)
+    if problem is not None:
+        raise ConfigError(f"{where} is an incomplete HF directory: {problem}")
+
+
+def _export_identity(directory: Path) -> dict | None:
+    """The identity mllmft-train recorded in its export (export.RECORD); None for any other HF directory."""
+    from mllmft.export import RECORD
+
+    if not (directory / RECORD).is_file():
+        return None
+    identity = _read_json(directory / RECORD, f"finetuned={directory}").get("run_identity")
+    if identity is not None and not isinstance(identity, dict):
+        raise ConfigError(f"finetuned={directory}: {RECORD} holds no run identity (damaged?)")
+    return identity
+
+
+def _read_json(path: Path, where: str) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise ConfigError(f"{where}: {path.name} cannot be read ({_first_line(err)})") from err
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: {path.name} is not a JSON object")
+    return value
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
 
 def _strategy_of_run(run_dir: Path) -> str | None:
     try:
-        return json.loads((run_dir / "results.json").read_text())["run"]["strategy"]
+        strategy = json.loads((run_dir / "results.json").read_text())["run"]["strategy"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    return strategy if isinstance(strategy, str) else None
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ class Grafting(MergeMethod):
     gradient steps on a relaxed mask, on target training batches; keep the best rounded mask."""
 
     name = "grafting"
+    calibrates = True
 
     def __init__(
         self,

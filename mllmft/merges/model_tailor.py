@@ -131,6 +131,7 @@ class ModelTailor(MergeMethod):
     sensitivity, then an OBS-style compensation of the rest from the target inputs' covariance."""
 
     name = "model_tailor"
+    calibrates = True
 
     def __init__(
         self, patch: float = 0.1, block: int = 128, samples: int = 128, salience: float = 0.8, damp: float = 0.01

@@ -19,7 +19,7 @@ import zlib
 import torch
 from peft.utils import merge_utils
 
-from mllmft.checks import check_number
+from mllmft.checks import check_number, check_seed
 from mllmft.merges.base import MergeMethod
 
 
@@ -58,6 +58,7 @@ class DARE(MergeMethod):
     def __init__(self, drop: float = 0.9, scale: float = 1.0, seed: int = 0):
         check_number("merge.drop", drop, 0, 1, high_open=True)
         check_number("merge.scale", scale, 0, low_open=True)
+        check_seed("merge.seed", seed)
         self.drop, self.scale, self.seed = drop, scale, seed
 
     def merge(self, name, theta0, theta_ft):

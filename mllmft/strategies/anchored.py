@@ -118,6 +118,13 @@ class EWC(_AnchoredStrategy):
         self.fisher_batch_size = fisher_batch_size
         self.fisher: dict[str, torch.Tensor] = {}  # fp32, beside each fragment
 
+    def check_training(self, cfg) -> None:
+        if not cfg.data.get("upstream"):
+            raise ConfigError(
+                f"strategy={self.name} estimates its Fisher on the upstream data, and data.upstream is empty: "
+                "add an upstream set or choose another strategy"
+            )
+
     def start(self, ctx) -> None:
         super().start(ctx)
         if self.fisher:  # restored from a checkpoint

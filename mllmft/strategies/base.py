@@ -3,6 +3,7 @@
 A strategy is a small object built from ``conf/strategy/<name>.yaml`` that works on tensors. The
 ``StrategyRunner`` callback (strategies/runner.py) calls it, on every engine, in this order:
 
+* ``check_training(cfg)`` at start-up, when the run trains: the run's settings it cannot train with;
 * ``attach(backbone)`` once, when the run is built: wrap (peft), freeze, decide what trains;
 * ``capture(weights)`` when fitting starts, if ``captures_weights``: the trainable tensors whole (on
   the host, gathered if the model is already sharded) before a checkpoint is restored: keep what
@@ -22,6 +23,9 @@ the checkpoint (one device, DDP) or stores each rank's beside a sharded checkpoi
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from lightning import Callback
 
@@ -38,6 +42,10 @@ class TuningStrategy:
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)
     captures_weights: bool = False  # capture() wants the loaded trainable weights
     unsharded_only: str = ""  # why the strategy cannot run on parameter shards (empty: it can)
+
+    def check_training(self, cfg) -> None:
+        """Refuse the run's other settings (``cfg``: the whole config, e.g. the data, the trainer) this
+        strategy cannot train with, with a ConfigError: at start-up, before any model is built."""
 
     def attach(self, backbone: Backbone) -> None:
         """Prepare the model (wrap, freeze); called before the trainer exists."""
@@ -94,7 +102,7 @@ class TuningStrategy:
 HOOKS = ("capture", "start", "before_batch", "before_step", "after_step", "after_batch", "finish")
 
 
-def tensor_nbytes(*groups: dict[str, torch.Tensor]) -> int:
+def tensor_nbytes(*groups: Mapping[Any, torch.Tensor]) -> int:
     """Bytes of the memory the tensors of ``groups`` keep alive: each storage once, whole (a view of a
     larger tensor holds all of it)."""
     storages = {}

@@ -18,10 +18,17 @@ import torch
 from lightning import Callback
 
 from mllmft.backbones import COMPONENTS, Backbone
+from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.commit_balance import BalanceMonitor, answer_kl, answer_log_probs
-from mllmft.strategies.commit_lr import CoordinateDescentRule, KappaRule, SideLearningRates
+from mllmft.strategies.commit_lr import (
+    CoordinateDescentRule,
+    KappaRule,
+    SideLearningRates,
+    check_coordinate_descent,
+    check_lr_bounds,
+)
 from mllmft.strategies.full import FullFineTuning
 
 LR_RULES = ("kappa", "constant", "feature_cd", "language_cd")
@@ -48,8 +55,10 @@ class CoMMIT(TuningStrategy):
             raise ConfigError(f"strategy.lr_rule={lr_rule!r}; expected one of {LR_RULES}")
         if set(encoder_side) - set(COMPONENTS) or "llm" in encoder_side:
             raise ConfigError(f"strategy.encoder_side={list(encoder_side)} must name vision and/or connector")
-        if aux_lambda < 0:
-            raise ConfigError(f"strategy.aux_lambda={aux_lambda} must be >= 0")
+        check_number("strategy.aux_lambda", aux_lambda, 0)
+        # every knob, whichever rule uses it: a bad one is a mistake even where this rule ignores it
+        check_lr_bounds(lr_bounds)
+        check_coordinate_descent(cd_period, cd_share)
         self.name = name
         self.base = base or FullFineTuning()
         self.encoder_side = tuple(encoder_side)
@@ -65,6 +74,10 @@ class CoMMIT(TuningStrategy):
         self.side_lr = rule and SideLearningRates(rule, self._group_side, log_every=every_k)
         self.writes_weights = self.base.writes_weights
         self.captures_weights = self.base.captures_weights
+
+    def check_training(self, cfg) -> None:
+        self.monitor.check_accumulation(cfg.trainer.get("accumulate_grad_batches", 1))
+        self.base.check_training(cfg)
 
     def _group_side(self, group_name: str) -> str:
         return "encoder" if group_name.split(".")[0] in self.encoder_side else "llm"

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from mllmft.checks import check_number
 from mllmft.data import IGNORE_INDEX
 from mllmft.errors import ConfigError
 
@@ -64,8 +65,8 @@ class BalanceMonitor:
     """
 
     def __init__(self, every_k: int = 10, ema: float = 0.9, keep_reference: bool = False):
-        if every_k < 1 or not 0.0 <= ema < 1.0:
-            raise ConfigError(f"strategy.every_k={every_k} must be >= 1 and strategy.ema={ema} in [0, 1)")
+        check_number("strategy.every_k", every_k, 1, integer=True)
+        check_number("strategy.ema", ema, 0, 1, high_open=True)
         self.every_k, self.ema, self.keep_reference = every_k, ema, keep_reference
         self.sides: dict[str, str] = {}
         self.kappa = 0.5  # balanced until measured
@@ -80,12 +81,16 @@ class BalanceMonitor:
     def measuring(self, step: int) -> bool:
         return step % self.every_k == 0
 
-    def check(self, trainer) -> None:
-        if trainer.accumulate_grad_batches != 1:
+    @staticmethod
+    def check_accumulation(accumulate_grad_batches: int) -> None:
+        if accumulate_grad_batches != 1:
             raise ConfigError(
-                "CoMMIT measures each optimizer step on its own batch: set "
-                "trainer.accumulate_grad_batches=1 (raise data.batch_size instead)"
+                f"CoMMIT measures each optimizer step on its own batch: trainer.accumulate_grad_batches="
+                f"{accumulate_grad_batches}; set it to 1 (raise data.batch_size instead)"
             )
+
+    def check(self, trainer) -> None:
+        self.check_accumulation(trainer.accumulate_grad_batches)
 
     # --- the measurement --------------------------------------------------------------------------
     def before_batch(self, ctx, batch) -> None:

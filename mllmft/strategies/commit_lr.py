@@ -7,9 +7,33 @@ recomputes every lr from its base lrs at its next step, so it never sees them an
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
+from mllmft.checks import check_number
 from mllmft.errors import ConfigError
+
+
+def check_lr_bounds(bounds: Sequence) -> tuple[float, float]:
+    """``strategy.lr_bounds``: [low, high], the multipliers' clip range, with 0 <= low <= 1 <= high."""
+    if isinstance(bounds, str) or not isinstance(bounds, Sequence) or len(bounds) != 2:
+        raise ConfigError(f"strategy.lr_bounds={bounds!r}; expected two numbers [low, high]")
+    check_number("strategy.lr_bounds[0]", bounds[0], 0, 1)
+    check_number("strategy.lr_bounds[1]", bounds[1], 1)
+    return bounds[0], bounds[1]
+
+
+def check_coordinate_descent(period: int, share: float) -> None:
+    """``strategy.cd_period`` steps per cycle, ``strategy.cd_share`` of them the favoured side's: both sides
+    get steps."""
+    check_number("strategy.cd_period", period, 2, integer=True)
+    check_number("strategy.cd_share", share, 0, 1, low_open=True, high_open=True)
+    if not 0 < round(share * period) < period:
+        raise ConfigError(
+            f"strategy.cd_share={share} of strategy.cd_period={period} steps leaves one side no step; "
+            "expected a share giving both sides steps"
+        )
 
 
 class KappaRule:
@@ -17,9 +41,8 @@ class KappaRule:
     high); κ = ½ leaves both at the base schedule, the side that moved less gets the larger step."""
 
     def __init__(self, monitor, low: float = 0.5, high: float = 2.0):
-        if not 0.0 <= low <= 1.0 <= high:
-            raise ConfigError(f"strategy.lr_bounds=[{low}, {high}] must satisfy 0 <= low <= 1 <= high")
-        self.monitor, self.low, self.high = monitor, low, high
+        self.monitor = monitor
+        self.low, self.high = check_lr_bounds((low, high))
 
     def __call__(self, step: int) -> dict[str, float]:
         kappa = self.monitor.kappa
@@ -34,11 +57,8 @@ class CoordinateDescentRule:
     trains alone for the first round(share × period) steps, the other side alone for the rest."""
 
     def __init__(self, favoured: str, period: int = 4, share: float = 0.75):
-        if favoured not in ("encoder", "llm") or period < 2 or not 0 < round(share * period) < period:
-            raise ConfigError(
-                f"coordinate descent needs favoured in (encoder, llm), period >= 2 and a share "
-                f"giving both sides steps (got {favoured!r}, {period}, {share})"
-            )
+        assert favoured in ("encoder", "llm"), favoured  # chosen by strategy.lr_rule, not given
+        check_coordinate_descent(period, share)
         self.favoured, self.period, self.share = favoured, period, share
 
     def __call__(self, step: int) -> dict[str, float]:

@@ -10,7 +10,7 @@ import zlib
 
 import torch
 
-from mllmft.checks import check_number
+from mllmft.checks import check_number, check_seed
 from mllmft.strategies.base import TuningStrategy, tensor_nbytes
 from mllmft.strategies.theta0 import Theta0
 
@@ -33,6 +33,7 @@ class FixedWeightMask(TuningStrategy):
 
     def __init__(self, freeze_ratio: float = 0.5, seed: int = 0):
         check_number("strategy.freeze_ratio", freeze_ratio, 0, 1)
+        check_seed("strategy.seed", seed)
         self.freeze_ratio = freeze_ratio
         self.seed = seed
         self.theta0 = Theta0()

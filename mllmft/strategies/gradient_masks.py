@@ -8,12 +8,11 @@
 from __future__ import annotations
 
 import math
-import re
 
 import torch
 
 from mllmft.backbones import Backbone
-from mllmft.checks import check_number
+from mllmft.checks import check_number, compiled_regex
 from mllmft.strategies import tensor_stats
 from mllmft.strategies.base import TuningStrategy, tensor_nbytes
 
@@ -66,16 +65,15 @@ class SPU(TuningStrategy):
         check_number("strategy.keep_ratio", keep_ratio, 0, 1, low_open=True)
         self.score_fraction = score_fraction
         self.keep_ratio = keep_ratio
-        self.param_filter = param_filter
+        self.param_filter = compiled_regex("strategy.param_filter", param_filter) if param_filter else None
         self.window_steps: int | None = None
         self.scores: dict[str, torch.Tensor] = {}  # Σ g during the window, fp32
         self.masks: dict[str, torch.Tensor] | None = None  # afterwards, bool
 
     def attach(self, backbone: Backbone) -> None:
         if self.param_filter:
-            pattern = re.compile(self.param_filter)
             for name, p in backbone.model.named_parameters():
-                if p.requires_grad and not pattern.search(name):
+                if p.requires_grad and not self.param_filter.search(name):
                     p.requires_grad_(False)
 
     def start(self, ctx) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 
 from mllmft.backbones import Backbone
 from mllmft.backbones.decoder_layers import detect_layer_names, missing_modules
+from mllmft.checks import check_seed
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
@@ -31,6 +32,7 @@ class HFT(TuningStrategy):
         mlp: tuple[str, ...] | None = None,
         norms: tuple[str, ...] | None = None,
     ):
+        check_seed("strategy.seed", seed)
         self.seed = seed
         self.given = {"attention": attention, "mlp": mlp, "norms": norms}
         self.groups: dict[str, tuple[str, ...]] = {}

@@ -31,7 +31,7 @@ from torch import nn
 
 from mllmft.backbones import Backbone
 from mllmft.checkpoint_match import weights_fingerprint
-from mllmft.checks import check_number
+from mllmft.checks import check_number, check_seed
 from mllmft.errors import ConfigError
 from mllmft.hardware import on_compute_device
 from mllmft.strategies.base import TuningStrategy, tensor_nbytes
@@ -66,6 +66,7 @@ class ModelDowser(TuningStrategy):
         for key, value in (("sequences", sequences), ("batch_size", batch_size), ("passes", passes)):
             check_number(f"strategy.{key}", value, 1, integer=True)
         check_number("strategy.length", length, 8, integer=True)
+        check_seed("strategy.seed", seed)
         if psi not in PSI_MODES:
             raise ConfigError(f"strategy.psi={psi!r}; expected one of {PSI_MODES}")
         if weight_decay:

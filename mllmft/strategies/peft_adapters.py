@@ -18,6 +18,7 @@ checkpoints work unchanged.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Sequence
 
 import peft
@@ -27,7 +28,7 @@ from torch import nn
 
 from mllmft.backbones import COMPONENTS, Backbone
 from mllmft.backbones.decoder_layers import FEEDFORWARD_OUTPUTS
-from mllmft.checks import check_number
+from mllmft.checks import check_number, check_seed
 from mllmft.errors import ConfigError
 from mllmft.strategies.base import TuningStrategy
 
@@ -50,6 +51,8 @@ class PeftStrategy(TuningStrategy):
         unknown = set(adapt) - set(COMPONENTS)
         if unknown:
             raise ConfigError(f"strategy.adapt names unknown components {sorted(unknown)}; expected {COMPONENTS}")
+        for i, layer in enumerate(layers_to_transform or ()):
+            check_number(f"strategy.layers_to_transform[{i}]", layer, 0, integer=True)
         self.adapt = tuple(adapt)
         self.linears = tuple(linears) if linears else None
         self.layers_to_transform = set(layers_to_transform) if layers_to_transform is not None else None
@@ -128,6 +131,17 @@ def _modules_covering(model: nn.Module, names: set[str]) -> tuple[list[str], lis
     return modules, bare
 
 
+# peft's LoraConfig.init_lora_weights: true, false or one of these (peft fails only inside the model's
+# wrapping otherwise); pissa_niter_<n> is PiSSA with n subspace iterations
+LORA_INITS = ("gaussian", "eva", "olora", "pissa", "pissa_niter_<n>", "corda", "loftq", "orthogonal", "mica")
+
+
+def check_lora_init(init) -> None:
+    if isinstance(init, bool) or init in LORA_INITS or re.fullmatch(r"pissa_niter_[1-9][0-9]*", str(init)):
+        return
+    raise ConfigError(f"strategy.init={init!r}; expected true, false or one of {list(LORA_INITS)}")
+
+
 class LoRA(PeftStrategy):
     """LoRA and its variants: DoRA (``use_dora``), rsLoRA (``use_rslora``), PiSSA/OLoRA/... (``init``)."""
 
@@ -147,6 +161,7 @@ class LoRA(PeftStrategy):
         check_number("strategy.r", r, 1, integer=True)
         check_number("strategy.alpha", alpha, 0, low_open=True)
         check_number("strategy.dropout", dropout, 0, 1, high_open=True)
+        check_lora_init(init)
         self.name = "dora" if use_dora else "lora"
         self.options = dict(
             r=r,
@@ -184,6 +199,18 @@ class AdaLoRA(PeftStrategy):
         **scope_options,
     ):
         super().__init__(**scope_options)
+        if total_step is not None:  # its range: below
+            check_number("strategy.total_step", total_step, integer=True)
+        for key, value, low in (
+            ("init_r", init_r, 1),
+            ("tinit", tinit, 0),
+            ("tfinal", tfinal, 0),
+            ("delta_t", delta_t, 1),
+        ):
+            check_number(f"strategy.{key}", value, low, integer=True)
+        check_number("strategy.target_r", target_r, 1, init_r, integer=True)
+        check_number("strategy.alpha", alpha, 0, low_open=True)
+        check_number("strategy.dropout", dropout, 0, 1, high_open=True)
         if total_step is None or total_step <= tinit + tfinal:
             raise ConfigError(
                 f"strategy.total_step={total_step} must exceed tinit + tfinal = {tinit + tfinal} "
@@ -236,6 +263,10 @@ class VeRA(PeftStrategy):
 
     def __init__(self, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0, **scope_options):
         super().__init__(**scope_options)
+        check_number("strategy.r", r, 1, integer=True)
+        check_number("strategy.dropout", dropout, 0, 1, high_open=True)
+        check_number("strategy.d_initial", d_initial)
+        check_seed("strategy.seed", seed)
         self.options = dict(r=r, vera_dropout=dropout, d_initial=d_initial, projection_prng_key=seed)
 
     def peft_config(self, target_modules, modules_to_save):
@@ -262,6 +293,7 @@ class _PromptLearning(PeftStrategy):
 
     def __init__(self, num_virtual_tokens: int = 20):
         super().__init__(adapt=("llm",))
+        check_number("strategy.num_virtual_tokens", num_virtual_tokens, 1, integer=True)
         self.num_virtual_tokens = num_virtual_tokens
 
     def attach(self, backbone: Backbone) -> None:
