@@ -187,6 +187,7 @@ def _run(cfg: DictConfig, update: Callable[[RunParts], Callable[[], dict]] | Non
     rank_zero_only(print_parameters)(parts.backbone.parameter_counts(), parts.strategy.name)
     log_hyperparameters(parts.loggers, cfg, parts)
     names = datamodule.test_set_names
+    check_optimized_metric(cfg.get("optimized_metric"), names)
     out = Path(cfg.paths.output_dir)
     scores, details = {}, {}
     # mllmft-eval sets evaluate_only: a checkpoint of any strategy (a peft one too) is tested, not trained
@@ -313,8 +314,19 @@ def write_results(results: dict, path: Path) -> None:
     write_atomically(path, lambda file: file.write(text.encode()), "the results")
 
 
+TRADEOFF_SCORES = ("S_t", "S_u", "H", "E", "F", "O")  # E, F, O: against the zero-shot test
+
+
+def check_optimized_metric(name: str | None, set_names: list[str]) -> None:
+    """``optimized_metric`` names a trade-off score or a test set: at start-up, not once the run is over."""
+    if name and name not in (*TRADEOFF_SCORES, *set_names):
+        raise ConfigError(
+            f"optimized_metric={name!r}; expected a trade-off score {list(TRADEOFF_SCORES)} or a test set {set_names}"
+        )
+
+
 def metric_value(results: dict, name: str) -> float:
     """``optimized_metric`` lookup for sweepers: a trade-off score (H, S_t, ...) or a set's score."""
-    final = results["tradeoff"]["final"]
-    value = final[name] if name in final else results["scores"]["final"][name]
+    # E, F and O are absent without the zero-shot test: nan, as for a score that is not a number
+    value = results["tradeoff"]["final"].get(name) if name in TRADEOFF_SCORES else results["scores"]["final"][name]
     return float("nan") if value is None else value  # a sweeper compares numbers

@@ -308,3 +308,19 @@ def test_commit_with_gradient_accumulation_is_refused_at_start_up(compose, monke
 def test_model_dtype_applies_to_tiny_models(compose):
     parts = api.build(compose("model.dtype=bfloat16"))
     assert {p.dtype for p in parts.backbone.model.parameters()} == {torch.bfloat16}
+
+
+def test_an_unknown_optimized_metric_is_refused_before_any_evaluation(compose, monkeypatch):
+    """Once a KeyError once the run was over (results.json written, the sweep's point lost)."""
+    import lightning as L
+
+    from mllmft.run import metric_value, run
+
+    def no_test(*args, **kwargs):
+        raise AssertionError("evaluated before the setting was refused")
+
+    monkeypatch.setattr(L.Trainer, "test", no_test)
+    with pytest.raises(ConfigError, match=r"optimized_metric='Hh'; expected a trade-off score \['S_t'"):
+        run(compose("optimized_metric=Hh"))
+    # E, F and O exist only against a zero-shot test: without one a sweeper gets nan, not a KeyError
+    assert math.isnan(metric_value({"tradeoff": {"final": {"S_t": 1.0}}, "scores": {"final": {}}}, "E"))

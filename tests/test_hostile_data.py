@@ -349,3 +349,21 @@ def test_sizes_of_a_source_built_directly_are_checked_and_null_keeps_all(tmp_pat
     source = llava_dataset(tmp_path, rows)
     whole = LlavaJsonSource("custom", source.image_root, train=source.files["train"], sizes={"train": None})
     assert len(whole.records("train")) == 3
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("{question} in {langauge}", r"names \['langauge'\]; this reader fills \['\{question\}'\]"),
+        ("{0}", r"names \['0'\]"),
+        ("{question", "is not a template"),
+        (7, "expected text"),
+    ],
+)
+def test_a_prompt_naming_a_field_the_reader_does_not_fill_is_one_line(tmp_path, prompt, message):
+    """Once a KeyError at the first record, mid-way through reading."""
+    from mllmft.data.vqa_sets import GQA
+
+    with pytest.raises(ConfigError, match=r"data set 'gqa': prompt=" + ".*" + message):
+        GQA("gqa", str(tmp_path), {"test": "q.json"}, prompt=prompt)
+    GQA("gqa", str(tmp_path), {"test": "q.json"}, prompt="Q: {question} {{literal}}")  # a template that fits

@@ -38,6 +38,8 @@ class KarpathyCaptions(FileSource):
     (train/restval/val/test), ``filepath`` (COCO) + ``filename`` and ``sentences[*].raw``. All splits
     live in one file: set the same file for every split; ``restval`` counts as train."""
 
+    prompt_fields = None  # the instruction, as it is
+
     metric = "caption"
     max_new_tokens = 64
 
@@ -61,6 +63,8 @@ class KarpathyCaptions(FileSource):
 class CocoCaptions(FileSource):
     """COCO caption annotations (``captions_val2014.json``): ``images`` (id, file_name) and
     ``annotations`` (image_id, caption); one file per split."""
+
+    prompt_fields = None  # the instruction, as it is
 
     metric = "caption"
     max_new_tokens = 64

@@ -34,6 +34,8 @@ class ScienceQA(FileSource):
     ("The answer is B."). The options' texts (for scoring an answer that names the option rather
     than its letter, and bounding the letters) come from ``problems``' choices or the prompt."""
 
+    prompt_fields = None  # a suffix, appended as it is
+
     metric = "multiple_choice"
     SUFFIX = "Answer with the option's letter from the given choices directly."
 
@@ -82,6 +84,8 @@ class IconQA(FileSource):
     """IconQA choose_txt: ``files[split]`` is a directory like ``iconqa/test/choose_txt`` holding one
     folder per question with ``data.json`` (question, choices, answer index) and ``image.png``.
     The model answers with the text of the right choice; scored by exact match (as SPIDER does)."""
+
+    prompt_fields = ("question", "choices")
 
     PROMPT = "{question}\nChoices: {choices}\nAnswer with the text of the correct choice."
 

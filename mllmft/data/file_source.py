@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import string
 from dataclasses import replace
 from pathlib import Path
 
 from mllmft.data.llava_json import parse_json, read_text
 from mllmft.data.record import Record
 from mllmft.data.sizes import check_sizes, keep_first
-from mllmft.errors import DataError
+from mllmft.errors import ConfigError, DataError
 
 VQA_PROMPT = "{question}\nAnswer the question using a single word or phrase."  # LLaVA-1.5's short-answer prompt
 
@@ -26,6 +27,7 @@ class FileSource:
 
     metric = "exact_match"
     max_new_tokens: int | None = None  # generation length at test time; None: module.max_new_tokens
+    prompt_fields: tuple[str, ...] | None = ("question",)  # the {fields} ``prompt`` may name; None: used as is
 
     def __init__(
         self,
@@ -44,7 +46,7 @@ class FileSource:
         self.root = Path(root)
         self.files = dict(files)
         self.image_root = Path(image_root) if image_root else self.root
-        self.prompt = prompt
+        self.prompt = check_prompt(name, prompt, self.prompt_fields)
         self.metric = metric or self.metric
         self.metric_args = dict(metric_args or {})
         self.sizes = check_sizes(sizes, f"data set {name!r}: sizes")
@@ -83,3 +85,24 @@ class FileSource:
         if not path.is_file():
             raise DataError(f"data set {self.name!r}: file not found: {path}")
         return parse_json(read_text(path), f"data set {self.name!r}: {path}")
+
+
+def check_prompt(name: str, prompt, fields: tuple[str, ...] | None) -> str:
+    """A data set's ``prompt`` template names only the fields its reader fills (``{question}``...), with
+    braces that pair (``{{`` for a literal one): one line now, not a KeyError at the first record."""
+    if not isinstance(prompt, str):
+        raise ConfigError(f"data set {name!r}: prompt={prompt!r}; expected text")
+    if fields is None:
+        return prompt
+    try:
+        named = {field for _, field, _, _ in string.Formatter().parse(prompt) if field is not None}
+    except ValueError as err:
+        raise ConfigError(
+            f"data set {name!r}: prompt={prompt!r} is not a template ({err}; write {{{{ for a brace)"
+        ) from err
+    unknown = sorted(f for f in named if f not in fields)
+    if unknown:
+        raise ConfigError(
+            f"data set {name!r}: prompt={prompt!r} names {unknown}; this reader fills {['{' + f + '}' for f in fields]}"
+        )
+    return prompt

@@ -197,6 +197,8 @@ class SEEDBench(_QuestionLimit):
     (``data_type: image``), images ``<image_root>/<data_id>`` (or ``<data_id>.jpg``). Scored per
     dimension (``seed_bench``)."""
 
+    prompt_fields = ("question", "options")
+
     metric = "seed_bench"
     PROMPT = "{question}\n{options}\n" + CHOICE_SUFFIX
 

@@ -72,6 +72,8 @@ class TextVQA(FileSource):
     """TextVQA ``TextVQA_0.5.1_<split>.json``: ``data[*]`` with question_id, image_id, question,
     answers (10), ocr_tokens; images ``<image_root>/<image_id>.jpg``. The OCR tokens go in the prompt."""
 
+    prompt_fields = ("question", "ocr")
+
     metric = "vqa_accuracy"
     PROMPT = "{question}\nReference OCR token: {ocr}\nAnswer the question using a single word or phrase."
 
@@ -164,6 +166,8 @@ class AOKVQA(FileSource):
     """A-OKVQA ``aokvqa_v1p0_<split>.json``: a list of {question_id, image_id, question, choices,
     correct_choice_idx, direct_answers}; images ``<image_root>/<image_id:012d>.jpg`` (COCO 2017).
     ``mode``: "mc" (options in the prompt, letter answer) or "direct" (VQA accuracy over direct_answers)."""
+
+    prompt_fields = ("question", "options")
 
     MC_PROMPT = "{question}\n{options}\n" + CHOICE_SUFFIX
 
