@@ -4,6 +4,7 @@
     python bench/strategy_overhead.py --steps 40 --strategies full spider
     python bench/strategy_overhead.py --scope connector_llm --strategies full lora dora adalora vera ia3 \
         prompt_tuning prefix_tuning
+    python bench/strategy_overhead.py --strategies full --objectives dft eaft asft   # objective= with full
 
 Each strategy trains the same model on the same batches (digits, scope=all); the step time is the
 median over the timed steps (after warm-up) of the wall time from batch start to batch end, i.e.
@@ -131,12 +132,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--scope", default="all", help="one scope for every strategy (peft: connector_llm)")
     parser.add_argument("--model", default="small", choices=list(MODELS))
+    parser.add_argument("--objectives", nargs="*", default=[], help="objective= choices, each with strategy=full")
     args = parser.parse_args()
-    names = ["full", *[s for s in args.strategies if s != "full"]]
+    # (row, strategy, overrides): the strategies with objective=sft, then full with each objective
+    rows = [(s, s, ()) for s in ["full", *[s for s in args.strategies if s != "full"]]]
+    rows += [(f"full + {o}", "full", (f"objective={o}",)) for o in args.objectives]
+    names = [row for row, _, _ in rows]
     best: dict[str, dict] = {}
-    for order in (names, names[::-1]):
-        for name in order:
-            result = measure(name, args.steps, args.warmup, args.batch_size, args.scope, model=MODELS[args.model])
+    for order in (rows, rows[::-1]):
+        for name, strategy, extra in order:
+            result = measure(
+                strategy, args.steps, args.warmup, args.batch_size, args.scope, extra, model=MODELS[args.model]
+            )
             if name not in best or result["step_s"] < best[name]["step_s"]:
                 best[name] = result
     full = best["full"]["step_s"]

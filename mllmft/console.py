@@ -15,7 +15,19 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 from rich.tree import Tree
 
-CONFIG_ORDER = ("model", "scope", "strategy", "data", "hardware", "trainer", "module", "callbacks", "logger", "paths")
+CONFIG_ORDER = (
+    "model",
+    "scope",
+    "strategy",
+    "objective",
+    "data",
+    "hardware",
+    "trainer",
+    "module",
+    "callbacks",
+    "logger",
+    "paths",
+)
 
 
 def config_tree(cfg: DictConfig) -> Tree:

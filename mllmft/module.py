@@ -22,6 +22,7 @@ from mllmft.checks import check_number
 from mllmft.data.test_set import TestSet
 from mllmft.errors import ConfigError
 from mllmft.metrics import GeneratedAnswers, build_metric
+from mllmft.objectives import SFT, Objective
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
 from mllmft.strategies.engines import engine_for
@@ -140,12 +141,14 @@ class MLLMFineTuner(L.LightningModule):
         scheduler: Callable[..., LRScheduler] | None = None,
         max_new_tokens: int = 16,
         run_identity: dict | None = None,
+        objective: Objective | None = None,
     ):
         super().__init__()
         check_hyperparameters(lr, weight_decay, max_new_tokens, optimizer, scheduler)
         self.backbone = backbone
         self.model = backbone.model
         self.strategy = strategy
+        self.objective = objective or SFT()  # the loss of a batch (objective=); the strategy adds its term
         self.scope = scope
         self.test_sets = list(test_sets)
         self.test_set_names = [t.name for t in self.test_sets]
@@ -168,8 +171,10 @@ class MLLMFineTuner(L.LightningModule):
     # --- training -----------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         outputs = self.model(**batch["model_inputs"], labels=batch["labels"])
-        loss = outputs.loss
+        loss, logged = self.objective.loss(self, batch, outputs)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
+        for key, value in logged.items():
+            self.log(f"train/{key}", value, batch_size=len(batch["ids"]))
         extra = self.strategy.extra_loss(self, batch, outputs)
         if extra is not None:
             self.log("train/extra_loss", extra, batch_size=len(batch["ids"]))

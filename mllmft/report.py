@@ -173,10 +173,13 @@ def _failed_in(manifest: object) -> list[str]:
 
 
 def label(run: dict) -> str:
-    """The row's name: the strategy, or the merge method for mllmft-merge's runs."""
+    """The row's name: the strategy (+ its training objective but the default, sft), or the merge method
+    for mllmft-merge's runs."""
     merge = run["run"].get("merge")
     if not isinstance(merge, dict) or "method" not in merge:
-        return run["run"]["strategy"]
+        objective = run["run"].get("objective")
+        name = objective.get("name") if isinstance(objective, dict) else None
+        return run["run"]["strategy"] + (f" + {name}" if isinstance(name, str) and name != "sft" else "")
     return f"{merge['method']} (merge of {merge.get('finetuned_strategy') or merge.get('finetuned')})"
 
 

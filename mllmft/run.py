@@ -33,12 +33,13 @@ from mllmft.export import check_export, export_model
 from mllmft.loggers import log_hyperparameters, log_images, log_summary
 from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, logged_test_scores
+from mllmft.objectives import SFT
 from mllmft.pretrain import pretrained_tiny
 from mllmft.run_lock import run_directory_lock
 from mllmft.scope import apply_scope
 from mllmft.strategies.base import TuningStrategy
 from mllmft.strategies.engines import engine_for
-from mllmft.strategies.runner import StrategyRunner, check_engine
+from mllmft.strategies.runner import StrategyRunner, check_engine, engine_name
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
@@ -133,6 +134,8 @@ def prepare(cfg: DictConfig) -> RunParts:
     strategy.attach(backbone)
     check_export(cfg.get("export"), strategy)
     trains = strategy.trains and not cfg.get("evaluate_only", False)
+    objective = instantiate(cfg.objective) if trains and cfg.get("objective") else SFT()
+    objective.attach(backbone, engine_name(cfg.hardware.lightning_strategy))
     if trains and not any(p.requires_grad for p in backbone.model.parameters()):
         raise ConfigError(
             f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "
@@ -146,7 +149,12 @@ def prepare(cfg: DictConfig) -> RunParts:
         datamodule.setup("fit")
     datamodule.setup("test")
     module = instantiate(cfg.module, _partial_=True)(
-        backbone=backbone, strategy=strategy, scope=cfg.scope, test_sets=datamodule.test_sets, run_identity=identity
+        backbone=backbone,
+        strategy=strategy,
+        scope=cfg.scope,
+        test_sets=datamodule.test_sets,
+        run_identity=identity,
+        objective=objective,
     )
     if checkpoint is not None:
         check_checkpoint(checkpoint, identity, cfg.ckpt_path, resuming=trains, model_state=module.state_dict())
@@ -259,6 +267,7 @@ def make_results(
             "family": backbone.family,
             "backbone_source": backbone.source,
             "strategy": parts.strategy.name,
+            "objective": parts.module.objective.summary(),
             "scope": OmegaConf.to_container(cfg.scope, resolve=True),
             "seed": cfg.seed,
             "output_dir": str(cfg.paths.output_dir),

@@ -13,6 +13,7 @@ from mllmft.backbones import Backbone
 from mllmft.config import CONF_DIR
 from mllmft.data import TestSet
 from mllmft.merges import MergeMethod
+from mllmft.objectives import Objective
 from mllmft.run import build_backbone
 from mllmft.strategies import TuningStrategy
 
@@ -55,6 +56,9 @@ def test_every_yaml_composes_and_instantiates(compose, tiny_backbone, group, opt
         assert source.name == option and source.metric
     elif group == "strategy":
         assert isinstance(instantiate(cfg.strategy), TuningStrategy)
+    elif group == "objective":
+        objective = instantiate(cfg.objective)
+        assert isinstance(objective, Objective) and objective.name == option  # named by its config file
     elif group == "merge":
         method = instantiate(cfg.merge)
         assert isinstance(method, MergeMethod) and method.name == option
@@ -95,7 +99,18 @@ def test_unknown_strategy_is_a_clear_error(compose):
 
 def test_config_groups_are_documented_in_readme():
     readme = (Path(CONF_DIR).parent / "README.md").read_text()
-    for group in ("model", "scope", "strategy", "data", "hardware", "merge", "source", "experiment", "hparams_search"):
+    for group in (
+        "model",
+        "scope",
+        "strategy",
+        "objective",
+        "data",
+        "hardware",
+        "merge",
+        "source",
+        "experiment",
+        "hparams_search",
+    ):
         for option in _options(group):
             if not option.startswith("_"):  # a base that the group's files extend
                 assert f"`{option}`" in readme, f"README does not mention {group}={option}"

@@ -1,0 +1,130 @@
+"""Token-level objectives on the answer tokens: plain SFT, and the 2025–26 reweightings of its
+cross-entropy that forget less (DFT, EAFT) or anchor it to the base model (ASFT).
+
+Each loss is the mean over the batch's answer tokens of a per-token term, as SFT's cross-entropy is:
+
+* ``sft``  : −log π(y_t)                                           (the model's own loss, unchanged)
+* ``dft``  : −sg(π(y_t)) · log π(y_t)          (Wu et al., "On the Generalization of SFT", arXiv 2508.05629)
+* ``eaft`` : −sg((H_k / ln k)^α) · log π(y_t), H_k the entropy of the top-k of π renormalised
+             (entropy-adaptive fine-tuning, arXiv 2601.02151): confident tokens weigh less
+* ``asft`` : dft + λ · KL(π_θ ‖ π_base), the KL over the vocabulary at each answer token
+             (anchored SFT, arXiv 2509.23753); the base sees the same images and text.
+sg: stop-gradient (the weight is a number, not a path for the gradient).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from mllmft.checks import check_number
+from mllmft.errors import ConfigError
+from mllmft.objectives.base import AnswerTokens, Objective
+
+
+class SFT(Objective):
+    """Cross-entropy on the answer tokens: the model's own loss, bit for bit what training always did."""
+
+    name = "sft"
+
+    def loss(self, module, batch, outputs):
+        return outputs.loss, {}
+
+
+def dft_loss(tokens: AnswerTokens) -> torch.Tensor:
+    """mean_t −sg(π(y_t)) · log π(y_t)."""
+    log_p = tokens.target_log_probs()
+    return -(log_p.detach().exp() * log_p).mean()
+
+
+def eaft_loss(tokens: AnswerTokens, k: int, alpha: float) -> torch.Tensor:
+    """mean_t −sg((H_k / ln k)^α) · log π(y_t)."""
+    log_probs = tokens.log_probs()
+    with torch.no_grad():
+        top = torch.log_softmax(tokens.logits.topk(k, dim=-1).values, dim=-1)  # the top k, renormalised
+        weight = (-(top.exp() * top).sum(-1) / math.log(k)).clamp(min=0).pow(alpha)
+    return -(weight * tokens.target_log_probs(log_probs)).mean()
+
+
+def kl_to_base(tokens: AnswerTokens, base_logits: torch.Tensor) -> torch.Tensor:
+    """mean_t KL(π_θ ‖ π_base) = Σ_v π_θ(v) (log π_θ(v) − log π_base(v)), ``base_logits`` [N, V] at the
+    same positions."""
+    log_probs = tokens.log_probs()
+    base = torch.log_softmax(base_logits.float(), dim=-1)
+    return (log_probs.exp() * (log_probs - base)).sum(-1).mean()
+
+
+class DFT(Objective):
+    """Dynamic fine-tuning: each answer token's cross-entropy weighted by its own probability."""
+
+    name = "dft"
+
+    def loss(self, module, batch, outputs):
+        return dft_loss(AnswerTokens.of(outputs.logits, batch["labels"])), {}
+
+
+class EAFT(Objective):
+    """Entropy-adaptive fine-tuning: each answer token's cross-entropy weighted by the normalised entropy
+    of the model's top-``k`` prediction there, to the power ``alpha``."""
+
+    name = "eaft"
+
+    def __init__(self, k: int = 20, alpha: float = 1.0):
+        check_number("objective.k", k, 2, integer=True)
+        check_number("objective.alpha", alpha, 0)
+        self.k, self.alpha = k, alpha
+
+    def loss(self, module, batch, outputs):
+        tokens = AnswerTokens.of(outputs.logits, batch["labels"])
+        return eaft_loss(tokens, min(self.k, tokens.logits.shape[-1]), self.alpha), {}
+
+    def summary(self) -> dict:
+        return {"name": self.name, "k": self.k, "alpha": self.alpha}
+
+
+class ASFT(Objective):
+    """DFT anchored to the base model: + ``lam`` · KL(π_θ ‖ π_base) on the answer tokens.
+
+    The base distribution comes from the same model with its adapters disabled where the strategy is a
+    peft one (no second copy); otherwise from a frozen copy of the trainable weights' model taken when
+    the run is built (one more model in memory, on one device or under DDP; the sharded engines would
+    need that copy sharded too, so they are refused with a peft strategy as the way)."""
+
+    name = "asft"
+
+    def __init__(self, lam: float = 0.1):
+        check_number("objective.lam", lam, 0)
+        self.lam = lam
+        self._frozen: torch.nn.Module | None = None  # the base, when the adapters cannot be disabled
+
+    def attach(self, backbone, engine: str) -> None:
+        if hasattr(backbone.model, "disable_adapter"):  # peft: the base is the model without its adapters
+            return
+        if engine != "local":
+            raise ConfigError(
+                f"objective=asft without adapters keeps an unsharded copy of the base model for its KL term, "
+                f"which {engine} does not shard: use a peft strategy (strategy=lora: the base is the model with "
+                "its adapters disabled) or hardware=ddp"
+            )
+        self._frozen = copy.deepcopy(backbone.model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def base_logits(self, module, batch: dict) -> torch.Tensor:
+        """The base model's logits on the whole batch, images included."""
+        inputs = batch["model_inputs"]
+        if self._frozen is None:
+            with module.model.disable_adapter():
+                return module.model(**inputs).logits
+        self._frozen.to(module.device)
+        return self._frozen(**inputs).logits
+
+    def loss(self, module, batch, outputs):
+        tokens = AnswerTokens.of(outputs.logits, batch["labels"])
+        base = AnswerTokens.of(self.base_logits(module, batch), batch["labels"]).logits
+        kl = kl_to_base(tokens, base)
+        return dft_loss(tokens) + self.lam * kl, {"kl_to_base": kl.detach()}
+
+    def summary(self) -> dict:
+        return {"name": self.name, "lam": self.lam}
