@@ -3,6 +3,7 @@
     mllmft-benchmark                                     # every strategy and merge, seeds 42 43 44, the built-in job
     mllmft-benchmark --strategies full spider lora --merges wise_ft --seeds 1 2 -- trainer.max_steps=100
     mllmft-benchmark --out logs/benchmark/flickr -- model=llava_1.5_7b data=flickr30k hardware=ddp
+    mllmft-benchmark --strategies full spider lora --merges --objectives dft eaft asft grpo --replay
 
 Each run is one ``mllmft-train`` (or ``mllmft-merge``) process writing to ``<out>/<name>/seed<k>/``;
 the overrides after ``--`` go to every run. A merge method merges the ``full`` run of the same seed
@@ -23,22 +24,47 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from mllmft.config import CONF_DIR
 
 MANIFEST = "benchmark.json"
 MERGED_RUN = "full"  # the fine-tuned run every merge method starts from
+PAIRED = ("full", "spider", "lora")  # the strategies an objective or replay runs with
+REPLAY = "data.replay={ratio: 0.25}"
+# GRPO learns from rewards, and the built-in target starts at 0: a third of the job's steps of SFT first
+OBJECTIVE_SETTINGS = {"grpo": ["objective.sft_warmup_steps=100"]}
 
 
 def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def plan(strategies: list[str], merges: list[str], seeds: list[int], out: Path) -> list[dict]:
-    """The runs, fine-tuning first (a merge needs the ``full`` run of its seed)."""
+def plan(
+    strategies: list[str],
+    merges: list[str],
+    seeds: list[int],
+    out: Path,
+    objectives: Sequence[str] = (),
+    replay: bool = False,
+) -> list[dict]:
+    """The runs, fine-tuning first (a merge needs the ``full`` run of its seed); each objective and replay
+    with each of the PAIRED strategies asked for."""
+    variants: list[tuple[str, list[str]]] = [(s, []) for s in strategies]
+    for s in (s for s in PAIRED if s in strategies):
+        variants += [(f"{s}+{o}", [f"objective={o}", *OBJECTIVE_SETTINGS.get(o, [])]) for o in objectives]
+        variants += [(f"{s}+replay", [REPLAY])] if replay else []
     runs = [
-        {"name": s, "kind": "strategy", "seed": k, "dir": str(out / s / f"seed{k}")} for k in seeds for s in strategies
+        {
+            "name": name,
+            "kind": "strategy",
+            "seed": k,
+            "dir": str(out / name / f"seed{k}"),
+            **({"extra": extra} if extra else {}),
+        }
+        for k in seeds
+        for name, extra in variants
     ]
     runs += [
         {
@@ -58,7 +84,7 @@ def command(run: dict, overrides: list[str]) -> list[str]:
     if run["kind"] == "merge":
         head = ["mllmft.merge", f"merge={run['name']}", f"finetuned={_quoted(run['finetuned'])}"]
     else:
-        head = ["mllmft.train", f"strategy={run['name']}"]
+        head = ["mllmft.train", f"strategy={run['name'].split('+')[0]}", *run.get("extra", [])]
     return [
         sys.executable,
         "-m",
@@ -167,10 +193,17 @@ def main(argv: list[str] | None = None) -> None:
         default=choices("merge"),
         help=f"merge configs applied to the {MERGED_RUN} run of each seed (default: every one; none if given no names)",
     )
+    parser.add_argument(
+        "--objectives",
+        nargs="*",
+        default=[],
+        help=f"objective configs, each run with {', '.join(PAIRED)} (those of --strategies); e.g. dft eaft asft grpo",
+    )
+    parser.add_argument("--replay", action="store_true", help=f"also {REPLAY} with {', '.join(PAIRED)}")
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--out", type=Path, default=Path("logs/benchmark"), help="the benchmark's directory")
     args = parser.parse_args(ours)
-    for group, names in (("strategy", args.strategies), ("merge", args.merges)):
+    for group, names in (("strategy", args.strategies), ("merge", args.merges), ("objective", args.objectives)):
         unknown = sorted(set(names) - set(choices(group)))
         if unknown:
             parser.error(f"no {group} config {', '.join(unknown)} (choose from {', '.join(choices(group))})")
@@ -182,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out.resolve()
     manifest = check_manifest(out, overrides)
-    runs = plan(args.strategies, args.merges, args.seeds, out)
+    runs = plan(args.strategies, args.merges, args.seeds, out, args.objectives, args.replay)
     failed = run_all(runs, overrides, out, manifest)
 
     if len(failed) < len(runs):

@@ -221,8 +221,9 @@ class MLLMFineTuner(L.LightningModule):
 
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, model_inputs: dict, max_new_tokens: int | None = None) -> list[str]:
-        """Batched greedy decoding with the KV cache; prompts are left-padded by the collator."""
+    def generate(self, model_inputs: dict, max_new_tokens: int | None = None, **sampling) -> list[str]:
+        """Batched decoding with the KV cache, greedy unless ``sampling`` says otherwise (``do_sample``,
+        ``temperature``, ``top_p``: GRPO's answers); prompts are left-padded by the collator."""
         tokenizer = self.backbone.processor.tokenizer
         # Under FSDP2 and ZeRO-3 every forward gathers weights from every rank: a rank whose batch is
         # done must keep stepping (synced_gpus) until all are, or the others wait for it forever.
@@ -231,9 +232,9 @@ class MLLMFineTuner(L.LightningModule):
             output = self.model.generate(
                 **model_inputs,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,
-                do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
                 synced_gpus=synced,
+                **{"do_sample": False, **sampling},
             )
         new_tokens = output[:, model_inputs["input_ids"].shape[1] :]
         return [t.strip() for t in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
@@ -290,6 +291,7 @@ class MLLMFineTuner(L.LightningModule):
         frozen = {f"model.{n}" for n, p in self.model.named_parameters() if not p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in frozen}
         # the strategy's own state is the StrategyRunner's (a callback state, per rank when sharded)
+        checkpoint["objective"] = self.objective.state_dict()  # e.g. self_targets' answers in use
         checkpoint["mllmft"] = {
             "backbone_source": self.backbone.source,
             "strategy": self.strategy.name,
@@ -305,6 +307,7 @@ class MLLMFineTuner(L.LightningModule):
                 resuming=self.trainer.state.fn == "fit",
                 model_state=self.state_dict(),
             )
+        self.objective.load_state_dict(checkpoint.get("objective", {}))
         if "state_dict" not in checkpoint:  # FSDP2 / DeepSpeed restore the tensors themselves
             return
         trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}

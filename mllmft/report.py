@@ -32,6 +32,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from mllmft.forgetting_kl import forgetting_figure, forgetting_points, spearman
+
 COLUMNS = ("S_t", "S_u", "H", "E", "F", "O")
 ZEROSHOT_COLUMNS = ("S_t", "S_u", "H")
 MAX_DEPTH = 64  # deeper is no results.json (and would exhaust the recursion that flattens its config)
@@ -173,13 +175,14 @@ def _failed_in(manifest: object) -> list[str]:
 
 
 def label(run: dict) -> str:
-    """The row's name: the strategy (+ its training objective but the default, sft), or the merge method
-    for mllmft-merge's runs."""
+    """The row's name: the strategy (+ its training objective but the default, sft; + replay), or the merge
+    method for mllmft-merge's runs."""
     merge = run["run"].get("merge")
     if not isinstance(merge, dict) or "method" not in merge:
         objective = run["run"].get("objective")
         name = objective.get("name") if isinstance(objective, dict) else None
-        return run["run"]["strategy"] + (f" + {name}" if isinstance(name, str) and name != "sft" else "")
+        replay = " + replay" if run["run"].get("replay") else ""
+        return run["run"]["strategy"] + (f" + {name}" if isinstance(name, str) and name != "sft" else "") + replay
     return f"{merge['method']} (merge of {merge.get('finetuned_strategy') or merge.get('finetuned')})"
 
 
@@ -313,8 +316,18 @@ def main(argv: list[str] | None = None) -> None:
         cells = [_pm(row, c) for c in COLUMNS]
         table.add_row(*(Text(str(row[c])) for c in names), *cells)  # Text: a name is no rich markup
     Console(width=200).print(table)
+    points = forgetting_points(runs, label)
+    rho = spearman([p[0] for p in points], [p[1] for p in points]) if len(points) >= 3 else None
+    if rho is not None:
+        print(
+            f"forgetting (F) against KL(base ‖ tuned) on the target's probe: "
+            f"Spearman ρ = {rho:.3f} over {len(points)} runs"
+        )
     try:
         write_outputs(rows, varying, failed, args.csv, args.out)
+        if args.out and rho is not None:
+            for path in forgetting_figure(points, rho, args.out):
+                print(f"mllmft-report: wrote {path}")
     except OSError as err:  # --csv or --out where nothing can be written
         sys.exit(f"mllmft-report: error: cannot write {err.filename or args.out or args.csv}: {err.strerror or err}")
 

@@ -30,6 +30,8 @@ from mllmft.console import print_config, print_parameters, print_results, quiet_
 from mllmft.data.datamodule import check_settings as check_data_settings
 from mllmft.errors import ConfigError
 from mllmft.export import check_export, export_model
+from mllmft.hardware import on_compute_device
+from mllmft.kl_probe import logged_probe
 from mllmft.loggers import log_hyperparameters, log_images, log_summary
 from mllmft.metrics import tradeoff_scores
 from mllmft.module import check_hyperparameters, logged_test_scores
@@ -148,6 +150,10 @@ def prepare(cfg: DictConfig) -> RunParts:
     if trains:  # bad data fails here, before any step
         datamodule.setup("fit")
     datamodule.setup("test")
+    probe = instantiate(cfg.probe) if trains and cfg.get("probe") else None  # the KL that predicts forgetting
+    if probe is not None:
+        with on_compute_device(backbone.model) as device:  # the base model, as loaded
+            probe.prepare(backbone.model, datamodule, device)
     module = instantiate(cfg.module, _partial_=True)(
         backbone=backbone,
         strategy=strategy,
@@ -163,7 +169,8 @@ def prepare(cfg: DictConfig) -> RunParts:
     runner = [StrategyRunner(strategy, backbone.components)] if strategy.acts_on_training else []
     trainer = instantiate(
         cfg.trainer,
-        callbacks=_instantiate_all(cfg.get("callbacks")) + runner + strategy.callbacks() + [FreshLastCheckpoint()],
+        callbacks=[*_instantiate_all(cfg.get("callbacks")), *runner, *strategy.callbacks(), FreshLastCheckpoint()]
+        + ([probe] if probe is not None else []),
         logger=loggers or False,
     )
     use_atomic_saves(trainer)
@@ -220,6 +227,8 @@ def _run(cfg: DictConfig, update: Callable[[RunParts], Callable[[], dict]] | Non
     scores["final"], samples, details["final"] = logged_test_scores(trainer, names)
     throughput = float(trainer.callback_metrics["test/samples_per_s"])
     results = make_results(cfg, parts, scores, details, samples, steps, time.time() - started, run_info, throughput)
+    if probe_kl := logged_probe(trainer, names):  # KL(π_base ‖ π_θ) per set on the probe (kl_probe.py)
+        results["probe_kl"] = probe_kl
     if trainer.is_global_zero:
         write_results(results, out / "results.json")
         log.info("results written to %s", out / "results.json")
@@ -258,7 +267,7 @@ def make_results(
     if "final" in scores:
         f = scores["final"]
         tradeoff["final"] = tradeoff_scores(f[target], [f[u] for u in upstream], tradeoff.get("zeroshot"))
-    backbone = parts.backbone
+    backbone, dm = parts.backbone, parts.datamodule
     results = {
         "schema": RESULTS_SCHEMA,
         "status": "complete" if "final" in scores else "partial",  # partial: the zero-shot test only
@@ -268,6 +277,7 @@ def make_results(
             "backbone_source": backbone.source,
             "strategy": parts.strategy.name,
             "objective": parts.module.objective.summary(),
+            **({"replay": replay.summary([s.name for s in dm.replay_sources()])} if (replay := dm.replay) else {}),
             "scope": OmegaConf.to_container(cfg.scope, resolve=True),
             "seed": cfg.seed,
             "output_dir": str(cfg.paths.output_dir),

@@ -95,3 +95,23 @@ def test_unknown_names_are_refused_before_any_run(tmp_path, capsys):
         benchmark.main(["--strategies", "spider", "--merges", "dare", "--out", str(tmp_path)])
     assert "merge the full run" in capsys.readouterr().err
     assert not os.listdir(tmp_path)
+
+
+def test_objectives_and_replay_pair_with_full_spider_and_lora(tmp_path):
+    runs = benchmark.plan(["full", "gmt", "lora"], [], [7], tmp_path, ["dft", "grpo"], replay=True)
+    names = [r["name"] for r in runs]
+    assert names == [
+        "full",
+        "gmt",
+        "lora",
+        "full+dft",
+        "full+grpo",
+        "full+replay",
+        "lora+dft",
+        "lora+grpo",
+        "lora+replay",
+    ]
+    grpo = benchmark.command(next(r for r in runs if r["name"] == "lora+grpo"), [])
+    assert grpo[3:7] == ["strategy=lora", "objective=grpo", "objective.sft_warmup_steps=100", "seed=7"]
+    replay = benchmark.command(next(r for r in runs if r["name"] == "full+replay"), [])
+    assert "data.replay={ratio: 0.25}" in replay and (tmp_path / "full+replay" / "seed7").as_posix() in " ".join(replay)

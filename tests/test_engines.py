@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from mllmft import api
 from mllmft.data.datamodule import ResumableSampler
+from mllmft.data.replay import MixedBatches
 from tests.helpers.engines import (
     BF16,
     DDP_ONLY,
@@ -60,11 +61,29 @@ class _RanksInTurn(Sampler):
         return len(self.samplers) * -(-len(self.samplers[0]) // self.batch_size)
 
 
+class _MixedInTurn(Sampler):
+    """With replay: the mixed batches ranks 0..world-1 would take, one after another."""
+
+    def __init__(self, n_target: int, n_replay: int, batch_size: int, k: int, world: int, seed: int):
+        self.ranks = [MixedBatches(n_target, n_replay, batch_size, k, world, r, seed) for r in range(world)]
+
+    def __iter__(self):
+        for batches in zip(*self.ranks):
+            yield from batches
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.ranks)
+
+
 def reference(compose, overrides: list[str], world: int = 2) -> dict[str, torch.Tensor]:
     parts = api.build(compose(*EQUAL_STEPS, *overrides, f"trainer.accumulate_grad_batches={world}"))
     dm = parts.datamodule
     dataset = dm.split(dm.target, "train")
-    order = _RanksInTurn(dataset, world, dm.batch_size, dm.seed)
+    order: Sampler = _RanksInTurn(dataset, world, dm.batch_size, dm.seed)
+    if dm.replay is not None:
+        pool = ConcatDataset([dm.split(s, dm.replay.split) for s in dm.replay_sources()])
+        order = _MixedInTurn(len(dataset), len(pool), dm.batch_size, dm.replay.per_batch(dm.batch_size), world, dm.seed)
+        dataset = ConcatDataset([dataset, pool])
     collate = dm.collator_class(dm.processor, dm.max_length)
     dm.train_dataloader = lambda: DataLoader(dataset, batch_sampler=order, collate_fn=collate)
     parts.trainer.fit(parts.module, datamodule=dm)

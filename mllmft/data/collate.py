@@ -21,6 +21,7 @@ from contextlib import contextmanager
 import torch
 from PIL import Image
 
+from mllmft.data.batch_items import BatchItems
 from mllmft.data.record import Record, Turn
 from mllmft.errors import ConfigError, DataError
 
@@ -163,6 +164,7 @@ class ConversationCollator:
             "options": [r.options for r in records],
             "ids": [r.id for r in records],
             "prompts": [r.prompt_turns[-1].text for r in records],
+            "items": BatchItems(list(indices), list(records), list(images)),  # for objectives that sample
         }
 
     def _encode_for_training(self, records, images) -> tuple[dict, torch.Tensor]:

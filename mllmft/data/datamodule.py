@@ -19,6 +19,7 @@ from mllmft.console import progress
 from mllmft.data.collate import ConversationCollator
 from mllmft.data.images import MAX_IMAGE_PIXELS, NOTES
 from mllmft.data.record import IMAGE_CHECKS, Record
+from mllmft.data.replay import MixedBatches, Replay, refuse_test_overlap, replay_settings
 from mllmft.data.sizes import check_sizes
 from mllmft.data.test_set import TestSet
 from mllmft.errors import ConfigError, DataError
@@ -99,6 +100,7 @@ class MLLMDataModule(L.LightningDataModule):
         allow_outside_root: bool = False,
         max_image_pixels: int = MAX_IMAGE_PIXELS,
         collator_class: type[ConversationCollator] = ConversationCollator,
+        replay: Mapping | Replay | None = None,
     ):
         super().__init__()
         check_settings(
@@ -127,6 +129,12 @@ class MLLMDataModule(L.LightningDataModule):
         self.length_check = length_check
         self.allow_outside_root = allow_outside_root
         self.max_image_pixels = max_image_pixels
+        # data.replay (mllmft/data/replay.py): its sets default to the upstream sets
+        self.replay = replay_settings(replay, batch_size)
+        if self.replay is not None and not (self.replay.sets or self.upstream):
+            raise ConfigError(
+                "data.replay mixes in the upstream sets by default, and data.upstream is empty: add data.replay.sets"
+            )
         self._splits: dict[tuple[str, str], RecordDataset] = {}
         self._resume: dict = {}
 
@@ -211,12 +219,23 @@ class MLLMDataModule(L.LightningDataModule):
             self.split(self.target, "train")
             if self._has(self.target, "val"):
                 self.split(self.target, "val")
+            if self.replay is not None:  # read, and checked against every test split, before any step
+                refuse_test_overlap(
+                    {s.name: self.split(s, self.replay.split).records for s in self.replay_sources()},
+                    {s.name: self.split(s, "test", generate=True).records for s in self.test_sources()},
+                )
         if stage in (None, "test"):
             for source in self.test_sources():
                 self.split(source, "test", generate=True)
 
     def test_sources(self) -> list[Source]:
         return [self.target, *self.upstream.values()]
+
+    def replay_sources(self) -> list[Source]:
+        """The sets ``data.replay`` mixes into training batches (none without replay)."""
+        if self.replay is None:
+            return []
+        return list((self.replay.sets or self.upstream).values())
 
     def _world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
@@ -240,12 +259,33 @@ class MLLMDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        if self.replay is not None:
+            return self._replay_loader()
         loader = self._loader(self.split(self.target, "train"), shuffle=True, generate=False)
         if self._resume:
             assert isinstance(loader.sampler, ResumableSampler)  # _loader's, for shuffled training data
             loader.sampler.resume_at(self._resume["epoch"], self._resume["batches_done"] * self.batch_size)
             self._resume = {}
         return loader
+
+    def _replay_loader(self) -> DataLoader:
+        assert self.replay is not None
+        target = self.split(self.target, "train")
+        pool: ConcatDataset = ConcatDataset([self.split(s, self.replay.split) for s in self.replay_sources()])
+        world, rank = self._world()
+        batches = MixedBatches(
+            len(target), len(pool), self.batch_size, self.replay.per_batch(self.batch_size), world, rank, self.seed
+        )
+        if self._resume:
+            batches.resume_at(self._resume["epoch"], self._resume["batches_done"])
+            self._resume = {}
+        return DataLoader(
+            ConcatDataset([target, pool]),
+            batch_sampler=batches,
+            num_workers=self.num_workers,
+            collate_fn=self.collator_class(self.processor, self.max_length, False),
+            persistent_workers=self.num_workers > 0,
+        )
 
     def upstream_train_dataloader(self, split: str = "train", batch_size: int | None = None) -> DataLoader:
         """Training-style batches of every upstream set's ``split`` (EWC's Fisher, replay...)."""
@@ -288,6 +328,7 @@ def check_settings(
     max_image_pixels: int = MAX_IMAGE_PIXELS,
     target: Mapping | None = None,
     upstream: Mapping | None = None,
+    replay: Mapping | None = None,
 ) -> None:
     """The data knobs, in range; ``target`` and ``upstream`` are the data sets' configs (a run checks
     their ``sizes`` here, before any model is built; each source checks its own again when built)."""
@@ -301,6 +342,7 @@ def check_settings(
         check_number(f"data.{key}", value, low, integer=True)
     if image_check not in IMAGE_CHECKS:
         raise ConfigError(f"data.image_check={image_check!r}; expected one of {IMAGE_CHECKS}")
+    replay_settings(replay, batch_size)
     sources = {"data.target": target, **{f"data.upstream.{k}": v for k, v in (upstream or {}).items()}}
     for key, source in sources.items():
         if isinstance(source, Mapping):

@@ -2,6 +2,8 @@
 the tuning strategy (which parameters move and how), so that any pair composes."""
 
 from mllmft.objectives.base import Objective
+from mllmft.objectives.grpo import GRPO
+from mllmft.objectives.self_targets import SelfTargets
 from mllmft.objectives.token_weighted import ASFT, DFT, EAFT, SFT
 
-__all__ = ["ASFT", "DFT", "EAFT", "SFT", "Objective"]
+__all__ = ["ASFT", "DFT", "EAFT", "GRPO", "SFT", "Objective", "SelfTargets"]

@@ -7,11 +7,21 @@ strategy's ``extra_loss`` is added to what it returns.
 
 from __future__ import annotations
 
+import copy
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
 from mllmft.data.collate import IGNORE_INDEX
+from mllmft.errors import ConfigError
+
+
+def base_model(model: torch.nn.Module) -> AbstractContextManager:
+    """A context in which ``model`` computes as the base model: its adapters disabled (peft), else as it is
+    (a strategy that changes the weights themselves has no base inside the model)."""
+    disable = getattr(model, "disable_adapter", None)
+    return disable() if callable(disable) else nullcontext()
 
 
 @dataclass
@@ -21,14 +31,16 @@ class AnswerTokens:
 
     logits: torch.Tensor
     targets: torch.Tensor
+    rows: torch.Tensor  # [N] the sample of the batch each token belongs to
 
     @classmethod
     def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> AnswerTokens:
         """From a causal LM's logits [B, T, V] and labels [B, T] (IGNORE_INDEX off the answers): the
         prediction at t is of the token at t + 1, as the model's own loss shifts them."""
+        logits = logits[:, logits.shape[1] - labels.shape[1] :]  # prompt tuning prepends its virtual tokens
         shifted = labels[:, 1:]
         supervised = shifted != IGNORE_INDEX
-        return cls(logits[:, :-1][supervised].float(), shifted[supervised])
+        return cls(logits[:, :-1][supervised].float(), shifted[supervised], supervised.nonzero()[:, 0])
 
     def log_probs(self) -> torch.Tensor:
         """log π(v) for every vocabulary entry, [N, V]."""
@@ -56,3 +68,40 @@ class Objective:
     def summary(self) -> dict:
         """What results.json records under ``run.objective`` (the name and the knobs)."""
         return {"name": self.name}
+
+    def state_dict(self) -> dict:
+        """What must survive a checkpoint (in it as ``objective``); every rank calls it."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class BaseLogits:
+    """The base model's logits for an objective's KL term: the model with its adapters disabled under a
+    peft strategy (no second copy, any engine), else a frozen copy taken when the run is built (one
+    more model in memory; one device or DDP, since FSDP2 and DeepSpeed would need it sharded too)."""
+
+    def __init__(self):
+        self._frozen: torch.nn.Module | None = None
+
+    def attach(self, backbone, engine: str, who: str) -> None:
+        """``who`` names the setting that needs the base, for the refusal on a sharded engine."""
+        if hasattr(backbone.model, "disable_adapter"):
+            return
+        if engine != "local":
+            raise ConfigError(
+                f"{who} without adapters keeps an unsharded copy of the base model for its KL term, which {engine} "
+                "does not shard: use a peft strategy (strategy=lora: the base is the model with its adapters "
+                "disabled) or hardware=ddp"
+            )
+        self._frozen = copy.deepcopy(backbone.model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, module, inputs: dict) -> torch.Tensor:
+        """The base model's logits on ``inputs`` (on the module's device), images included."""
+        if self._frozen is None:
+            with base_model(module.model):
+                return module.model(**inputs).logits
+        self._frozen.to(module.device)
+        return self._frozen(**inputs).logits

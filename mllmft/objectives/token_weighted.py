@@ -14,14 +14,12 @@ sg: stop-gradient (the weight is a number, not a path for the gradient).
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 
 from mllmft.checks import check_number
-from mllmft.errors import ConfigError
-from mllmft.objectives.base import AnswerTokens, Objective
+from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective
 
 
 class SFT(Objective):
@@ -85,40 +83,22 @@ class EAFT(Objective):
 
 
 class ASFT(Objective):
-    """DFT anchored to the base model: + ``lam`` · KL(π_θ ‖ π_base) on the answer tokens.
-
-    The base distribution comes from the same model with its adapters disabled where the strategy is a
-    peft one (no second copy); otherwise from a frozen copy of the trainable weights' model taken when
-    the run is built (one more model in memory, on one device or under DDP; the sharded engines would
-    need that copy sharded too, so they are refused with a peft strategy as the way)."""
+    """DFT anchored to the base model: + ``lam`` · KL(π_θ ‖ π_base) on the answer tokens (the base: see
+    ``BaseLogits``)."""
 
     name = "asft"
 
     def __init__(self, lam: float = 0.1):
         check_number("objective.lam", lam, 0)
         self.lam = lam
-        self._frozen: torch.nn.Module | None = None  # the base, when the adapters cannot be disabled
+        self.base = BaseLogits()
 
     def attach(self, backbone, engine: str) -> None:
-        if hasattr(backbone.model, "disable_adapter"):  # peft: the base is the model without its adapters
-            return
-        if engine != "local":
-            raise ConfigError(
-                f"objective=asft without adapters keeps an unsharded copy of the base model for its KL term, "
-                f"which {engine} does not shard: use a peft strategy (strategy=lora: the base is the model with "
-                "its adapters disabled) or hardware=ddp"
-            )
-        self._frozen = copy.deepcopy(backbone.model).eval().requires_grad_(False)
+        self.base.attach(backbone, engine, "objective=asft")
 
-    @torch.no_grad()
     def base_logits(self, module, batch: dict) -> torch.Tensor:
         """The base model's logits on the whole batch, images included."""
-        inputs = batch["model_inputs"]
-        if self._frozen is None:
-            with module.model.disable_adapter():
-                return module.model(**inputs).logits
-        self._frozen.to(module.device)
-        return self._frozen(**inputs).logits
+        return self.base(module, batch["model_inputs"])
 
     def loss(self, module, batch, outputs):
         tokens = AnswerTokens.of(outputs.logits, batch["labels"])

@@ -30,6 +30,8 @@ FAST = {
     "gmt": ["strategy=gmt"],
     "l2_sp": ["strategy=l2_sp", "strategy.lam=1.0"],
     "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"],
+    # replay (each rank's batches: 1 digits + 1 shapes sample) and a token-weighted objective
+    "spider_replay_dft": ["strategy=spider", "data.replay={ratio: 0.5}", "objective=dft"],
 }
 BF16 = {"spider_bf16": ["strategy=spider", "hardware.precision=bf16-mixed"]}  # against fp32: a tolerance
 # `pytest -m slow tests/test_engines.py`: every other training strategy (about 3 minutes)

@@ -1,0 +1,140 @@
+"""GRPO (Shao et al. 2024, DeepSeekMath; as TRL's GRPOTrainer): reinforcement learning with the target
+set's own metric as a verifiable reward. "RL's Razor" (arXiv 2509.04259) reports that RL fine-tuning
+forgets far less than SFT.
+
+For each prompt of a training batch, ``group_size`` answers are sampled from the current model; each is
+scored by the target set's metric against the references (exact match, VQA accuracy, option match,
+CIDEr: the reward); advantages are normalised within each prompt's group, A = (r − mean) / (std + 1e-4);
+and the loss over every answer token t of every sampled answer is TRL's
+
+    −min(ρ_t · A, clip(ρ_t, 1 − ε, 1 + ε) · A) + β · (exp(log π_base − log π_θ) − (log π_base − log π_θ) − 1),
+
+ρ_t = π_θ(y_t) / π_old(y_t), with π_old the sampling policy (one update per sample, as TRL's default: ρ = 1
+in value, its gradient the policy gradient), averaged over the batch's answer tokens. The answers are
+re-encoded with the chat template (as text, as the test scores them). Sampling is seeded per (seed, step,
+the micro-batch's place in the global batch), so a resumed run draws the same answers, and ranks draw
+what one process accumulating their batches in turn would. The base for β > 0 is the one ASFT uses.
+
+A group whose answers all score the same (all wrong, at the start of training on a new task) has zero
+advantage and teaches nothing: ``sft_warmup_steps`` optimizer steps of plain SFT first give the model
+answers worth rewarding (the built-in job's base model scores 0 on its target).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mllmft.checks import check_number, check_seed
+from mllmft.metrics import build_metric
+from mllmft.metrics.generated import Answer
+from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective
+
+
+def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
+    """(r − mean) / (std + eps) within each row (a prompt's group of answers), std with Bessel's correction."""
+    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + eps)
+
+
+def clipped_policy_loss(
+    log_probs: torch.Tensor,
+    old_log_probs: torch.Tensor,
+    advantages: torch.Tensor,
+    epsilon: float,
+    beta: float = 0.0,
+    base_log_probs: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean over tokens of −min(ρ·A, clip(ρ)·A) + β·k3(π_θ, π_base); every argument per token, [N]."""
+    ratio = torch.exp(log_probs - old_log_probs)
+    per_token = -torch.min(ratio * advantages, ratio.clamp(1 - epsilon, 1 + epsilon) * advantages)
+    if beta:
+        assert base_log_probs is not None, "β > 0 needs the base model's log-probabilities"
+        delta = base_log_probs - log_probs
+        per_token = per_token + beta * (torch.exp(delta) - delta - 1)
+    return per_token.mean()
+
+
+class GRPO(Objective):
+    """Group-relative policy optimisation with the target set's metric as the reward."""
+
+    name = "grpo"
+
+    def __init__(
+        self,
+        group_size: int = 4,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 16,
+        epsilon: float = 0.2,
+        beta: float = 0.0,
+        sft_warmup_steps: int = 0,
+        seed: int = 0,
+    ):
+        check_number("objective.group_size", group_size, 2, integer=True)
+        check_number("objective.temperature", temperature, 0, low_open=True)
+        check_number("objective.top_p", top_p, 0, 1, low_open=True)
+        check_number("objective.max_new_tokens", max_new_tokens, 1, integer=True)
+        check_number("objective.epsilon", epsilon, 0)
+        check_number("objective.beta", beta, 0)
+        check_number("objective.sft_warmup_steps", sft_warmup_steps, 0, integer=True)
+        check_seed("objective.seed", seed)
+        self.group_size, self.temperature, self.top_p = group_size, temperature, top_p
+        self.max_new_tokens, self.epsilon, self.beta = max_new_tokens, epsilon, beta
+        self.sft_warmup_steps, self.seed = sft_warmup_steps, seed
+        self.base = BaseLogits()
+
+    def attach(self, backbone, engine: str) -> None:
+        if self.beta:
+            self.base.attach(backbone, engine, "objective=grpo with objective.beta > 0")
+
+    def loss(self, module, batch, outputs):
+        if module.global_step < self.sft_warmup_steps:  # plain SFT on the references first
+            return outputs.loss, {}
+        items = batch["items"].repeated(self.group_size)  # each prompt group_size times, in turn
+        answers = self.sample(module, items)
+        rewards = torch.tensor(self.rewards(module, items, answers), dtype=torch.float32)
+        advantages = group_advantages(rewards.view(-1, self.group_size))
+        sampled = items.answered(answers)
+        collate = module.trainer.datamodule.collator_class
+        encoded = collate(module.backbone.processor, module.trainer.datamodule.max_length + self.max_new_tokens + 8)(
+            sampled.collator_items()
+        )
+        inputs = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in encoded["model_inputs"].items()}
+        labels = encoded["labels"].to(module.device)
+        tokens = AnswerTokens.of(module.model(**inputs).logits, labels)
+        log_probs = tokens.target_log_probs()
+        per_token_advantage = advantages.reshape(-1).to(module.device)[tokens.rows]
+        base = None
+        if self.beta:
+            base = AnswerTokens.of(self.base(module, inputs), labels).target_log_probs()
+        loss = clipped_policy_loss(log_probs, log_probs.detach(), per_token_advantage, self.epsilon, self.beta, base)
+        return loss, {"reward": rewards.mean(), "reward_std": rewards.view(-1, self.group_size).std(1).mean()}
+
+    def sample(self, module, items) -> list[str]:
+        """One sampled answer per item, seeded without touching the global RNG."""
+        collate = module.trainer.datamodule.collator_class
+        prompts = collate(module.backbone.processor, module.trainer.datamodule.max_length, True)(items.collator_items())
+        inputs = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in prompts["model_inputs"].items()}
+        devices = [module.device] if module.device.type == "cuda" else []
+        # the stream: the micro-batch's place in the optimizer step's global batch, so one process that
+        # accumulates the ranks' batches in turn draws what the ranks draw (engines equal one process)
+        accumulate = module.trainer.accumulate_grad_batches
+        stream = module.global_rank * accumulate + module.trainer.fit_loop.epoch_loop.batch_idx % accumulate
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed * 1_000_003 + stream * 10_007 + module.global_step)
+            return module.generate(
+                inputs, self.max_new_tokens, do_sample=True, temperature=self.temperature, top_p=self.top_p
+            )
+
+    @staticmethod
+    def rewards(module, items, answers: list[str]) -> list[float]:
+        """The target set's metric, per answer."""
+        metric = build_metric(**module.test_sets[0].metric)
+        scored = [
+            Answer(i, r.id, r.prompt_turns[-1].text, answer, r.answers, r.options)
+            for i, (r, answer) in enumerate(zip(items.records, answers))
+        ]
+        return [float(s) for s in metric.score(scored)[1]]
+
+    def summary(self) -> dict:
+        knobs = ("group_size", "temperature", "top_p", "max_new_tokens", "epsilon", "beta", "sft_warmup_steps")
+        return {"name": self.name, **{k: getattr(self, k) for k in knobs}}

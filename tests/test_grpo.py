@@ -1,0 +1,118 @@
+"""GRPO (objective=grpo): group advantages, the clipped objective and its KL against a reference written
+from the formulas, a rewarded answer's probability rising after a step, the rewards from the target's
+metric, and runs (seeded sampling: the same seed, the same weights)."""
+
+import numpy as np
+import pytest
+import torch
+
+from mllmft import api
+from mllmft.data.batch_items import BatchItems
+from mllmft.objectives.grpo import clipped_policy_loss, group_advantages
+
+
+def test_group_advantages_normalise_within_each_prompts_group():
+    rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.2, 0.4, 0.9, 0.5], [1.0, 1.0, 1.0, 1.0]])
+    expected = (rewards - rewards.mean(1, keepdims=True)) / (rewards.std(1, ddof=1, keepdims=True) + 1e-4)
+    np.testing.assert_allclose(group_advantages(torch.tensor(rewards)).numpy(), expected, rtol=1e-6)
+    assert not group_advantages(torch.tensor(rewards))[2].any()  # all equal: nothing to learn
+
+
+def test_the_clipped_objective_and_its_kl_match_the_formulas():
+    rng = np.random.default_rng(0)
+    new, old, base = rng.normal(size=12) - 2, rng.normal(size=12) - 2, rng.normal(size=12) - 2
+    advantages = rng.normal(size=12)
+    ratio = np.exp(new - old)
+    surrogate = -np.minimum(ratio * advantages, np.clip(ratio, 0.8, 1.2) * advantages)
+    k3 = np.exp(base - new) - (base - new) - 1
+    t = [torch.tensor(x) for x in (new, old, advantages, base)]
+    assert float(clipped_policy_loss(t[0], t[1], t[2], 0.2)) == pytest.approx(surrogate.mean(), rel=1e-9)
+    with_kl = clipped_policy_loss(t[0], t[1], t[2], 0.2, beta=0.04, base_log_probs=t[3])
+    assert float(with_kl) == pytest.approx((surrogate + 0.04 * k3).mean(), rel=1e-9)
+
+
+def test_a_rewarded_answers_probability_rises_after_one_step():
+    """A toy policy over 6 answers: the answer rewarded 1 (the others 0) is sampled, and one step on the
+    group's objective makes it more likely; an unrewarded one less."""
+    torch.manual_seed(0)
+    logits = torch.zeros(6, requires_grad=True)
+    group = torch.tensor([3, 1, 4, 1])  # sampled answers; 3 is the right one
+    rewards = (group == 3).float()
+    log_probs = torch.log_softmax(logits, 0)[group]
+    loss = clipped_policy_loss(log_probs, log_probs.detach(), group_advantages(rewards[None])[0], 0.2)
+    loss.backward()
+    with torch.no_grad():
+        after = torch.log_softmax(logits - 0.5 * logits.grad, 0)
+    before = torch.log_softmax(torch.zeros(6), 0)
+    assert after[3] > before[3] and after[1] < before[1]
+
+
+def test_rewards_are_the_target_sets_metric_per_answer(compose):
+    parts = api.build(compose("objective=grpo"))
+    parts.datamodule.setup("fit")
+    batch = next(iter(parts.datamodule.train_dataloader()))
+    items: BatchItems = batch["items"]
+    answers = [r.answers[0] if i % 2 == 0 else "wrong" for i, r in enumerate(items.records)]
+    rewards = parts.module.objective.rewards(parts.module, items, answers)
+    assert rewards == [1.0 if i % 2 == 0 else 0.0 for i in range(len(items))]
+    answered = items.repeated(2).answered(["x"] * (2 * len(items)))
+    assert [r.id for r in answered.records][:2] == [items.records[0].id] * 2
+    assert (
+        answered.records[0].turns[-1].text == "x" and answered.records[0].prompt_turns == items.records[0].prompt_turns
+    )
+
+
+@pytest.mark.parametrize("strategy", ["spider", "lora"])
+def test_grpo_trains_after_an_sft_warm_up_and_its_sampling_is_seeded(compose, monkeypatch, strategy):
+    """The random tiny model answers nothing right: a reward that tells its answers apart (their length)
+    makes the weights depend on what was sampled."""
+    from mllmft.objectives.grpo import GRPO
+
+    drawn: list[list[str]] = []
+    monkeypatch.setattr(
+        GRPO, "rewards", staticmethod(lambda module, items, answers: [float(len(a) % 3) for a in answers])
+    )
+    sample = GRPO.sample
+    monkeypatch.setattr(
+        GRPO, "sample", lambda self, module, items: drawn.append(sample(self, module, items)) or drawn[-1]
+    )
+
+    def fit(seed):
+        overrides = ["objective=grpo", "objective.sft_warmup_steps=1", "objective.group_size=2"]
+        overrides += [
+            "objective.max_new_tokens=4",
+            f"objective.seed={seed}",
+            f"strategy={strategy}",
+            "trainer.max_steps=3",
+        ]
+        parts = api.build(compose(*overrides, "trainer.log_every_n_steps=1"))
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+        assert "train/reward" in parts.trainer.callback_metrics and parts.trainer.global_step == 3
+        return {n: p.detach().clone() for n, p in parts.backbone.model.named_parameters() if p.requires_grad}
+
+    first, again = fit(0), fit(0)
+    assert drawn[0] == drawn[2] and drawn[1] == drawn[3]  # steps 1 and 2 of both runs: the same answers
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    fit(1)
+    assert drawn[4] != drawn[0]
+
+
+def test_a_resumed_grpo_run_draws_the_same_answers_and_ends_equal(compose, monkeypatch, tmp_path):
+    from mllmft.objectives.grpo import GRPO
+    from tests.helpers.runs import CKPT, StopAt
+
+    monkeypatch.setattr(
+        GRPO, "rewards", staticmethod(lambda module, items, answers: [float(len(a) % 3) for a in answers])
+    )
+    common = ["objective=grpo", "objective.group_size=2", "objective.max_new_tokens=4", "trainer.max_steps=4"]
+    common += ["trainer.limit_val_batches=0"]
+    whole = api.build(compose(*common))
+    whole.trainer.fit(whole.module, datamodule=whole.datamodule)
+    first = api.build(compose(*common, CKPT))
+    first.trainer.callbacks.append(StopAt(2))
+    first.trainer.fit(first.module, datamodule=first.datamodule)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
+    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
+    assert resumed.trainer.global_step == 4 and all(torch.equal(a[k], b[k]) for k in a)

@@ -1,0 +1,108 @@
+"""Replay (data.replay): the mixing ratio in every batch, the order as a function of (seed, epoch), a
+mid-epoch resume, the refusal of replay samples that are test samples, and runs that record it."""
+
+import json
+
+import pytest
+import torch
+
+from mllmft import api
+from mllmft.data.replay import MixedBatches, refuse_test_overlap
+from mllmft.errors import ConfigError, DataError
+from mllmft.report import label
+from tests.helpers.data_files import llava_dataset, llava_row
+from tests.helpers.runs import CKPT, StopAt
+
+
+def _epoch(sampler, epoch):
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+@pytest.mark.parametrize("n_target, n_replay, batch, k, world", [(37, 5, 8, 2, 1), (40, 300, 6, 1, 2), (9, 4, 4, 3, 3)])
+def test_every_batch_holds_k_replay_samples_and_each_epoch_covers_the_target(n_target, n_replay, batch, k, world):
+    ranks = [MixedBatches(n_target, n_replay, batch, k, world, r, seed=3) for r in range(world)]
+    for epoch in range(3):
+        batches = [b for sampler in ranks for b in _epoch(sampler, epoch)]
+        replay = [i for b in batches for i in b if i >= n_target]
+        target = [i for b in batches for i in b if i < n_target]
+        assert all(sum(i >= n_target for i in b) == k for b in batches)  # the share, batch by batch
+        assert all(len(b) == batch for b in batches[:-world])  # only each rank's last batch may be short
+        assert set(target) == set(range(n_target))  # one pass over the target (padded to equal shards)
+        assert len(target) == world * -(-n_target // world)
+        assert set(replay) <= set(range(n_target, n_target + n_replay))
+        if len(replay) >= n_replay:  # the pool is cycled through, not sampled with repeats first
+            assert set(replay) == set(range(n_target, n_target + n_replay))
+    again = MixedBatches(n_target, n_replay, batch, k, world, 0, seed=3)
+    assert _epoch(again, 1) == _epoch(ranks[0], 1)  # a function of (seed, epoch)
+    assert _epoch(again, 1) != _epoch(again, 2)
+
+
+def test_a_resumed_epoch_continues_with_the_uninterrupted_batches():
+    whole = _epoch(MixedBatches(37, 5, 8, 2, 1, 0, seed=0), 4)
+    resumed = MixedBatches(37, 5, 8, 2, 1, 0, seed=0)
+    resumed.resume_at(4, 2)
+    assert _epoch(resumed, 4) == whole[2:]
+    assert _epoch(resumed, 4) == whole  # only the epoch that was interrupted skips
+
+
+def test_replay_mixes_the_upstream_train_split_into_training_and_is_recorded(compose, tmp_path):
+    from mllmft.run import run
+
+    parts = api.build(compose("data.replay={ratio: 0.25}"))  # batch 4: 1 shapes sample, 3 digits
+    batches = list(parts.datamodule.train_dataloader())
+    assert all(sum(i.startswith("shapes-train-") for i in b["ids"]) == 1 for b in batches)
+    assert all(sum(i.startswith("digits-") for i in b["ids"]) == len(b["ids"]) - 1 for b in batches)
+    results = run(compose("data.replay={ratio: 0.25}", "zeroshot_test=false"))
+    assert results["run"]["replay"] == {"ratio": 0.25, "sets": ["shapes"], "split": "train"}
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["run"]["replay"]["sets"] == ["shapes"] and label(saved) == "full + replay"
+
+
+def test_a_resumed_run_with_replay_ends_equal_to_an_uninterrupted_one(compose, tmp_path):
+    common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0"]
+    common += ["data.replay={ratio: 0.5}"]  # 2 target + 2 replay a batch: 4 steps an epoch, resumed mid-epoch 1
+    whole = api.build(compose(*common))
+    whole.trainer.fit(whole.module, datamodule=whole.datamodule)
+    first = api.build(compose(*common, CKPT))
+    first.trainer.callbacks.append(StopAt(3))
+    first.trainer.fit(first.module, datamodule=first.datamodule)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
+    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
+    assert resumed.trainer.global_step == 5
+    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "replay, message",
+    [
+        ("{ratio: 0}", r"data.replay.ratio=0; expected a value in \(0, 1\)"),
+        ("{ratio: 1.0}", r"data.replay.ratio=1.0; expected a value in \(0, 1\)"),
+        ("{ratio: nan}", "data.replay.ratio=nan"),
+        ("{ratio: 0.1}", r"data.replay.ratio=0.1 of data.batch_size=4 is 0.4 samples a batch"),
+        ("{ratio: 0.5, sest: {}}", r"data.replay has unknown keys \['sest'\]"),
+    ],
+)
+def test_bad_replay_settings_are_refused_before_the_model(compose, monkeypatch, replay, message):
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was built before the settings were refused")
+
+    monkeypatch.setattr("mllmft.run.build_backbone", no_model)
+    with pytest.raises(ConfigError, match=message):
+        api.build(compose(f"data.replay={replay}"))
+
+
+def test_replay_samples_that_are_test_samples_are_refused(tmp_path):
+    """By id within a data set, and by content (the same image and conversation) in any test split."""
+    source = llava_dataset(tmp_path, [llava_row(i) for i in range(3)])
+    records = source.records("train")
+    with pytest.raises(DataError, match="record 'r1' .* of 'custom' is also in its test split"):
+        refuse_test_overlap({"custom": records}, {"custom": records[1:2]})
+    renamed = [type(r)(**{**r.__dict__, "id": f"other-{r.id}"}) for r in records]
+    with pytest.raises(DataError, match="has the same images and text as record 'r0' .* of the 'digits' test split"):
+        refuse_test_overlap({"custom": renamed}, {"digits": records[:1]})
+    (tmp_path / "b").mkdir()
+    other_answer = llava_dataset(tmp_path / "b", [llava_row(i, answer="blue") for i in range(3)]).records("train")
+    refuse_test_overlap({"custom": other_answer}, {"digits": records})  # another conversation: no overlap
