@@ -46,3 +46,35 @@ def test_every_strategy_on_qwen2_5_vl(compose, strategy):
 @pytest.mark.parametrize("strategy", ALL_TRAINING_STRATEGIES)
 def test_every_strategy_on_every_family(compose, model, strategy):
     _one_step(compose, model, strategy)
+
+
+# every objective's own code (answer tokens, the base's logits, sampling and re-encoding) on each family
+OBJECTIVES = {
+    "dft": [],
+    "eaft": [],
+    "asft": [],
+    "self_targets": ["objective.samples=2", "objective.max_new_tokens=4"],
+    "grpo": ["objective.group_size=2", "objective.max_new_tokens=4"],
+}
+
+
+def _one_objective_step(compose, model, objective):
+    overrides = [f"model={model}", "strategy=full", "scope=connector_llm", "trainer.max_steps=1"]
+    parts = api.build(
+        compose(*overrides, f"objective={objective}", *OBJECTIVES[objective], "trainer.log_every_n_steps=1")
+    )
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert parts.trainer.global_step == 1
+    assert torch.isfinite(torch.tensor(float(parts.trainer.callback_metrics["train/loss"])))
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_on_qwen2_5_vl(compose, objective):
+    _one_objective_step(compose, "qwen2_5_vl_tiny", objective)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", TINY_MODELS)
+@pytest.mark.parametrize("objective", sorted(OBJECTIVES))
+def test_every_objective_on_every_family(compose, model, objective):
+    _one_objective_step(compose, model, objective)

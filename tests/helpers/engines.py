@@ -70,6 +70,26 @@ SLOW = {
         "strategy.every_k=1",
     ],
 }
+# the objectives whose code touches the engine: ASFT's base (adapters disabled), GRPO's sampling
+# (generation under every engine; the tiny random model earns no reward, so after its SFT warm-up step
+# the steps compare the sampling, re-encoding and the zero-advantage objective)
+SLOW |= {
+    "lora_asft": [
+        "strategy=lora",
+        "strategy.init=gaussian",
+        "strategy.dropout=0",
+        "scope=connector_llm",
+        "objective=asft",
+    ],
+    "eaft": ["strategy=full", "objective=eaft"],
+    "spider_grpo": [
+        "strategy=spider",
+        "objective=grpo",
+        "objective.sft_warmup_steps=1",
+        "objective.group_size=2",
+        "objective.max_new_tokens=4",
+    ],
+}
 # peft's AdaLoRA reads whole parameters and their .grad: refused on shards (tests/test_run.py)
 DDP_ONLY = {"adalora": ["strategy=adalora", "strategy.dropout=0", "scope=connector_llm"]}
 MEASURED_PER_RANK = ("commit", "ewc", "commit_clr", "constant", "feature_cd", "language_cd", "commit_lora")

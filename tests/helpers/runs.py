@@ -39,6 +39,7 @@ FAST = [
     "data.batch_size=4",
     "data.eval_batch_size=8",
     "+data.target.sizes={train: 16, val: 8, test: 10}",
+    "probe.samples=4",  # the forgetting probe, small (tests/test_kl_probe.py sets its own)
 ]
 
 # FAST's settings on the default model, pre-trained (the tiny LLaVA the package ships)
