@@ -37,31 +37,46 @@ def _split_off_runner_state(checkpoint: dict) -> dict:
     return {k: callbacks.pop(k) for k in [k for k in callbacks if str(k).startswith(RUNNER_KEY)]}
 
 
-def save_directory_whole(strategy, path: Path, save: Callable[[Path], None]) -> None:
+def save_directory_whole(
+    strategy, path: Path, local: Callable[[Path], None], collective: Callable[[Path], None]
+) -> None:
     """A sharded checkpoint, a directory each rank writes its part of, written as ``.<name>.tmp`` beside
     ``path`` and swapped in once every rank has written all of its part: a save that fails on any rank
-    (a full disk) keeps the previous checkpoint whole, and every rank stops with one line (none waits
-    for the others forever)."""
+    (a full disk) keeps the previous checkpoint whole, and every rank stops with one line. ``local``
+    writes this rank's own files (no communication); ``collective`` the engine's save, which every rank
+    enters together, so that a failure of one rank's own files never leaves the others waiting inside
+    the engine's collectives."""
     tmp = temporary_of(path)
     if strategy.is_global_zero:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run that died while saving
     strategy.barrier()
-    failure: OSError | None = None
-    try:
-        save(tmp)
-    except OSError as err:
-        failure = err
-    if not strategy.reduce_boolean_decision(failure is None, all=True):
-        strategy.barrier()
-        if strategy.is_global_zero:
-            shutil.rmtree(tmp, ignore_errors=True)
-        reason = failure.strerror or str(failure) if failure is not None else "another rank could not write its part"
-        kept = f"the previous {path.name} is kept unchanged" if path.exists() else f"no {path.name} was written"
-        raise StorageError(f"could not write the checkpoint {path} ({reason}); {kept}") from failure
+    for save in (local, collective):
+        failure: BaseException | None = None
+        try:
+            save(tmp)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:  # torch.distributed.checkpoint's CheckpointException is a BaseException
+            failure = err
+        if not strategy.reduce_boolean_decision(failure is None, all=True):
+            if strategy.is_global_zero:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise StorageError(_save_failure(path, failure)) from failure
     strategy.barrier()
     if strategy.is_global_zero:
         replace_directory(tmp, path)
     strategy.barrier()
+
+
+def _save_failure(path: Path, failure: BaseException | None) -> str:
+    if failure is None:
+        reason = "another rank could not write its part"
+    else:
+        reason = (
+            getattr(failure, "strerror", None) or (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+        )
+    kept = f"the previous {path.name} is kept unchanged" if path.exists() else f"no {path.name} was written"
+    return f"could not write the checkpoint {path} ({reason}); {kept}"
 
 
 def _save_rank_state(strategy, checkpoint: dict, directory: Path) -> None:
@@ -93,11 +108,12 @@ class FSDP2Strategy(ModelParallelStrategy):
         if not self._save_distributed_checkpoint:  # one file, through the (atomic) CheckpointIO
             return super().save_checkpoint(checkpoint, path, storage_options)
 
-        def save(directory: Path) -> None:
-            _save_rank_state(self, checkpoint, directory)
-            super(FSDP2Strategy, self).save_checkpoint(checkpoint, directory, storage_options)
-
-        save_directory_whole(self, path, save)
+        save_directory_whole(
+            self,
+            path,
+            lambda directory: _save_rank_state(self, checkpoint, directory),
+            lambda directory: super(FSDP2Strategy, self).save_checkpoint(checkpoint, directory, storage_options),
+        )
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))
@@ -170,11 +186,12 @@ class DeepSpeedStrategy(LightningDeepSpeedStrategy):
     def save_checkpoint(self, checkpoint: dict, filepath, storage_options=None) -> None:
         path = Path(self.broadcast(str(filepath)))
 
-        def save(directory: Path) -> None:
-            _save_rank_state(self, checkpoint, directory)
-            super(DeepSpeedStrategy, self).save_checkpoint(checkpoint, directory, storage_options)
-
-        save_directory_whole(self, path, save)
+        save_directory_whole(
+            self,
+            path,
+            lambda directory: _save_rank_state(self, checkpoint, directory),
+            lambda directory: super(DeepSpeedStrategy, self).save_checkpoint(checkpoint, directory, storage_options),
+        )
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict:
         path = Path(self.broadcast(str(checkpoint_path)))

@@ -16,6 +16,7 @@ results.json (``probe_kl``). ``mllmft-report`` plots forgetting against it over 
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import lightning as L
@@ -51,7 +52,8 @@ class KLProbe(L.Callback):
     @torch.no_grad()
     def prepare(self, model: torch.nn.Module, datamodule, device: torch.device) -> None:
         """The probe inputs and the base model's top k, from ``model`` as loaded (before any training)."""
-        collate = datamodule.collator_class(datamodule.processor, datamodule.max_length, False)
+        # whole conversations of test records, whose prompts alone were bound by max_length: no bound here
+        collate = datamodule.collator_class(datamodule.processor, sys.maxsize, False)
         self.sets = []
         for source in datamodule.test_sources():
             records = datamodule.split(source, "test", generate=True).records[: self.samples]

@@ -147,6 +147,11 @@ def prepare(cfg: DictConfig) -> RunParts:
     datamodule = instantiate(cfg.data, _partial_=True)(
         processor=backbone.processor, collator_class=backbone.collator_class
     )
+    if datamodule.replay is not None and objective.rewards_with_target_metric:
+        raise ConfigError(
+            f"objective={objective.name} scores its sampled answers with the target set's metric, which does not "
+            "score the replayed samples of other sets: use data.replay with another objective"
+        )
     if trains:  # bad data fails here, before any step
         datamodule.setup("fit")
     datamodule.setup("test")

@@ -116,3 +116,16 @@ def test_a_resumed_grpo_run_draws_the_same_answers_and_ends_equal(compose, monke
     resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
     a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
     assert resumed.trainer.global_step == 4 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_last_answer_of_a_conversation_is_the_objectives():
+    from mllmft.objectives.base import last_answer_only
+
+    ignore = -100
+    labels = torch.tensor(
+        [[ignore, 5, 6, ignore, ignore, 7, 8, ignore], [ignore, ignore, 3, 4, 2, ignore, ignore, ignore]]
+    )
+    expected = torch.tensor(
+        [[ignore] * 5 + [7, 8, ignore], [ignore, ignore, 3, 4, 2, ignore, ignore, ignore]]
+    )  # an earlier turn is the reference's
+    assert torch.equal(last_answer_only(labels), expected)

@@ -155,12 +155,17 @@ def test_a_sharded_checkpoint_save_that_fails_keeps_the_previous_directory(tmp_p
 
         return write
 
-    save_directory_whole(_OneRank(), last, save(2))
+    def nothing(directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+
+    save_directory_whole(_OneRank(), last, nothing, save(2))
     with pytest.raises(StorageError, match=r"last.ckpt \(No space left on device\); the previous last.ckpt is kept"):
-        save_directory_whole(_OneRank(), last, save(3, fail_after=1))
+        save_directory_whole(_OneRank(), last, nothing, save(3, fail_after=1))
+    with pytest.raises(StorageError, match="the previous last.ckpt is kept"):  # this rank's own state
+        save_directory_whole(_OneRank(), last, save(1, fail_after=0), save(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left behind
     assert [(last / f"shard{i}").read_text() for i in range(2)] == ["step 2", "step 2"]
-    save_directory_whole(_OneRank(), last, save(3))
+    save_directory_whole(_OneRank(), last, nothing, save(3))
     assert sorted(p.name for p in last.iterdir()) == ["shard0", "shard1", "shard2"]
 
 

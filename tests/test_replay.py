@@ -2,11 +2,13 @@
 mid-epoch resume, the refusal of replay samples that are test samples, and runs that record it."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 from mllmft import api
+from mllmft.data import Turn
 from mllmft.data.replay import MixedBatches, refuse_test_overlap
 from mllmft.errors import ConfigError, DataError
 from mllmft.report import label
@@ -19,15 +21,18 @@ def _epoch(sampler, epoch):
     return list(sampler)
 
 
-@pytest.mark.parametrize("n_target, n_replay, batch, k, world", [(37, 5, 8, 2, 1), (40, 300, 6, 1, 2), (9, 4, 4, 3, 3)])
+@pytest.mark.parametrize(
+    "n_target, n_replay, batch, k, world", [(37, 5, 8, 2, 1), (40, 300, 6, 1, 2), (9, 4, 4, 3, 3), (10, 1, 4, 1, 3)]
+)
 def test_every_batch_holds_k_replay_samples_and_each_epoch_covers_the_target(n_target, n_replay, batch, k, world):
     ranks = [MixedBatches(n_target, n_replay, batch, k, world, r, seed=3) for r in range(world)]
     for epoch in range(3):
-        batches = [b for sampler in ranks for b in _epoch(sampler, epoch)]
+        per_rank = [_epoch(sampler, epoch) for sampler in ranks]
+        assert all(len(b) == batch for mine in per_rank for b in mine[:-1])  # only a rank's last may be short
+        batches = [b for mine in per_rank for b in mine]
         replay = [i for b in batches for i in b if i >= n_target]
         target = [i for b in batches for i in b if i < n_target]
         assert all(sum(i >= n_target for i in b) == k for b in batches)  # the share, batch by batch
-        assert all(len(b) == batch for b in batches[:-world])  # only each rank's last batch may be short
         assert set(target) == set(range(n_target))  # one pass over the target (padded to equal shards)
         assert len(target) == world * -(-n_target // world)
         assert set(replay) <= set(range(n_target, n_target + n_replay))
@@ -100,9 +105,17 @@ def test_replay_samples_that_are_test_samples_are_refused(tmp_path):
     records = source.records("train")
     with pytest.raises(DataError, match="record 'r1' .* of 'custom' is also in its test split"):
         refuse_test_overlap({"custom": records}, {"custom": records[1:2]})
-    renamed = [type(r)(**{**r.__dict__, "id": f"other-{r.id}"}) for r in records]
-    with pytest.raises(DataError, match="has the same images and text as record 'r0' .* of the 'digits' test split"):
+    renamed = [replace(r, id=f"other-{r.id}") for r in records]
+    with pytest.raises(DataError, match="has the same images and prompt as record 'r0' .* of the 'digits' test split"):
         refuse_test_overlap({"custom": renamed}, {"digits": records[:1]})
     (tmp_path / "b").mkdir()
     other_answer = llava_dataset(tmp_path / "b", [llava_row(i, answer="blue") for i in range(3)]).records("train")
-    refuse_test_overlap({"custom": other_answer}, {"digits": records})  # another conversation: no overlap
+    with pytest.raises(DataError, match="same images and prompt"):  # the test's question, another answer
+        refuse_test_overlap({"custom": other_answer}, {"digits": records})
+    other_question = [replace(r, turns=(Turn("user", "<image>\nShape?"), r.turns[1])) for r in other_answer]
+    refuse_test_overlap({"custom": other_question}, {"digits": records})  # another question: no overlap
+
+
+def test_replay_with_an_objective_rewarded_by_the_target_metric_is_refused(compose):
+    with pytest.raises(ConfigError, match="objective=grpo scores its sampled answers with the target set's metric"):
+        api.build(compose("data.replay={ratio: 0.5}", "objective=grpo"))

@@ -95,7 +95,7 @@ class MixedBatches(Sampler[list[int]]):
         """This rank's part of a seeded permutation of range(n), padded (from its start) to equal parts."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 2 + stream)
         order = torch.randperm(n, generator=generator).tolist()
-        padded = order + order[: (-len(order)) % self.world]
+        padded = [order[i % n] for i in range(math.ceil(n / self.world) * self.world)]  # n < world: cycled
         return padded[self.rank :: self.world]
 
     def __len__(self) -> int:
@@ -111,9 +111,10 @@ class MixedBatches(Sampler[list[int]]):
 
 
 def content_key(record: Record) -> str:
-    """A hash of what a sample is: its images (their files' bytes, or pixels) and its conversation."""
+    """A hash of what a sample asks: its images (their files' bytes, or pixels) and its prompt (a test
+    question trained on with another reference answer is still the test's question)."""
     digest = hashlib.sha256()
-    for turn in record.turns:
+    for turn in record.prompt_turns:
         digest.update(f"{turn.role}\0{turn.text}\0".encode())
     pictures: list | None = None
     for k, image in enumerate(record.images):
@@ -138,6 +139,6 @@ def refuse_test_overlap(replay: dict[str, list[Record]], tests: dict[str, list[R
             hit = tested.get(content_key(record))
             if hit is not None:
                 raise DataError(
-                    f"data.replay: {record.where()} of {name!r} has the same images and text as {hit[1].where()} "
+                    f"data.replay: {record.where()} of {name!r} has the same images and prompt as {hit[1].where()} "
                     f"of the {hit[0]!r} test split: a test the model trained on measures memory, not retention"
                 )

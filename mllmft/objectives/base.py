@@ -56,6 +56,7 @@ class Objective:
     """A training objective; ``name`` is its ``objective=`` choice."""
 
     name = "sft"
+    rewards_with_target_metric = False  # scores sampled answers with the target set's metric
 
     def attach(self, backbone, engine: str) -> None:
         """Prepare what the loss needs beside the model, once the strategy has wrapped it, or refuse
@@ -105,3 +106,33 @@ class BaseLogits:
                 return module.model(**inputs).logits
         self._frozen.to(module.device)
         return self._frozen(**inputs).logits
+
+
+def on_device(inputs: dict, device: torch.device) -> dict:
+    """A collated batch's model inputs on ``device``."""
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+
+def encode_answered(module, items, extra_tokens: int) -> tuple[dict, torch.Tensor]:
+    """(model inputs, labels) of ``items`` (records whose last answer the objective chose), on the module's
+    device, labels on the last answer only: an earlier turn of a multi-turn record is the reference's,
+    not the objective's. The length bound leaves room for ``extra_tokens`` generated ones."""
+    datamodule = module.trainer.datamodule
+    encoded = datamodule.collator_class(module.backbone.processor, datamodule.max_length + extra_tokens)(
+        items.collator_items()
+    )
+    return on_device(encoded["model_inputs"], module.device), last_answer_only(encoded["labels"]).to(module.device)
+
+
+def last_answer_only(labels: torch.Tensor) -> torch.Tensor:
+    """``labels`` with every supervised span but each row's last set to IGNORE_INDEX."""
+    out = labels.clone()
+    supervised = labels != IGNORE_INDEX
+    for row in range(labels.shape[0]):
+        positions = supervised[row].nonzero()[:, 0].tolist()
+        start = len(positions) - 1
+        while start > 0 and positions[start - 1] == positions[start] - 1:
+            start -= 1
+        if positions:
+            out[row, : positions[start]] = IGNORE_INDEX
+    return out

@@ -22,12 +22,14 @@ answers worth rewarding (the built-in job's base model scores 0 on its target).
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 
 from mllmft.checks import check_number, check_seed
 from mllmft.metrics import build_metric
 from mllmft.metrics.generated import Answer
-from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective
+from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective, encode_answered, on_device
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -57,6 +59,7 @@ class GRPO(Objective):
     """Group-relative policy optimisation with the target set's metric as the reward."""
 
     name = "grpo"
+    rewards_with_target_metric = True
 
     def __init__(
         self,
@@ -93,13 +96,7 @@ class GRPO(Objective):
         answers = self.sample(module, items)
         rewards = torch.tensor(self.rewards(module, items, answers), dtype=torch.float32)
         advantages = group_advantages(rewards.view(-1, self.group_size))
-        sampled = items.answered(answers)
-        collate = module.trainer.datamodule.collator_class
-        encoded = collate(module.backbone.processor, module.trainer.datamodule.max_length + self.max_new_tokens + 8)(
-            sampled.collator_items()
-        )
-        inputs = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in encoded["model_inputs"].items()}
-        labels = encoded["labels"].to(module.device)
+        inputs, labels = encode_answered(module, items.answered(answers), self.max_new_tokens + 8)
         tokens = AnswerTokens.of(module.model(**inputs).logits, labels)
         log_probs = tokens.target_log_probs()
         per_token_advantage = advantages.reshape(-1).to(module.device)[tokens.rows]
@@ -111,19 +108,27 @@ class GRPO(Objective):
 
     def sample(self, module, items) -> list[str]:
         """One sampled answer per item, seeded without touching the global RNG."""
-        collate = module.trainer.datamodule.collator_class
-        prompts = collate(module.backbone.processor, module.trainer.datamodule.max_length, True)(items.collator_items())
-        inputs = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in prompts["model_inputs"].items()}
+        datamodule = module.trainer.datamodule
+        prompts = datamodule.collator_class(module.backbone.processor, datamodule.max_length, True)(
+            items.collator_items()
+        )
+        inputs = on_device(prompts["model_inputs"], module.device)
         devices = [module.device] if module.device.type == "cuda" else []
         # the stream: the micro-batch's place in the optimizer step's global batch, so one process that
         # accumulates the ranks' batches in turn draws what the ranks draw (engines equal one process)
         accumulate = module.trainer.accumulate_grad_batches
         stream = module.global_rank * accumulate + module.trainer.fit_loop.epoch_loop.batch_idx % accumulate
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.seed * 1_000_003 + stream * 10_007 + module.global_step)
-            return module.generate(
-                inputs, self.max_new_tokens, do_sample=True, temperature=self.temperature, top_p=self.top_p
-            )
+        key = hashlib.sha256(f"{self.seed},{stream},{module.global_step}".encode()).digest()
+        training = module.model.training
+        module.model.eval()  # no dropout while sampling (and the KV cache stays on)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(int.from_bytes(key[:7], "big"))
+                return module.generate(
+                    inputs, self.max_new_tokens, do_sample=True, temperature=self.temperature, top_p=self.top_p
+                )
+        finally:
+            module.model.train(training)
 
     @staticmethod
     def rewards(module, items, answers: list[str]) -> list[float]:

@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 
 from mllmft.checks import check_number, check_seed
-from mllmft.objectives.base import Objective
+from mllmft.errors import ConfigError
+from mllmft.objectives.base import Objective, encode_answered
 from mllmft.objectives.grpo import GRPO
 
 
@@ -24,6 +25,7 @@ class SelfTargets(Objective):
     """SFT on the model's own right answers (the reference where it has none)."""
 
     name = "self_targets"
+    rewards_with_target_metric = True
 
     def __init__(
         self,
@@ -43,46 +45,44 @@ class SelfTargets(Objective):
         self.max_new_tokens = max_new_tokens
         # sampling and rewards as GRPO's (its knobs checked there)
         self.sampler = GRPO(2, temperature, top_p, max_new_tokens, seed=seed)
-        self.targets: dict[str, tuple[int, str | None]] = {}  # record id -> (step drawn, own answer or None)
+        # (the record's origin, its id) -> (step drawn, own answer or None); the same on every rank
+        self.targets: dict[tuple[str, str], tuple[int, str | None]] = {}
+
+    def attach(self, backbone, engine: str) -> None:
+        if engine != "local":
+            raise ConfigError(
+                f"objective=self_targets samples only for the prompts whose target is due, which differ between "
+                f"ranks, while under {engine} every forward and generation gathers weights from all ranks in "
+                "step: use hardware=ddp (or one device)"
+            )
 
     def loss(self, module, batch, outputs):
         items, step = batch["items"], module.global_step
-        stale = [
-            i
-            for i, r in enumerate(items.records)
-            if step - self.targets.get(r.id, (-(10**9), None))[0] >= self.refresh_every
-        ]
-        if stale:
-            self._refresh(module, items, stale, step)
-        own = [self.targets[r.id][1] for r in items.records]
+        keys = [(r.origin, r.id) for r in items.records]
+        stale = [i for i, k in enumerate(keys) if step - self.targets.get(k, (-(10**9), None))[0] >= self.refresh_every]
+        drawn = self._draw(module, items, stale, step) if stale else {}
+        self.targets.update(_shared(drawn))  # every rank holds every rank's draws: resume equals a whole run
+        own = [self.targets[k][1] for k in keys]
         if not any(own):  # every prompt on its reference: the batch as it is
             return outputs.loss, {"self_target_share": torch.tensor(0.0)}
         chosen = items.answered([a if a is not None else r.turns[-1].text for r, a in zip(items.records, own)])
-        encoded = module.trainer.datamodule.collator_class(
-            module.backbone.processor, module.trainer.datamodule.max_length + self.max_new_tokens + 8
-        )(chosen.collator_items())
-        inputs = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in encoded["model_inputs"].items()}
-        loss = module.model(**inputs, labels=encoded["labels"].to(module.device)).loss
+        inputs, labels = encode_answered(module, chosen, self.max_new_tokens + 8)
+        loss = module.model(**inputs, labels=labels).loss
         return loss, {"self_target_share": torch.tensor(sum(a is not None for a in own) / len(own))}
 
-    def _refresh(self, module, items, stale: list[int], step: int) -> None:
+    def _draw(self, module, items, stale: list[int], step: int) -> dict:
         picked = items.subset(stale).repeated(self.samples)
         answers = self.sampler.sample(module, picked)
         scores = self.sampler.rewards(module, picked, answers)
+        drawn = {}
         for j, i in enumerate(stale):
             group = range(j * self.samples, (j + 1) * self.samples)
             right = next((answers[g] for g in group if scores[g] >= self.threshold and answers[g].strip()), None)
-            self.targets[items.records[i].id] = (step, right)
+            drawn[(items.records[i].origin, items.records[i].id)] = (step, right)
+        return drawn
 
     def state_dict(self) -> dict:
-        """Every rank's targets (each rank draws for its own prompts): gathered, so that a resumed run on
-        any number of ranks continues with them. Every rank calls it (Lightning dumps a checkpoint on each)."""
-        targets = dict(self.targets)
-        if dist.is_available() and dist.is_initialized():
-            gathered: list[dict | None] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, targets)
-            targets = {k: v for part in gathered if part for k, v in part.items()}
-        return {"targets": targets}
+        return {"targets": self.targets}  # every rank's draws (shared at each step)
 
     def load_state_dict(self, state: dict) -> None:
         self.targets = dict(state.get("targets", {}))
@@ -94,3 +94,12 @@ class SelfTargets(Objective):
             "refresh_every": self.refresh_every,
             "threshold": self.threshold,
         }
+
+
+def _shared(drawn: dict) -> dict:
+    """The draws of every rank (each rank's loss calls this once per micro-batch, so all take part)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return drawn
+    gathered: list[dict | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, drawn)
+    return {k: v for part in gathered if part for k, v in part.items()}
