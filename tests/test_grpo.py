@@ -99,23 +99,13 @@ def test_grpo_trains_after_an_sft_warm_up_and_its_sampling_is_seeded(compose, mo
 
 def test_a_resumed_grpo_run_draws_the_same_answers_and_ends_equal(compose, monkeypatch, tmp_path):
     from mllmft.objectives.grpo import GRPO
-    from tests.helpers.runs import CKPT, StopAt
+    from tests.helpers.runs import resume_equals_whole
 
     monkeypatch.setattr(
         GRPO, "rewards", staticmethod(lambda module, items, answers: [float(len(a) % 3) for a in answers])
     )
     common = ["objective=grpo", "objective.group_size=2", "objective.max_new_tokens=4", "trainer.max_steps=4"]
-    common += ["trainer.limit_val_batches=0"]
-    whole = api.build(compose(*common))
-    whole.trainer.fit(whole.module, datamodule=whole.datamodule)
-    first = api.build(compose(*common, CKPT))
-    first.trainer.callbacks.append(StopAt(2))
-    first.trainer.fit(first.module, datamodule=first.datamodule)
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
-    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
-    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
-    assert resumed.trainer.global_step == 4 and all(torch.equal(a[k], b[k]) for k in a)
+    resume_equals_whole(compose, [*common, "trainer.limit_val_batches=0"], 2, tmp_path / "run")
 
 
 def test_only_the_last_answer_of_a_conversation_is_the_objectives():

@@ -5,7 +5,6 @@ import json
 from dataclasses import replace
 
 import pytest
-import torch
 
 from mllmft import api
 from mllmft.data import Turn
@@ -13,7 +12,7 @@ from mllmft.data.replay import MixedBatches, refuse_test_overlap
 from mllmft.errors import ConfigError, DataError
 from mllmft.report import label
 from tests.helpers.data_files import llava_dataset, llava_row
-from tests.helpers.runs import CKPT, StopAt
+from tests.helpers.runs import resume_equals_whole
 
 
 def _epoch(sampler, epoch):
@@ -65,19 +64,9 @@ def test_replay_mixes_the_upstream_train_split_into_training_and_is_recorded(com
 
 
 def test_a_resumed_run_with_replay_ends_equal_to_an_uninterrupted_one(compose, tmp_path):
+    # 2 target + 2 replay samples a batch: 4 steps an epoch, resumed mid-epoch 1
     common = ["trainer.max_steps=5", "data.target.sizes.train=8", "trainer.limit_val_batches=0"]
-    common += ["data.replay={ratio: 0.5}"]  # 2 target + 2 replay a batch: 4 steps an epoch, resumed mid-epoch 1
-    whole = api.build(compose(*common))
-    whole.trainer.fit(whole.module, datamodule=whole.datamodule)
-    first = api.build(compose(*common, CKPT))
-    first.trainer.callbacks.append(StopAt(3))
-    first.trainer.fit(first.module, datamodule=first.datamodule)
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    resumed = api.build(compose(*common, f"ckpt_path={ckpt}"))
-    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
-    assert resumed.trainer.global_step == 5
-    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    resume_equals_whole(compose, [*common, "data.replay={ratio: 0.5}"], 3, tmp_path / "run")
 
 
 @pytest.mark.parametrize(

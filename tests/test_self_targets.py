@@ -6,7 +6,7 @@ import torch
 
 from mllmft import api
 from mllmft.objectives.grpo import GRPO
-from tests.helpers.runs import CKPT, StopAt
+from tests.helpers.runs import resume_equals_whole
 
 COMMON = ["objective=self_targets", "objective.samples=2", "objective.max_new_tokens=4", "objective.refresh_every=2"]
 
@@ -53,13 +53,7 @@ def test_its_own_right_answers_become_the_targets_and_are_redrawn(compose, some_
 
 
 def test_a_resumed_run_keeps_its_targets_and_ends_equal(compose, some_right, tmp_path):
-    whole = _fit(compose, *COMMON, "trainer.max_steps=5")
-    first = api.build(compose(*COMMON, "trainer.max_steps=5", "trainer.limit_val_batches=0", CKPT))
-    first.trainer.callbacks.append(StopAt(3))
-    first.trainer.fit(first.module, datamodule=first.datamodule)
+    overrides = [*COMMON, "trainer.max_steps=5", "trainer.limit_val_batches=0"]
+    first = resume_equals_whole(compose, overrides, 3, tmp_path / "run")
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, weights_only=False)["objective"]["targets"] == first.module.objective.targets
-    resumed = api.build(compose(*COMMON, "trainer.max_steps=5", "trainer.limit_val_batches=0", f"ckpt_path={ckpt}"))
-    resumed.trainer.fit(resumed.module, datamodule=resumed.datamodule, ckpt_path=str(ckpt))
-    a, b = _weights(whole), _weights(resumed)
-    assert resumed.trainer.global_step == 5 and all(torch.equal(a[k], b[k]) for k in a)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 
 from mllmft.config import CONF_DIR
@@ -76,3 +78,27 @@ class StopAt(L.Callback):
     def on_train_batch_end(self, trainer, *args) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+def resume_equals_whole(compose, overrides: list[str], stop_at: int, run_dir: Path):
+    """Train ``overrides`` whole; again, interrupted after ``stop_at`` steps (a checkpoint every step, in
+    ``run_dir``); resume that: assert the resumed run ends at the whole run's step with its weights, bit
+    for bit. Returns the interrupted run's parts (what it held when it stopped)."""
+    import torch
+
+    from mllmft import api
+
+    def fit(parts, ckpt_path=None):
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule, ckpt_path=ckpt_path)
+        return parts
+
+    whole = fit(api.build(compose(*overrides)))
+    first = api.build(compose(*overrides, CKPT))
+    first.trainer.callbacks.append(StopAt(stop_at))
+    fit(first)
+    ckpt = str(run_dir / "checkpoints" / "last.ckpt")
+    resumed = fit(api.build(compose(*overrides, f"ckpt_path={ckpt}")), ckpt)
+    assert resumed.trainer.global_step == whole.trainer.global_step > stop_at
+    a, b = whole.backbone.model.state_dict(), resumed.backbone.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    return first
