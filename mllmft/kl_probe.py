@@ -23,7 +23,7 @@ import lightning as L
 import torch
 
 from mllmft.checks import check_number
-from mllmft.objectives.base import AnswerTokens, base_model
+from mllmft.objectives.base import AnswerTokens, base_model, on_device
 
 
 @dataclass
@@ -73,8 +73,7 @@ class KLProbe(L.Callback):
 
     @staticmethod
     def _answer_tokens(model, batch: dict, device: torch.device) -> AnswerTokens:
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch["model_inputs"].items()}
-        return AnswerTokens.of(model(**inputs).logits, batch["labels"].to(device))
+        return AnswerTokens.of(model(**on_device(batch["model_inputs"], device)).logits, batch["labels"].to(device))
 
     @torch.no_grad()
     def measure(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:

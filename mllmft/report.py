@@ -33,8 +33,9 @@ from rich.table import Table
 from rich.text import Text
 
 from mllmft.forgetting_kl import forgetting_figure, forgetting_points, spearman
+from mllmft.metrics.tradeoff import TRADEOFF_SCORES
 
-COLUMNS = ("S_t", "S_u", "H", "E", "F", "O")
+COLUMNS = TRADEOFF_SCORES
 ZEROSHOT_COLUMNS = ("S_t", "S_u", "H")
 MAX_DEPTH = 64  # deeper is no results.json (and would exhaust the recursion that flattens its config)
 # knobs that name where or how visibly a run ran, not what it computed

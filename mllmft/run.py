@@ -34,6 +34,7 @@ from mllmft.hardware import on_compute_device
 from mllmft.kl_probe import logged_probe
 from mllmft.loggers import log_hyperparameters, log_images, log_summary
 from mllmft.metrics import tradeoff_scores
+from mllmft.metrics.tradeoff import TRADEOFF_SCORES
 from mllmft.module import check_hyperparameters, logged_test_scores
 from mllmft.objectives import SFT
 from mllmft.pretrain import pretrained_tiny
@@ -336,9 +337,6 @@ def write_results(results: dict, path: Path) -> None:
     """Atomically (a crash mid-write leaves the previous file or none, never half of one)."""
     text = json.dumps(results, indent=2, allow_nan=False)
     write_atomically(path, lambda file: file.write(text.encode()), "the results")
-
-
-TRADEOFF_SCORES = ("S_t", "S_u", "H", "E", "F", "O")  # E, F, O: against the zero-shot test
 
 
 def check_optimized_metric(name: str | None, set_names: list[str]) -> None:

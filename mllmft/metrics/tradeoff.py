@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+TRADEOFF_SCORES = ("S_t", "S_u", "H", "E", "F", "O")  # E, F, O: against the zero-shot test
+
 
 def harmonic_mean(a: float, b: float) -> float:
     """H of two scores (0 when both are 0): the trade-off between target and upstream."""

@@ -27,7 +27,6 @@ import hashlib
 import torch
 
 from mllmft.checks import check_number, check_seed
-from mllmft.metrics import build_metric
 from mllmft.metrics.generated import Answer
 from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective, encode_answered, on_device
 
@@ -132,13 +131,12 @@ class GRPO(Objective):
 
     @staticmethod
     def rewards(module, items, answers: list[str]) -> list[float]:
-        """The target set's metric, per answer."""
-        metric = build_metric(**module.test_sets[0].metric)
+        """The target set's metric, per answer (the module's own: its ``score`` keeps no state)."""
         scored = [
             Answer(i, r.id, r.prompt_turns[-1].text, answer, r.answers, r.options)
             for i, (r, answer) in enumerate(zip(items.records, answers))
         ]
-        return [float(s) for s in metric.score(scored)[1]]
+        return [float(s) for s in module.test_metric(0).score(scored)[1]]
 
     def summary(self) -> dict:
         knobs = ("group_size", "temperature", "top_p", "max_new_tokens", "epsilon", "beta", "sft_warmup_steps")
