@@ -23,8 +23,8 @@ for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
 import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
+from mllmft.engines import Engine  # noqa: E402
 from mllmft.strategies import GMT, SPIDER, SPU  # noqa: E402
-from mllmft.strategies.engines import LocalEngine  # noqa: E402
 from mllmft.strategies.runner import StepContext  # noqa: E402
 
 MODELS = {
@@ -72,7 +72,7 @@ def main() -> None:
         output_dir="logs/bench/strategy_math",
     )
     model = api.build(cfg).backbone.model
-    engine = LocalEngine()
+    engine = Engine()
     fragments = engine.fragments(model)
     ctx = StepContext(engine, fragments, None, None, None)
     generator = torch.Generator().manual_seed(0)

@@ -7,42 +7,24 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import cast
 
 import lightning as L
 import torch
-from torch.distributed.fsdp import FSDPModule, fully_shard
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mllmft.backbones import Backbone
 from mllmft.checkpoint_match import check_checkpoint
 from mllmft.checks import check_number
 from mllmft.data.test_set import TestSet
+from mllmft.engines import Engine, engine_for
+from mllmft.engines.fsdp2 import root_gathered, shard_model
 from mllmft.errors import ConfigError
 from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.objectives import SFT, Objective
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
-from mllmft.strategies.engines import engine_for
-
-
-@contextmanager
-def _root_unsharded(model):
-    """generate() reaches submodules (the vision tower's patch embedding) without the root's forward,
-    so FSDP2 never gathers the root unit's parameters for them: gather them for the whole call."""
-    if not isinstance(model, FSDPModule):
-        yield
-        return
-    # FSDP2 decides which unit is the root at the first forward; generate() may call the vision blocks
-    # first (a zero-shot test before any training step), so settle it now (torch has no public call)
-    model._get_fsdp_state()._lazy_init()
-    model.unshard()
-    try:
-        yield
-    finally:
-        model.reshard()
 
 
 def logged_test_scores(
@@ -162,6 +144,7 @@ class MLLMFineTuner(L.LightningModule):
         self.test_lengths = [t.max_new_tokens or max_new_tokens for t in self.test_sets]
         self.test_metrics = torch.nn.ModuleList(build_metric(**t.metric) for t in self.test_sets)
         self._test_started = 0.0
+        self._engine: Engine | None = None
         # what its checkpoints record so that only the same run's model loads them (checkpoint_match)
         self.run_identity = run_identity
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
@@ -203,21 +186,18 @@ class MLLMFineTuner(L.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     def configure_model(self) -> None:
-        """FSDP2 under ``ModelParallelStrategy`` (data parallel only): every block of every component's
-        layer list is a unit, the rest of the model the root unit. Lightning calls this before each
-        fit/test, so it shards once."""
-        mesh = self.device_mesh  # set by ModelParallelStrategy only
-        if mesh is None or isinstance(self.model, FSDPModule):
-            return
-        if mesh["tensor_parallel"].size() != 1:
-            raise ConfigError(
-                "hardware.lightning_strategy: tensor parallelism is not supported; set "
-                "tensor_parallel_size: 1 (FSDP2 data parallelism only)"
-            )
-        for path in self.backbone.components.layers.values():
-            for block in self.model.get_submodule(path):
-                fully_shard(block, mesh=mesh["data_parallel"])
-        fully_shard(self.model, mesh=mesh["data_parallel"])
+        """FSDP2 under ``ModelParallelStrategy`` (``engines.fsdp2.shard_model``). Lightning calls this
+        before each fit/test; a sharded model stays as it is."""
+        if self.device_mesh is not None:  # set by ModelParallelStrategy only
+            shard_model(self.model, list(self.backbone.components.layers.values()), self.device_mesh)
+
+    @property
+    def engine(self) -> Engine:
+        """The engine adapter of the trainer's Lightning strategy (``mllmft.engines``), built once per
+        trainer: the strategy runner, generation and export all use this one."""
+        if self._engine is None or self._engine.trainer is not self.trainer:
+            self._engine = engine_for(self.trainer)
+        return self._engine
 
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()
@@ -227,8 +207,8 @@ class MLLMFineTuner(L.LightningModule):
         tokenizer = self.backbone.processor.tokenizer
         # Under FSDP2 and ZeRO-3 every forward gathers weights from every rank: a rank whose batch is
         # done must keep stepping (synced_gpus) until all are, or the others wait for it forever.
-        synced = self._trainer is not None and self.trainer.world_size > 1 and engine_for(self.trainer).gathers_weights
-        with _root_unsharded(self.model):
+        synced = self._trainer is not None and self.trainer.world_size > 1 and self.engine.gathers_weights
+        with root_gathered(self.model):
             output = self.model.generate(
                 **model_inputs,
                 max_new_tokens=max_new_tokens or self.max_new_tokens,

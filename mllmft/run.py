@@ -28,6 +28,7 @@ from mllmft.checks import check_run_settings, check_training_length
 from mllmft.config import is_first_job, resolved
 from mllmft.console import print_config, print_parameters, print_results, quiet_library_notices
 from mllmft.data.datamodule import check_settings as check_data_settings
+from mllmft.engines import check_engine, configured_engine
 from mllmft.errors import ConfigError
 from mllmft.export import check_export, export_model
 from mllmft.hardware import on_compute_device
@@ -41,8 +42,7 @@ from mllmft.pretrain import pretrained_tiny
 from mllmft.run_lock import run_directory_lock
 from mllmft.scope import apply_scope
 from mllmft.strategies.base import TuningStrategy
-from mllmft.strategies.engines import engine_for
-from mllmft.strategies.runner import StrategyRunner, check_engine, engine_name
+from mllmft.strategies.runner import StrategyRunner
 
 if TYPE_CHECKING:
     from lightning.pytorch.loggers import Logger
@@ -138,7 +138,7 @@ def prepare(cfg: DictConfig) -> RunParts:
     check_export(cfg.get("export"), strategy)
     trains = strategy.trains and not cfg.get("evaluate_only", False)
     objective = instantiate(cfg.objective) if trains and cfg.get("objective") else SFT()
-    objective.attach(backbone, engine_name(cfg.hardware.lightning_strategy))
+    objective.attach(backbone, configured_engine(cfg.hardware.lightning_strategy))
     if trains and not any(p.requires_grad for p in backbone.model.parameters()):
         raise ConfigError(
             f"nothing to train: the scope {plain_scope(cfg.scope)} with strategy={strategy.name} leaves "
@@ -241,7 +241,7 @@ def _run(cfg: DictConfig, update: Callable[[RunParts], Callable[[], dict]] | Non
         print_results(results)
     if cfg.get("export"):  # after the results are safe on disk: a failed export loses nothing
         # every rank takes part (a sharded model is gathered), rank 0 writes
-        exported = export_model(parts.backbone, cfg.export, out / "export", engine_for(trainer), module.run_identity)
+        exported = export_model(parts.backbone, cfg.export, out / "export", module.engine, module.run_identity)
         if trainer.is_global_zero:
             results["export"] = str(exported)
             write_results(results, out / "results.json")

@@ -128,11 +128,11 @@ def test_config_groups_are_documented_in_readme():
     ],
 )
 def test_deepspeed_choices_carry_their_config(compose, option, stage, offload):
-    from mllmft.hardware import DeepSpeedStrategy
+    from mllmft.engines import ZeroStrategy
 
     cfg = compose(f"hardware={option}", "hardware.lightning_strategy.config.zero_optimization.reduce_bucket_size=7")
     strategy = instantiate(cfg.hardware.lightning_strategy)  # builds without a GPU (DeepSpeed starts at fit)
-    assert isinstance(strategy, DeepSpeedStrategy)
+    assert isinstance(strategy, ZeroStrategy)
     zero = strategy.config["zero_optimization"]
     assert zero["stage"] == stage and zero["reduce_bucket_size"] == 7  # overridable from the command line
     assert zero.get("offload_optimizer", {}).get("device") == offload

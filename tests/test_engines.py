@@ -186,10 +186,10 @@ def test_a_fragment_of_freed_memory_is_a_clear_error_not_a_memory_fault():
     step) must refuse to hand out a view of it."""
     from torch import nn
 
-    from mllmft.strategies.engines import LocalEngine
+    from mllmft.engines import Engine
 
     layer = nn.Linear(4, 4)
-    (fragment,) = [f for f in LocalEngine().fragments(layer) if f.name == "weight"]
+    (fragment,) = [f for f in Engine().fragments(layer) if f.name == "weight"]
     layer.weight.grad = torch.ones(4, 4)
     assert fragment.values().numel() == 16 and fragment.grad().numel() == 16
     layer.weight.data.untyped_storage().resize_(0)

@@ -141,7 +141,7 @@ class _OneRank:
 def test_a_sharded_checkpoint_save_that_fails_keeps_the_previous_directory(tmp_path):
     """FSDP2's distributed and DeepSpeed's checkpoints are directories each rank writes its part of:
     written beside the old one and swapped in whole (Lightning's own saves write into it file by file)."""
-    from mllmft.hardware import save_directory_whole
+    from mllmft.engines import save_directory_whole
 
     last = tmp_path / "last.ckpt"
 

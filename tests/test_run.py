@@ -245,20 +245,23 @@ def test_captions_generate_longer_than_short_answers(compose, tiny_backbone):
 
 
 def test_engines_are_named_from_the_config_and_fsdp1_is_refused_where_shards_matter(compose):
+    from mllmft.engines import check_engine, configured_engine
     from mllmft.errors import ConfigError
     from mllmft.strategies import SPIDER, LoRA
-    from mllmft.strategies.runner import check_engine, engine_name
 
     assert [
-        engine_name(s)
+        configured_engine(s).name
         for s in (
             "auto",
             "ddp_fork",
             "fsdp",
             "deepspeed_stage_3",
             {"_target_": "lightning.pytorch.strategies.ModelParallelStrategy"},
+            {"_target_": "mllmft.engines.ZeroStrategy"},
         )
-    ] == ["local", "local", "fsdp1", "deepspeed", "fsdp2"]
+    ] == ["local", "local", "fsdp1", "deepspeed", "fsdp2", "deepspeed"]
+    with pytest.raises(ConfigError, match="hardware.lightning_strategy=fdsp: not a Lightning strategy"):
+        configured_engine("fdsp")
     with pytest.raises(ConfigError, match="strategy=spider works on parameter shards through FSDP2 or DeepSpeed"):
         api.build(compose("strategy=spider", "hardware.lightning_strategy=fsdp"))
     check_engine(LoRA(), "fsdp")  # adapters are ordinary parameters: the optimizer alone trains them

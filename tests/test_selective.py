@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from mllmft import api
+from mllmft.engines import Engine
 from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask, tensor_stats
-from mllmft.strategies.engines import LocalEngine
 from mllmft.strategies.gradient_masks import keep_count, top_fraction_mask
 from mllmft.strategies.runner import StepContext
 from mllmft.strategies.spider import normalized_importance, spider_mask
@@ -16,8 +16,8 @@ from mllmft.strategies.spider import normalized_importance, spider_mask
 
 def _started(strategy, model):
     """The strategy as the runner starts it on one device: captured, placed on its fragments."""
-    strategy.capture(LocalEngine().full_weights(model, trainable_only=True))
-    ctx = StepContext(LocalEngine(), LocalEngine().fragments(model), None, None, None)
+    strategy.capture(Engine().full_weights(model, trainable_only=True))
+    ctx = StepContext(Engine(), Engine().fragments(model), None, None, None)
     strategy.start(ctx)
     return ctx
 
@@ -102,7 +102,7 @@ def test_large_tensor_top_k_equals_sorting(values, share):
         "all_equal": torch.ones(n),
     }[values]
     k = keep_count(share, n)
-    mask = tensor_stats.top_k_masks(LocalEngine(), [scores], [k])[0]
+    mask = tensor_stats.top_k_masks(Engine(), [scores], [k])[0]
     order = torch.argsort(-scores, stable=True)  # descending; equal scores keep their index order
     expected = torch.zeros(n, dtype=torch.bool)
     expected[order[:k]] = True
@@ -317,7 +317,7 @@ def _held_bytes(obj, seen=None) -> int:
 
 def _first_half_fragments(model):
     """Rank 0's fragments of a model sharded over 2 ranks: the first half of each tensor's elements."""
-    from mllmft.strategies.engines import Fragment
+    from mllmft.engines import Fragment
 
     out = []
     for name, p in model.named_parameters():
@@ -342,9 +342,9 @@ def test_reported_state_is_every_tensor_the_strategy_holds_on_a_shard(compose, o
     (0.41 B/param per rank) while holding every whole mask too (1.22 B/param)."""
     parts = api.build(compose(*overrides))
     strategy, model = parts.strategy, parts.backbone.model
-    strategy.capture(LocalEngine().full_weights(model, trainable_only=True))
+    strategy.capture(Engine().full_weights(model, trainable_only=True))
     fragments = _first_half_fragments(model)
-    strategy.start(StepContext(LocalEngine(), fragments, None, None, None))
+    strategy.start(StepContext(Engine(), fragments, None, None, None))
     numel = sum(f.numel for f in fragments)
     assert strategy.state_nbytes() == _held_bytes(strategy), strategy.name
     whole = {"spider": 8, "magnitude_mask": 5, "model_dowser": 1}[strategy.name]  # bytes per parameter, unsharded

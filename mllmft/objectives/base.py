@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from mllmft.data.collate import IGNORE_INDEX
+from mllmft.engines import Engine
 from mllmft.errors import ConfigError
 
 
@@ -58,9 +59,9 @@ class Objective:
     name = "sft"
     rewards_with_target_metric = False  # scores sampled answers with the target set's metric
 
-    def attach(self, backbone, engine: str) -> None:
+    def attach(self, backbone, engine: type[Engine]) -> None:
         """Prepare what the loss needs beside the model, once the strategy has wrapped it, or refuse
-        (ConfigError) what it cannot train with; ``engine``: local (one device, DDP), fsdp2, deepspeed."""
+        (ConfigError) what it cannot train with; ``engine``: the configured engine's class (``mllmft.engines``)."""
 
     def loss(self, module, batch: dict, outputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The training loss of ``batch`` and what to log beside it (``train/<key>``)."""
@@ -86,15 +87,15 @@ class BaseLogits:
     def __init__(self):
         self._frozen: torch.nn.Module | None = None
 
-    def attach(self, backbone, engine: str, who: str) -> None:
+    def attach(self, backbone, engine: type[Engine], who: str) -> None:
         """``who`` names the setting that needs the base, for the refusal on a sharded engine."""
         if hasattr(backbone.model, "disable_adapter"):
             return
-        if engine != "local":
+        if engine.sharded:
             raise ConfigError(
-                f"{who} without adapters keeps an unsharded copy of the base model for its KL term, which {engine} "
-                "does not shard: use a peft strategy (strategy=lora: the base is the model with its adapters "
-                "disabled) or hardware=ddp"
+                f"{who} without adapters keeps an unsharded copy of the base model for its KL term, which "
+                f"{engine.name} does not shard: use a peft strategy (strategy=lora: the base is the model with its "
+                "adapters disabled) or hardware=ddp"
             )
         self._frozen = copy.deepcopy(backbone.model).eval().requires_grad_(False)
 

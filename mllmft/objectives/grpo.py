@@ -27,6 +27,7 @@ import hashlib
 import torch
 
 from mllmft.checks import check_number, check_seed
+from mllmft.engines import Engine
 from mllmft.metrics.generated import Answer
 from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective, encode_answered, on_device
 
@@ -84,7 +85,7 @@ class GRPO(Objective):
         self.sft_warmup_steps, self.seed = sft_warmup_steps, seed
         self.base = BaseLogits()
 
-    def attach(self, backbone, engine: str) -> None:
+    def attach(self, backbone, engine: type[Engine]) -> None:
         if self.beta:
             self.base.attach(backbone, engine, "objective=grpo with objective.beta > 0")
 

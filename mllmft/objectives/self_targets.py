@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 
 from mllmft.checks import check_number, check_seed
+from mllmft.engines import Engine
 from mllmft.errors import ConfigError
 from mllmft.objectives.base import Objective, encode_answered
 from mllmft.objectives.grpo import GRPO
@@ -48,11 +49,11 @@ class SelfTargets(Objective):
         # (the record's origin, its id) -> (step drawn, own answer or None); the same on every rank
         self.targets: dict[tuple[str, str], tuple[int, str | None]] = {}
 
-    def attach(self, backbone, engine: str) -> None:
-        if engine != "local":
+    def attach(self, backbone, engine: type[Engine]) -> None:
+        if engine.sharded:
             raise ConfigError(
                 f"objective=self_targets samples only for the prompts whose target is due, which differ between "
-                f"ranks, while under {engine} every forward and generation gathers weights from all ranks in "
+                f"ranks, while under {engine.name} every forward and generation gathers weights from all ranks in "
                 "step: use hardware=ddp (or one device)"
             )
 

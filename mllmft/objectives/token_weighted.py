@@ -19,6 +19,7 @@ import math
 import torch
 
 from mllmft.checks import check_number
+from mllmft.engines import Engine
 from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective
 
 
@@ -93,7 +94,7 @@ class ASFT(Objective):
         self.lam = lam
         self.base = BaseLogits()
 
-    def attach(self, backbone, engine: str) -> None:
+    def attach(self, backbone, engine: type[Engine]) -> None:
         self.base.attach(backbone, engine, "objective=asft")
 
     def base_logits(self, module, batch: dict) -> torch.Tensor:

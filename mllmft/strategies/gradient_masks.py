@@ -25,10 +25,10 @@ def top_fraction_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
     """1 on exactly k = max(1, round(keep_ratio · numel)) largest entries of a whole tensor's
     ``scores``, 0 elsewhere: those above the k-th value, then the first tied at it, so ties never
     change the count (``tensor_stats.top_k_masks`` on fragments; this is its one-tensor form)."""
-    from mllmft.strategies.engines import LocalEngine
+    from mllmft.engines import Engine
 
     flat = scores.detach().reshape(-1).float()
-    return tensor_stats.top_k_masks(LocalEngine(), [flat], [keep_count(keep_ratio, flat.numel())])[0].view_as(scores)
+    return tensor_stats.top_k_masks(Engine(), [flat], [keep_count(keep_ratio, flat.numel())])[0].view_as(scores)
 
 
 class GMT(TuningStrategy):

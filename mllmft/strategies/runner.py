@@ -14,12 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning import Callback
 
 from mllmft.backbones import ComponentMap
-from mllmft.errors import ConfigError
+from mllmft.engines import Engine, Fragment, PerRankState
 from mllmft.strategies.base import TuningStrategy
-from mllmft.strategies.engines import Fragment, LocalEngine, engine_for
 from mllmft.strategies.mask_stats import MaskStats
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,7 @@ class StepContext:
     """What a strategy hook sees. ``step``: the optimizer step being taken (before_*) or just taken
     (after_*), counted from 0. ``logging``: whether this step's diagnostics are logged."""
 
-    engine: LocalEngine
+    engine: Engine
     fragments: list[Fragment]
     components: ComponentMap
     trainer: Any  # lightning.Trainer (None in unit tests that drive a strategy by hand)
@@ -50,7 +48,7 @@ class StepContext:
             logger.log_metrics(values, step=step)
 
 
-class StrategyRunner(Callback):
+class StrategyRunner(PerRankState):
     def __init__(self, strategy: TuningStrategy, components: ComponentMap):
         self.strategy = strategy
         self.components = components
@@ -72,12 +70,12 @@ class StrategyRunner(Callback):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        check_engine(self.strategy, trainer.strategy.__class__.__name__)
+        pl_module.engine.check_strategy(self.strategy)
         if self.strategy.captures_weights:  # whole, even if a zero-shot test has sharded the model already
-            self.strategy.capture(engine_for(trainer).full_weights(pl_module.model, trainable_only=True))
+            self.strategy.capture(pl_module.engine.full_weights(pl_module.model, trainable_only=True))
 
     def on_train_start(self, trainer, pl_module) -> None:
-        engine = engine_for(trainer)
+        engine = pl_module.engine
         fragments = engine.fragments(pl_module.model)
         self._ctx = StepContext(
             engine, fragments, self.components, trainer, pl_module, mask_stats=MaskStats(self.components, engine)
@@ -155,36 +153,6 @@ class StrategyRunner(Callback):
             self._restored = state_dict
         else:
             self.strategy.load_state_dict(state_dict)
-
-
-def engine_name(lightning_strategy) -> str:
-    """The engine a ``hardware.lightning_strategy`` value (a name or a ``_target_`` config) runs on:
-    local (one device, DDP), fsdp2, deepspeed, or fsdp1 (Lightning's FSDPStrategy)."""
-    target = lightning_strategy.get("_target_", "") if hasattr(lightning_strategy, "get") else lightning_strategy
-    key = str(target).lower().replace("_", "")
-    if "deepspeed" in key:
-        return "deepspeed"
-    if "modelparallel" in key or "fsdp2" in key:
-        return "fsdp2"
-    return "fsdp1" if "fsdp" in key else "local"
-
-
-def check_engine(strategy: TuningStrategy, lightning_strategy) -> None:
-    """Refuse, before anything is built, a tuning strategy the chosen engine cannot run: every strategy
-    runs on one device and DDP; FSDP2 and DeepSpeed all but those ``unsharded_only`` names; FSDP1 only
-    those that leave training to the optimizer."""
-    engine = engine_name(lightning_strategy)
-    if engine != "local" and strategy.unsharded_only:
-        raise ConfigError(
-            f"strategy={strategy.name} runs on one device or under DDP "
-            f"(hardware.lightning_strategy=ddp), not {engine}: {strategy.unsharded_only}"
-        )
-    if engine == "fsdp1" and strategy.acts_on_training:
-        raise ConfigError(
-            f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
-            "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "
-            "use hardware=fsdp2 (or a deepspeed_* choice)"
-        )
 
 
 def _at_accumulation_boundary(trainer) -> bool:

@@ -39,10 +39,10 @@ def importance(magnitude: torch.Tensor, centre: torch.Tensor, scale: torch.Tenso
 
 def normalized_importance(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """N(x) = sigmoid((|x| − mean|x|) / (std|x| + eps)) of a whole tensor; 0 for an all-zero tensor."""
-    from mllmft.strategies.engines import LocalEngine
+    from mllmft.engines import Engine
 
     magnitude = x.detach().abs().float().reshape(-1)
-    mean, std = tensor_stats.moments(LocalEngine(), [magnitude], [magnitude.numel()])
+    mean, std = tensor_stats.moments(Engine(), [magnitude], [magnitude.numel()])
     return importance(magnitude, *zscore_coefficients(mean[0], std[0], eps)).view_as(x)
 
 
@@ -50,11 +50,11 @@ def spider_mask(
     theta0: torch.Tensor, accumulated: torch.Tensor, mask: str = "soft", eps: float = 1e-12
 ) -> torch.Tensor:
     """M for one whole tensor (the reference form; training uses ``SPIDER.masks`` on fragments)."""
-    from mllmft.strategies.engines import LocalEngine
+    from mllmft.engines import Engine
 
     return (
         SPIDER(mask, eps)
-        .masks(LocalEngine(), [theta0.reshape(-1)], [accumulated.reshape(-1)], [theta0.numel()])[0]
+        .masks(Engine(), [theta0.reshape(-1)], [accumulated.reshape(-1)], [theta0.numel()])[0]
         .view_as(theta0)
     )
 

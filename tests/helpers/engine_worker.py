@@ -23,7 +23,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from mllmft import api  # noqa: E402
-from mllmft.strategies.engines import engine_for  # noqa: E402
+from mllmft.engines import engine_for  # noqa: E402
 from tests.helpers.runs import EQUAL_STEPS, FAST, FAST_DEFAULT_MODEL, SMALL_LLAVA, StopAt  # noqa: E402
 
 
