@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from mllmft import api  # noqa: E402
 from mllmft.engines import Engine  # noqa: E402
 from mllmft.strategies import GMT, SPIDER, SPU  # noqa: E402
-from mllmft.strategies.runner import StepContext  # noqa: E402
+from mllmft.strategies.core import StepContext  # noqa: E402
 
 MODELS = {
     "small": [
@@ -74,7 +74,7 @@ def main() -> None:
     model = api.build(cfg).backbone.model
     engine = Engine()
     fragments = engine.fragments(model)
-    ctx = StepContext(engine, fragments, None, None, None)
+    ctx = StepContext(engine, fragments)
     generator = torch.Generator().manual_seed(0)
 
     spider = SPIDER()

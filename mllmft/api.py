@@ -9,32 +9,14 @@ results = api.run(cfg)           # or everything, as mllmft-train does
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
+from omegaconf import DictConfig
 
-from hydra import compose as hydra_compose
-from hydra import initialize_config_dir
-from omegaconf import DictConfig, open_dict
-
-from mllmft.config import CONF_DIR
-from mllmft.run import RunParts, prepare, run
+from mllmft.build import prepare
+from mllmft.config import compose
+from mllmft.parts import RunParts
+from mllmft.run import run
 
 __all__ = ["RunParts", "build", "compose", "run"]
-
-
-def compose(
-    overrides: list[str] | None = None, config_name: str = "train", output_dir: str | Path | None = None
-) -> DictConfig:
-    """Compose ``conf/<config_name>.yaml`` with command-line style overrides, outside a Hydra app.
-
-    ``paths.output_dir`` (set by Hydra's run directory on the command line) defaults to
-    ``logs/api/<timestamp>`` under the current directory.
-    """
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="api"):
-        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []))
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir or Path("logs/api") / time.strftime("%Y-%m-%d_%H-%M-%S"))
-    return cfg
 
 
 def build(cfg: DictConfig) -> RunParts:

@@ -24,21 +24,21 @@ from mllmft.config import CONF_DIR
 def answer(cfg: DictConfig) -> str:
     """The model's answer to ``cfg.prompt`` about ``cfg.image`` (a path, or a list of paths)."""
     import torch
-    from hydra.utils import instantiate
 
+    from mllmft.build import build_backbone, pretrain_stage
     from mllmft.checkpoint_match import check_checkpoint, read_checkpoint, run_identity
     from mllmft.data.images import MAX_IMAGE_PIXELS
     from mllmft.data.record import Record, Turn
     from mllmft.data.test_set import TestSet
     from mllmft.errors import ConfigError
     from mllmft.module import MLLMFineTuner
-    from mllmft.run import build_backbone, pretrain_stage
     from mllmft.scope import apply_scope
+    from mllmft.strategies.core.contract import from_config
 
     if not str(cfg.prompt).strip():
         raise ConfigError("prompt= is empty")
     image_paths = chat_images(cfg.image)
-    strategy = instantiate(cfg.strategy)
+    strategy = from_config(cfg)
     backbone = build_backbone(cfg.model, pretrain_stage(cfg))
     apply_scope(backbone, cfg.scope)
     identity = run_identity(backbone, cfg.scope, strategy.name)

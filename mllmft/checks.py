@@ -160,7 +160,7 @@ def check_directory(key: str, path, *, writable: bool = True) -> None:
         raise ConfigError(f"{key}={str(path)!r} {where}")
 
 
-RUN_FLAGS = ("zeroshot_test", "evaluate_only", "print_config")
+RUN_FLAGS = ("zeroshot_test", "print_config")
 
 
 def check_run_settings(cfg: Mapping) -> None:

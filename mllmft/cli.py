@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
+import hydra
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from mllmft.checks import check_directory
+from mllmft.config import CONF_DIR
 from mllmft.errors import ConfigError, UserInputError
 
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"
+
+
+def run_entry_point(config_name: str) -> Callable[[], None]:
+    """The ``main`` of mllmft-train, mllmft-eval and mllmft-merge: one run composed from
+    ``conf/<config_name>.yaml``, whose ``change=`` (fit, evaluate, merge) says what happens between the
+    tests. Returns ``optimized_metric``'s value to sweepers."""
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    @user_errors_exit
+    def main(cfg: DictConfig) -> float | None:
+        from mllmft.results import metric_value
+        from mllmft.run import run  # torch and Lightning after Hydra parsed: --help is fast
+
+        results = run(cfg)
+        name = cfg.get("optimized_metric")
+        return metric_value(results, name) if name else None
+
+    return main
 
 
 def user_errors_exit(fn):

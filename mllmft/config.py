@@ -6,12 +6,13 @@ from __future__ import annotations
 import importlib
 import netrc
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
 from hydra.errors import CompactHydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mllmft.errors import ConfigError
 
@@ -198,3 +199,24 @@ def register_resolvers() -> None:
 
 register_resolvers()
 _check_config_files()
+
+
+def compose(
+    overrides: list[str] | None = None, config_name: str = "train", output_dir: str | Path | None = None
+) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` with command-line style overrides, outside a Hydra app.
+
+    ``paths.output_dir`` (set by Hydra's run directory on the command line) defaults to
+    ``logs/api/<timestamp>`` under the current directory.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3", job_name="api"):
+        cfg = hydra_compose(config_name=config_name, overrides=list(overrides or []), return_hydra_config=True)
+    with open_dict(cfg):
+        # what ${hydra:runtime.choices...} reads in a Hydra app, as plain values: no Hydra state outside one
+        cfg.strategy_name = cfg.hydra.runtime.choices.strategy
+        del cfg.hydra
+        cfg.paths.output_dir = str(output_dir or Path("logs/api") / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    return cfg

@@ -26,7 +26,7 @@ from mllmft.atomic_io import directory_written_atomically
 from mllmft.backbones import Backbone
 from mllmft.errors import ConfigError
 from mllmft.strategies import PeftStrategy
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.core.contract import TuningStrategy
 
 log = logging.getLogger(__name__)
 EXPORTS = ("merged", "adapter")

@@ -6,25 +6,20 @@ summary, and the run's pictures (mask densities, κ) as images. Each W&B run is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig
 
 from mllmft.config import resolved
 
-if TYPE_CHECKING:
-    from mllmft.run import RunParts
 
-
-def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, parts: RunParts) -> None:
-    """Every resolved knob of the run (the groups as nested keys), the strategy's name and each
-    component's total / trainable parameters."""
+def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, parameter_counts: dict) -> None:
+    """Every resolved knob of the run (the groups as nested keys, the strategy's name among them) and
+    each component's total / trainable parameters."""
     if not loggers:
         return
     hparams = resolved(cfg)
-    hparams["strategy_name"] = parts.strategy.name
-    hparams["parameters"] = parts.backbone.parameter_counts()
+    hparams["parameters"] = parameter_counts
     for logger in loggers:
         logger.log_hyperparams(hparams)
 

@@ -12,6 +12,7 @@ from typing import cast
 
 import lightning as L
 import torch
+from lightning import Callback
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 from mllmft.backbones import Backbone
@@ -25,6 +26,7 @@ from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.objectives import SFT, Objective
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
+from mllmft.strategies.core import StrategyRunner
 
 
 def logged_test_scores(
@@ -144,7 +146,6 @@ class MLLMFineTuner(L.LightningModule):
         self.test_lengths = [t.max_new_tokens or max_new_tokens for t in self.test_sets]
         self.test_metrics = torch.nn.ModuleList(build_metric(**t.metric) for t in self.test_sets)
         self._test_started = 0.0
-        self._engine: Engine | None = None
         # what its checkpoints record so that only the same run's model loads them (checkpoint_match)
         self.run_identity = run_identity
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
@@ -193,11 +194,14 @@ class MLLMFineTuner(L.LightningModule):
 
     @property
     def engine(self) -> Engine:
-        """The engine adapter of the trainer's Lightning strategy (``mllmft.engines``), built once per
-        trainer: the strategy runner, generation and export all use this one."""
-        if self._engine is None or self._engine.trainer is not self.trainer:
-            self._engine = engine_for(self.trainer)
-        return self._engine
+        """The engine adapter of the trainer's Lightning strategy (``mllmft.engines``)."""
+        return engine_for(self.trainer)
+
+    def configure_callbacks(self) -> list[Callback]:
+        """The tuning strategy's callbacks: its runner (the tensor hooks on every engine) when any hook
+        does work, and its own (peft's schedules). The module is the strategy's one holder."""
+        runner = [StrategyRunner(self.strategy, self.backbone.components)] if self.strategy.acts_on_training else []
+        return [*runner, *self.strategy.callbacks()]
 
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()

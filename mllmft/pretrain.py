@@ -152,7 +152,7 @@ def _train_and_save(family: str, tiny: Mapping, pretrain: Mapping, out: Path, ac
 
 def ship_default_model() -> Path:
     """Pre-train the default config's tiny model into the package (replacing what ships there)."""
-    from mllmft.api import compose  # api imports this module
+    from mllmft.config import compose
 
     model = compose([]).model
     out = SHIPPED / checkpoint_name(model.family, model.tiny, model.pretrain)

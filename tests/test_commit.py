@@ -9,10 +9,10 @@ import torch.nn.functional as F
 
 from mllmft import api
 from mllmft.errors import ConfigError
-from mllmft.strategies.base import TuningStrategy
-from mllmft.strategies.commit_balance import BalanceMonitor, answer_kl, answer_log_probs, balance_coefficient
-from mllmft.strategies.commit_lr import CoordinateDescentRule, KappaRule, SideLearningRates
-from mllmft.strategies.runner import StrategyRunner
+from mllmft.strategies.commit.balance import BalanceMonitor, answer_kl, answer_log_probs, balance_coefficient
+from mllmft.strategies.commit.learning_rates import CoordinateDescentRule, KappaRule, SideLearningRates
+from mllmft.strategies.core.contract import TuningStrategy
+from mllmft.strategies.core.runner import StrategyRunner
 from tests.helpers.runs import CKPT, StopAt
 
 COMMIT_STRATEGIES = ["commit", "commit_clr", "constant", "feature_cd", "language_cd", "commit_lora"]

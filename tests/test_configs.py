@@ -10,11 +10,11 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mllmft.backbones import Backbone
+from mllmft.build import build_backbone
 from mllmft.config import CONF_DIR
 from mllmft.data import TestSet
 from mllmft.merges import MergeMethod
 from mllmft.objectives import Objective
-from mllmft.run import build_backbone
 from mllmft.strategies import TuningStrategy
 
 ADDED_GROUPS = ("source", "datamodule", "upstream")

@@ -43,7 +43,7 @@ def _refusal(compose, monkeypatch, *overrides: str, **kwargs) -> str:
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the settings were refused")
 
-    monkeypatch.setattr("mllmft.run.build_backbone", no_model)
+    monkeypatch.setattr("mllmft.build.build_backbone", no_model)
     with pytest.raises(Exception) as caught:
         api.build(compose(*overrides, **kwargs))
     assert _config_error(caught.value) is not None, f"not a ConfigError: {caught.value!r}"
@@ -158,7 +158,7 @@ def test_pissa_with_its_iterations_is_a_known_lora_init(compose):
 
 @pytest.mark.parametrize("image", ["[]", "['']", "[a.png,3]"])
 def test_chat_without_an_image_path_is_one_line(compose, monkeypatch, image):
-    monkeypatch.setattr("mllmft.run.build_backbone", lambda *a, **k: pytest.fail("the model was built"))
+    monkeypatch.setattr("mllmft.build.build_backbone", lambda *a, **k: pytest.fail("the model was built"))
     cfg = compose(f"image={image}", "prompt=What?", config_name="chat")
     with pytest.raises(ConfigError, match=r"^image=.*; expected an image file or a non-empty list of them"):
         answer(cfg)
@@ -290,7 +290,7 @@ def test_ewc_without_upstream_data_is_refused_at_start_up(compose, monkeypatch):
 
 
 def test_ewc_without_upstream_data_may_still_evaluate(compose):
-    cfg = compose("strategy=ewc", "~data.upstream.shapes", "+evaluate_only=true")
+    cfg = compose("strategy=ewc", "~data.upstream.shapes", "change=evaluate")
     assert api.build(cfg).strategy.name == "ewc"
 
 
@@ -314,7 +314,8 @@ def test_an_unknown_optimized_metric_is_refused_before_any_evaluation(compose, m
     """Once a KeyError once the run was over (results.json written, the sweep's point lost)."""
     import lightning as L
 
-    from mllmft.run import metric_value, run
+    from mllmft.results import metric_value
+    from mllmft.run import run
 
     def no_test(*args, **kwargs):
         raise AssertionError("evaluated before the setting was refused")

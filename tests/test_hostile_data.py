@@ -332,13 +332,13 @@ def test_an_image_beyond_qwen_vls_aspect_ratio_is_refused_at_start_up(tmp_path):
     ],
 )
 def test_sizes_must_be_positive_integers_before_any_model_is_built(compose, override, message):
-    from hydra.utils import instantiate
-
-    from mllmft import run
+    from mllmft import build
+    from mllmft.changes import change_from_config
+    from mllmft.strategies.core.contract import from_config
 
     cfg = compose(override)
-    with pytest.raises(ConfigError, match=message) as err:
-        run.check_settings(cfg, instantiate(cfg.strategy))  # what a run checks before it builds the model
+    with pytest.raises(ConfigError, match=message) as err:  # what a run checks before it builds the model
+        build.check_settings(cfg, from_config(cfg), change_from_config(cfg))
     _one_line(err)
 
 

@@ -27,7 +27,6 @@ from mllmft import api
 from mllmft.checkpoint_match import read_checkpoint
 from mllmft.cli import user_error_message
 from mllmft.errors import ConfigError, StorageError
-from mllmft.merge import merge_update
 from mllmft.merges import FinetunedWeights
 from mllmft.report import load_runs, main, summarise
 from mllmft.run import run
@@ -320,7 +319,7 @@ def _no_evaluation(monkeypatch):
 
 def _refused(cfg) -> str:
     with pytest.raises(Exception) as info:
-        run(cfg, update=merge_update(cfg))
+        run(cfg)
     line = user_error_message(info.value)
     assert line is not None and "\n" not in line, info.value
     assert not Path(cfg.paths.output_dir, "results.json").exists()

@@ -11,11 +11,10 @@ import torch
 from torch import nn
 
 from mllmft import api
-from mllmft.merge import merge_update
 from mllmft.merges import DARE, TIES, TaskArithmetic, WiSEFT
 from mllmft.merges.model_tailor import input_covariances, row_z, tailor_patch
 from mllmft.run import run
-from mllmft.strategies.dowser_probe import probe_scores
+from mllmft.strategies.selective.dowser_probe import probe_scores
 from tests.helpers.runs import FAST, SMALL_LLAVA
 
 
@@ -246,7 +245,8 @@ def finetuned(tmp_path_factory):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("method", MERGES)
-def test_every_merge_runs_end_to_end(finetuned, family, method):
+def test_every_merge_runs_end_to_end(finetuned, family, method, monkeypatch):
+    from mllmft.changes import Merge
 
     out = finetuned[family]
     base = FAST + ([] if FAMILIES[family] else SMALL_LLAVA)
@@ -263,17 +263,18 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
         config_name="merge",
         output_dir=out / method,
     )
-    seen = []
+    seen, check = [], Merge.check
 
-    def update(parts):
-        seen.append(parts)
-        return merge_update(cfg)(parts)
+    def checked(self, parts):
+        seen.append((self, parts))
+        check(self, parts)
 
-    results = run(cfg, update=update)
+    monkeypatch.setattr(Merge, "check", checked)
+    results = run(cfg)
     merge = json.loads((out / method / "results.json").read_text())["run"]["merge"]
     assert merge["method"] == method and merge["tensors_changed"] > 0 and merge["seconds"] >= 0
     assert {"E", "F", "O"} <= set(results["tradeoff"]["final"])
-    backbone = seen[0].backbone
+    merger, backbone = seen[0][0].method, seen[0][1].backbone
     model = dict(backbone.model.named_parameters())
     theta0 = dict(
         api.build(
@@ -282,7 +283,6 @@ def test_every_merge_runs_end_to_end(finetuned, family, method):
     )
     changed = [n for n in model if not torch.equal(model[n], theta0[n])]
     assert changed
-    merger = seen[0].merge
     if method == "model_tailor":  # the projector is reset; each LLM linear changes on its patch only
         assert not [n for n in changed if backbone.components.component_of(n) == "connector"]
         assert merger.keep_masks and set(merger.keep_masks) <= set(merger.written)
@@ -306,5 +306,5 @@ def test_a_finetuned_result_of_another_model_is_one_clear_error(finetuned):
         output_dir=out / "wrong",
     )
     with pytest.raises(ConfigError, match="holds a 'qwen2_vl' model, not a 'llava' one"):
-        run(cfg, update=merge_update(cfg))
+        run(cfg)
     assert not (out / "wrong" / "results.json").exists()

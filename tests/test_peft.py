@@ -10,7 +10,7 @@ import torch
 from mllmft import api
 from mllmft.data import ShapesSource
 from mllmft.errors import ConfigError
-from mllmft.strategies.peft_adapters import PEFT_ROOT
+from mllmft.strategies.adapters.peft_adapters import PEFT_ROOT
 from tests.helpers.models import TINY_MODELS, generate
 
 OTHER_METHODS = ["dora", "adalora", "vera", "ia3", "prompt_tuning", "prefix_tuning"]

@@ -13,6 +13,7 @@ from torch import nn
 
 from mllmft.backbones import FAMILIES, Backbone, build_meta
 from mllmft.scope import apply_scope, param_groups
+from mllmft.strategies.core.contract import from_config
 from tests.helpers.data_files import write_general_benchmarks, write_reader_layout
 
 # LLaVA-1.5-7B: a Vicuna-7B decoder layer (4 attention and 3 MLP matrices, 2 RMSNorm gains) and the projector
@@ -97,7 +98,7 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
     lrs = {g["name"]: g["lr"] for g in param_groups(backbone, cfg.scope, cfg.module.lr, cfg.module.weight_decay)}
     assert {k: v for k, v in lrs.items() if not k.endswith("no_decay")} == pytest.approx(paper["lr"])
 
-    strategy = instantiate(cfg.strategy)
+    strategy = from_config(cfg)
     assert strategy.name == paper["strategy"]
     if "ratio" in paper:
         assert strategy.ratio == paper["ratio"]

@@ -83,7 +83,7 @@ def test_bad_replay_settings_are_refused_before_the_model(compose, monkeypatch, 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was built before the settings were refused")
 
-    monkeypatch.setattr("mllmft.run.build_backbone", no_model)
+    monkeypatch.setattr("mllmft.build.build_backbone", no_model)
     with pytest.raises(ConfigError, match=message):
         api.build(compose(f"data.replay={replay}"))
 

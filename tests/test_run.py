@@ -124,7 +124,7 @@ def test_the_default_model_ships_pre_trained_for_its_config(tmp_path, monkeypatc
     """The main job's first run loads the checkpoint in the package (same key as the default config:
     rebuild it with `python -m mllmft.pretrain` after changing model/_tiny.yaml or the pre-training)."""
     from mllmft import pretrain
-    from mllmft.run import build_backbone, pretrain_stage
+    from mllmft.build import build_backbone, pretrain_stage
 
     def no_training(*args):
         raise AssertionError("pre-trained instead of loading the shipped checkpoint")

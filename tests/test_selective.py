@@ -8,16 +8,16 @@ from torch import nn
 
 from mllmft import api
 from mllmft.engines import Engine
-from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask, tensor_stats
-from mllmft.strategies.gradient_masks import keep_count, top_fraction_mask
-from mllmft.strategies.runner import StepContext
-from mllmft.strategies.spider import normalized_importance, spider_mask
+from mllmft.strategies import SPIDER, AnchorPenalty, MagnitudeMask, RandomMask
+from mllmft.strategies.core import StepContext, tensor_stats
+from mllmft.strategies.selective.gradient_masks import keep_count, top_fraction_mask
+from mllmft.strategies.selective.spider import normalized_importance, spider_mask
 
 
 def _started(strategy, model):
     """The strategy as the runner starts it on one device: captured, placed on its fragments."""
     strategy.capture(Engine().full_weights(model, trainable_only=True))
-    ctx = StepContext(Engine(), Engine().fragments(model), None, None, None)
+    ctx = StepContext(Engine(), Engine().fragments(model))
     strategy.start(ctx)
     return ctx
 
@@ -344,7 +344,7 @@ def test_reported_state_is_every_tensor_the_strategy_holds_on_a_shard(compose, o
     strategy, model = parts.strategy, parts.backbone.model
     strategy.capture(Engine().full_weights(model, trainable_only=True))
     fragments = _first_half_fragments(model)
-    strategy.start(StepContext(Engine(), fragments, None, None, None))
+    strategy.start(StepContext(Engine(), fragments))
     numel = sum(f.numel for f in fragments)
     assert strategy.state_nbytes() == _held_bytes(strategy), strategy.name
     whole = {"spider": 8, "magnitude_mask": 5, "model_dowser": 1}[strategy.name]  # bytes per parameter, unsharded

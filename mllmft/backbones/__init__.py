@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mllmft.backbones.backbone import COMPONENTS, Backbone, ComponentMap, Family
+from mllmft.backbones.backbone import COMPONENTS, FAMILIES, Backbone, ComponentMap, Family
 from mllmft.backbones.blip2 import BLIP2, INSTRUCTBLIP
 from mllmft.backbones.idefics3 import IDEFICS3, SMOLVLM
 from mllmft.backbones.internvl import INTERNVL
@@ -19,8 +19,8 @@ from mllmft.backbones.qwen_vl import QWEN2_5_VL, QWEN2_VL, QWEN3_VL
 from mllmft.config import import_object
 from mllmft.errors import CheckpointNotFoundError, ConfigError
 
-FAMILIES = {
-    f.name: f
+FAMILIES.update(  # the built-in families; find_family adds a user's own
+    (f.name, f)
     for f in (
         LLAVA,
         LLAVA_NEXT,
@@ -35,7 +35,7 @@ FAMILIES = {
         BLIP2,
         INSTRUCTBLIP,
     )
-}
+)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 __all__ = [

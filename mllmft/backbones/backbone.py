@@ -98,6 +98,9 @@ class Family:
     unsupported: Mapping[str, str] = field(default_factory=dict)  # strategy name -> why it cannot work
 
 
+FAMILIES: dict[str, Family] = {}  # name -> family: the built-in ones (backbones/__init__.py) and a user's own
+
+
 @dataclass
 class Backbone:
     """A loaded MLLM: the HF model, its processor, its family and where its components' parameters live."""
@@ -111,9 +114,7 @@ class Backbone:
 
     @property
     def collator_class(self) -> type[ConversationCollator]:
-        from mllmft.backbones import find_family  # the family registry imports this module
-
-        return find_family(self.family).collator
+        return FAMILIES[self.family].collator  # registered when the backbone was built (find_family)
 
     def collator(self, max_length: int, generate: bool = False) -> ConversationCollator:
         """Records -> this model's inputs (labels on the answers for training; prompts for generation)."""

@@ -6,6 +6,7 @@ or a ``_target_`` config); the class it builds decides the engine, before anythi
 from __future__ import annotations
 
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy, ModelParallelStrategy, StrategyRegistry
 
@@ -28,9 +29,16 @@ def engine_class(lightning_strategy: type) -> type[Engine]:
     return next((engine for cls, engine in ENGINES if issubclass(lightning_strategy, cls)), Engine)
 
 
+_BUILT: WeakKeyDictionary = WeakKeyDictionary()  # Lightning strategy object -> its engine
+
+
 def engine_for(trainer: Any) -> Engine:
-    """The engine adapter of ``trainer``'s Lightning strategy."""
-    return engine_class(type(trainer.strategy))(trainer)
+    """The engine adapter of ``trainer``'s Lightning strategy, built once per trainer: the strategy
+    runner, generation and export share it (an FSDP2 engine learns its process group from the shards)."""
+    strategy = trainer.strategy
+    if strategy not in _BUILT:
+        _BUILT[strategy] = engine_class(type(strategy))(trainer)
+    return _BUILT[strategy]
 
 
 def configured_engine(lightning_strategy: Any) -> type[Engine]:

@@ -27,14 +27,15 @@ from mllmft.checkpoint_match import check_base, check_checkpoint, read_checkpoin
 from mllmft.errors import CheckpointNotFoundError, ConfigError, UserInputError
 
 if TYPE_CHECKING:
-    from mllmft.run import RunParts
+    from mllmft.backbones import Backbone
+    from mllmft.data import MLLMDataModule
 
 log = logging.getLogger(__name__)
 
 
 class MergeMethod:
     """``merge(name, theta0, theta_ft) -> merged`` for one tensor (fp32 in, any dtype out); methods
-    that need data first get ``prepare(parts, finetuned)`` (the run's parts: backbone, datamodule...),
+    that need data first get ``prepare(backbone, datamodule, finetuned)`` (the run's base model and data),
     which may write tensors into the model itself (Model Tailor merges block by block, each on the
     inputs of the blocks merged before it) and name them in ``written``."""
 
@@ -42,7 +43,7 @@ class MergeMethod:
     written: frozenset[str] | set[str] = frozenset()
     calibrates = False  # prepare() reads the target's training data (checked at start-up)
 
-    def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
+    def prepare(self, backbone: Backbone, datamodule: MLLMDataModule, finetuned: FinetunedWeights) -> None:
         pass
 
     def merge(self, name: str, theta0: torch.Tensor, theta_ft: torch.Tensor) -> torch.Tensor:

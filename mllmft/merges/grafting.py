@@ -26,10 +26,11 @@ from mllmft.errors import ConfigError
 from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
 from mllmft.merges.calibration import batch_loss, target_batches
-from mllmft.strategies.tensor_stats import highest_entries
+from mllmft.strategies.core.tensor_stats import highest_entries
 
 if TYPE_CHECKING:
-    from mllmft.run import RunParts
+    from mllmft.backbones import Backbone
+    from mllmft.data import MLLMDataModule
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ class Grafting(MergeMethod):
         self.best_step = 0  # the optimisation step of the kept mask (0: the top-|δ| start)
         self.moved = 0.0  # share of the kept mask's entries outside the start
 
-    def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
-        model, datamodule = parts.backbone.model, parts.datamodule
+    def prepare(self, backbone: Backbone, datamodule: MLLMDataModule, finetuned: FinetunedWeights) -> None:
+        model = backbone.model
         # the tensors the run changed (an HF directory holds every tensor; δ = 0 has nothing to localise)
         params = {
             n: p

@@ -32,11 +32,11 @@ from mllmft.console import progress
 from mllmft.hardware import on_compute_device
 from mllmft.merges.base import FinetunedWeights, MergeMethod
 from mllmft.merges.calibration import target_batches
-from mllmft.strategies.tensor_stats import highest_entries
+from mllmft.strategies.core.tensor_stats import highest_entries
 
 if TYPE_CHECKING:
-    from mllmft.backbones import ComponentMap
-    from mllmft.run import RunParts
+    from mllmft.backbones import Backbone, ComponentMap
+    from mllmft.data import MLLMDataModule
 
 
 def row_z(x: torch.Tensor) -> torch.Tensor:
@@ -146,13 +146,12 @@ class ModelTailor(MergeMethod):
         self.written: set[str] = set()
         self._components: ComponentMap | None = None
 
-    def prepare(self, parts: RunParts, finetuned: FinetunedWeights) -> None:
-        backbone = parts.backbone
+    def prepare(self, backbone: Backbone, datamodule: MLLMDataModule, finetuned: FinetunedWeights) -> None:
         model, components = backbone.model, backbone.components
         self._components = components
         blocks = model.get_submodule(components.layers["llm"])
         with on_compute_device(model) as device:
-            batches = target_batches(parts.datamodule, "train", self.samples, device, "merge=model_tailor")
+            batches = target_batches(datamodule, "train", self.samples, device, "merge=model_tailor")
             for index, block in enumerate(progress(blocks, "Model Tailor", len(blocks), min_total=1)):
                 prefix = f"{components.layers['llm']}.{index}."
                 linears = {

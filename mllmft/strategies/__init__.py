@@ -1,14 +1,6 @@
 """Tuning strategies; each is chosen by name through ``conf/strategy/<name>.yaml``."""
 
-from mllmft.strategies.anchored import EWC, AnchorPenalty
-from mllmft.strategies.base import TuningStrategy
-from mllmft.strategies.commit import CoMMIT
-from mllmft.strategies.fixed_masks import MagnitudeMask, RandomMask
-from mllmft.strategies.full import FullFineTuning
-from mllmft.strategies.gradient_masks import GMT, SPU
-from mllmft.strategies.hft import HFT
-from mllmft.strategies.model_dowser import ModelDowser
-from mllmft.strategies.peft_adapters import (
+from mllmft.strategies.adapters.peft_adapters import (
     IA3,
     AdaLoRA,
     LoRA,
@@ -17,8 +9,16 @@ from mllmft.strategies.peft_adapters import (
     PromptTuning,
     VeRA,
 )
-from mllmft.strategies.spider import SPIDER
-from mllmft.strategies.zeroshot import ZeroShot
+from mllmft.strategies.baselines.full import FullFineTuning
+from mllmft.strategies.baselines.zeroshot import ZeroShot
+from mllmft.strategies.commit.commit import CoMMIT
+from mllmft.strategies.core.contract import TuningStrategy
+from mllmft.strategies.penalties.anchored import EWC, AnchorPenalty
+from mllmft.strategies.selective.fixed_masks import MagnitudeMask, RandomMask
+from mllmft.strategies.selective.gradient_masks import GMT, SPU
+from mllmft.strategies.selective.hft import HFT
+from mllmft.strategies.selective.model_dowser import ModelDowser
+from mllmft.strategies.selective.spider import SPIDER
 
 __all__ = [
     "EWC",

@@ -20,16 +20,16 @@ from lightning import Callback
 from mllmft.backbones import COMPONENTS, Backbone
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
-from mllmft.strategies.base import TuningStrategy
-from mllmft.strategies.commit_balance import BalanceMonitor, answer_kl, answer_log_probs
-from mllmft.strategies.commit_lr import (
+from mllmft.strategies.baselines.full import FullFineTuning
+from mllmft.strategies.commit.balance import BalanceMonitor, answer_kl, answer_log_probs
+from mllmft.strategies.commit.learning_rates import (
     CoordinateDescentRule,
     KappaRule,
     SideLearningRates,
     check_coordinate_descent,
     check_lr_bounds,
 )
-from mllmft.strategies.full import FullFineTuning
+from mllmft.strategies.core.contract import TuningStrategy
 
 LR_RULES = ("kappa", "constant", "feature_cd", "language_cd")
 
@@ -40,7 +40,6 @@ class CoMMIT(TuningStrategy):
 
     def __init__(
         self,
-        name: str = "commit",
         base: TuningStrategy | None = None,
         every_k: int = 10,
         ema: float = 0.9,
@@ -59,7 +58,6 @@ class CoMMIT(TuningStrategy):
         # every knob, whichever rule uses it: a bad one is a mistake even where this rule ignores it
         check_lr_bounds(lr_bounds)
         check_coordinate_descent(cd_period, cd_share)
-        self.name = name
         self.base = base or FullFineTuning()
         self.encoder_side = tuple(encoder_side)
         self.aux_lambda = aux_lambda
@@ -106,7 +104,7 @@ class CoMMIT(TuningStrategy):
         self.base.capture(weights)
 
     def start(self, ctx) -> None:
-        self.monitor.check(ctx.trainer)
+        self.monitor.check_accumulation(ctx.accumulate_grad_batches)
         self.base.start(ctx)
         if self.side_lr:
             self.side_lr.start(ctx)

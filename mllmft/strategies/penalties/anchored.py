@@ -19,9 +19,9 @@ import torch
 
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
-from mllmft.strategies import tensor_stats
-from mllmft.strategies.base import TuningStrategy, tensor_nbytes
-from mllmft.strategies.theta0 import Theta0
+from mllmft.strategies.core import tensor_stats
+from mllmft.strategies.core.contract import TuningStrategy, tensor_nbytes
+from mllmft.strategies.core.theta0 import Theta0
 
 log = logging.getLogger(__name__)
 REDUCTIONS = ("tensor_mean", "sum")
@@ -75,7 +75,6 @@ class AnchorPenalty(_AnchoredStrategy):
         check_number("strategy.lam", lam, 0)
         super().__init__()
         self.norm, self.lam, self.reduction = norm, lam, reduction
-        self.name = f"{norm}_sp"
 
     def penalty_gradient(self, f, delta: torch.Tensor) -> torch.Tensor:
         d = delta.sign() if self.norm == "l1" else delta
@@ -97,8 +96,6 @@ class AnchorPenalty(_AnchoredStrategy):
 class EWC(_AnchoredStrategy):
     """Elastic weight consolidation: loss + λ/2 · Σ F (θ − θ0)², F the diagonal Fisher of the base model
     on the upstream data (``fisher_batches`` batches of ``fisher_split``), measured once at the start."""
-
-    name = "ewc"
 
     def __init__(
         self,
@@ -136,7 +133,8 @@ class EWC(_AnchoredStrategy):
         """F = mean over ``fisher_batches`` upstream batches of g², g the batch gradient (averaged over
         the data-parallel ranks, as a training step's is) at θ0, with the model in eval mode."""
         module, model = ctx.module, ctx.module.model
-        loader = ctx.trainer.datamodule.upstream_train_dataloader(self.fisher_split, self.fisher_batch_size)
+        assert ctx.upstream_batches is not None, "check_training refused EWC without upstream data"
+        loader = ctx.upstream_batches(self.fisher_split, self.fisher_batch_size)
         fisher = {f.name: torch.zeros(f.size, dtype=torch.float32, device=f.values().device) for f in ctx.fragments}
         was_training = model.training
         model.eval()

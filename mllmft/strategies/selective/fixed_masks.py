@@ -11,8 +11,8 @@ import zlib
 import torch
 
 from mllmft.checks import check_number, check_seed
-from mllmft.strategies.base import TuningStrategy, tensor_nbytes
-from mllmft.strategies.theta0 import Theta0
+from mllmft.strategies.core.contract import TuningStrategy, tensor_nbytes
+from mllmft.strategies.core.theta0 import Theta0
 
 
 def held_entries(theta0: torch.Tensor, freeze_ratio: float, how: str, generator: torch.Generator | None = None):
@@ -69,12 +69,10 @@ class FixedWeightMask(TuningStrategy):
 class MagnitudeMask(FixedWeightMask):
     """Hold the top ``freeze_ratio`` of |θ0| entries of each tensor at θ0."""
 
-    name = "magnitude_mask"
     how = "magnitude"
 
 
 class RandomMask(FixedWeightMask):
     """Hold a fixed, seeded random ``freeze_ratio`` of each tensor at θ0."""
 
-    name = "random_mask"
     how = "random"

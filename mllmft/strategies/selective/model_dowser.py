@@ -34,9 +34,9 @@ from mllmft.checkpoint_match import weights_fingerprint
 from mllmft.checks import check_number, check_seed
 from mllmft.errors import ConfigError
 from mllmft.hardware import on_compute_device
-from mllmft.strategies.base import TuningStrategy, tensor_nbytes
-from mllmft.strategies.dowser_probe import PSI_MODES, probe_scores, synthetic_sequences
-from mllmft.strategies.tensor_stats import lowest_entries
+from mllmft.strategies.core.contract import TuningStrategy, tensor_nbytes
+from mllmft.strategies.core.tensor_stats import lowest_entries
+from mllmft.strategies.selective.dowser_probe import PSI_MODES, probe_scores, synthetic_sequences
 
 log = logging.getLogger(__name__)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -45,8 +45,6 @@ TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 class ModelDowser(TuningStrategy):
     """Model-Dowser: exactly ``ratio`` of each LLM linear's entries train, those the data-free probe scores
     lowest (output sensitivity × |W| × input activation); the rest held by a static gradient mask."""
-
-    name = "model_dowser"
 
     def __init__(
         self,

@@ -13,8 +13,8 @@ import torch
 
 from mllmft.backbones import Backbone
 from mllmft.checks import check_number, compiled_regex
-from mllmft.strategies import tensor_stats
-from mllmft.strategies.base import TuningStrategy, tensor_nbytes
+from mllmft.strategies.core import tensor_stats
+from mllmft.strategies.core.contract import TuningStrategy, tensor_nbytes
 
 
 def keep_count(keep_ratio: float, numel: int) -> int:
@@ -33,8 +33,6 @@ def top_fraction_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
 
 class GMT(TuningStrategy):
     """Every step, only the top ``keep_ratio`` of |g| of each tensor reaches the optimizer."""
-
-    name = "gmt"
 
     def __init__(self, keep_ratio: float = 0.2):
         check_number("strategy.keep_ratio", keep_ratio, 0, 1, low_open=True)
@@ -56,8 +54,6 @@ class SPU(TuningStrategy):
     """Score |Σ g| over the first ``score_fraction`` of the optimizer steps (plain steps), then only
     the top ``keep_ratio`` of each tensor's scores take gradient for the rest of training."""
 
-    name = "spu"
-
     def __init__(self, score_fraction: float = 0.25, keep_ratio: float = 0.1, param_filter: str | None = None):
         """``param_filter``: a regex on parameter names; trainable parameters that do not match are
         frozen (the original SPU trains the first MLP linear of each block: ``mlp\\.(gate|up)_proj``)."""
@@ -78,7 +74,7 @@ class SPU(TuningStrategy):
 
     def start(self, ctx) -> None:
         if self.window_steps is None:
-            self.window_steps = max(1, math.ceil(self.score_fraction * int(ctx.trainer.estimated_stepping_batches)))
+            self.window_steps = max(1, math.ceil(self.score_fraction * ctx.total_steps))
         if self.masks is None:
             self.scores = {
                 f.name: self.scores[f.name].to(f.values().device)

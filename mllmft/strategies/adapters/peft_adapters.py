@@ -30,7 +30,7 @@ from mllmft.backbones import COMPONENTS, Backbone
 from mllmft.backbones.decoder_layers import FEEDFORWARD_OUTPUTS
 from mllmft.checks import check_number, check_seed
 from mllmft.errors import ConfigError
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.core.contract import TuningStrategy
 
 PEFT_ROOT = "base_model.model."  # where the wrapped model's names start (adapter methods)
 PROMPT_LEARNING_ROOT = "base_model."
@@ -39,7 +39,6 @@ PROMPT_LEARNING_ROOT = "base_model."
 class PeftStrategy(TuningStrategy):
     """Wrap the backbone with ``peft.get_peft_model`` using the config ``peft_config`` builds."""
 
-    name = "peft"
     targets_linears = True  # False: prompt-learning methods, which add virtual tokens instead
 
     def __init__(
@@ -145,8 +144,6 @@ def check_lora_init(init) -> None:
 class LoRA(PeftStrategy):
     """LoRA and its variants: DoRA (``use_dora``), rsLoRA (``use_rslora``), PiSSA/OLoRA/... (``init``)."""
 
-    name = "lora"
-
     def __init__(
         self,
         r: int = 8,
@@ -162,7 +159,6 @@ class LoRA(PeftStrategy):
         check_number("strategy.alpha", alpha, 0, low_open=True)
         check_number("strategy.dropout", dropout, 0, 1, high_open=True)
         check_lora_init(init)
-        self.name = "dora" if use_dora else "lora"
         self.options = dict(
             r=r,
             lora_alpha=alpha,
@@ -180,7 +176,6 @@ class AdaLoRA(PeftStrategy):
     """AdaLoRA: LoRA whose rank budget is reallocated by importance during training (needs the
     number of steps; peft's ``update_and_allocate`` runs after every optimizer step)."""
 
-    name = "adalora"
     unsharded_only = (
         "peft's rank allocator reads each whole parameter and its .grad, which FSDP shards into DTensors "
         "and DeepSpeed keeps in its own partitioned buffers"
@@ -259,8 +254,6 @@ class _AdaLoraBudget(Callback):
 class VeRA(PeftStrategy):
     """VeRA: frozen random low-rank matrices shared across layers, trained scaling vectors."""
 
-    name = "vera"
-
     def __init__(self, r: int = 256, dropout: float = 0.0, d_initial: float = 0.1, seed: int = 0, **scope_options):
         super().__init__(**scope_options)
         check_number("strategy.r", r, 1, integer=True)
@@ -275,8 +268,6 @@ class VeRA(PeftStrategy):
 
 class IA3(PeftStrategy):
     """(IA)^3: learned rescaling of attention outputs and of the feed-forward output layer's input."""
-
-    name = "ia3"
 
     def peft_config(self, target_modules, modules_to_save):
         feedforward = [t for t in target_modules if t.rsplit(".", 1)[-1] in FEEDFORWARD_OUTPUTS]
@@ -305,8 +296,6 @@ class _PromptLearning(PeftStrategy):
 class PromptTuning(_PromptLearning):
     """peft's prompt tuning: ``num_virtual_tokens`` trained input embeddings before the prompt."""
 
-    name = "prompt_tuning"
-
     def peft_config(self, target_modules, modules_to_save):
         return peft.PromptTuningConfig(
             task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens, modules_to_save=modules_to_save or None
@@ -315,8 +304,6 @@ class PromptTuning(_PromptLearning):
 
 class PrefixTuning(_PromptLearning):
     """peft's prefix tuning: trained key/value prefixes in every LLM attention layer."""
-
-    name = "prefix_tuning"
 
     def peft_config(self, target_modules, modules_to_save):
         return peft.PrefixTuningConfig(

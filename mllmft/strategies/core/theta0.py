@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from mllmft.strategies.base import tensor_nbytes
+from mllmft.strategies.core.contract import tensor_nbytes
 
 
 class Theta0:

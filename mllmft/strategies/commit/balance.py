@@ -89,9 +89,6 @@ class BalanceMonitor:
                 f"{accumulate_grad_batches}; set it to 1 (raise data.batch_size instead)"
             )
 
-    def check(self, trainer) -> None:
-        self.check_accumulation(trainer.accumulate_grad_batches)
-
     # --- the measurement --------------------------------------------------------------------------
     def before_batch(self, ctx, batch) -> None:
         self.reference_log_probs = None
@@ -113,7 +110,7 @@ class BalanceMonitor:
             kl_encoder = answer_kl(self._log_probs(ctx.module, batch), previous)
         with self._swapped(ctx, before, names=self._side("encoder")):
             kl_llm = answer_kl(self._log_probs(ctx.module, batch), previous)
-        d = ctx.trainer.strategy.reduce(torch.stack([kl_encoder, kl_llm]).detach(), reduce_op="mean")
+        d = ctx.mean_over_ranks(torch.stack([kl_encoder, kl_llm]).detach())
         d_encoder, d_llm = float(d[0]), float(d[1])
         raw = balance_coefficient(d_encoder, d_llm)
         self.kappa = raw if self.measurements == 0 else self.ema * self.kappa + (1 - self.ema) * raw
@@ -159,8 +156,8 @@ class BalanceMonitor:
 
     # --- results ----------------------------------------------------------------------------------
     def finish(self, ctx) -> None:
-        if ctx.trainer.is_global_zero and self.history:
-            plot_kappa(self.history, Path(ctx.trainer.default_root_dir) / "commit_kappa.png")
+        if ctx.is_global_zero and self.history:
+            plot_kappa(self.history, ctx.out_dir / "commit_kappa.png")
 
     def state_dict(self) -> dict:
         return {

@@ -16,9 +16,9 @@ import torch
 
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
-from mllmft.strategies import tensor_stats
-from mllmft.strategies.base import TuningStrategy, tensor_nbytes
-from mllmft.strategies.theta0 import Theta0
+from mllmft.strategies.core import tensor_stats
+from mllmft.strategies.core.contract import TuningStrategy, tensor_nbytes
+from mllmft.strategies.core.theta0 import Theta0
 
 MASKS = ("soft", "binary")
 
@@ -65,7 +65,6 @@ class SPIDER(TuningStrategy):
     importance is recomputed each step from two cached scalars per tensor rather than stored, and
     masks exist for one step at a time."""
 
-    name = "spider"
     writes_weights = True
     captures_weights = True
 

@@ -3,49 +3,23 @@
 It owns the hooks (when gradients and weights may be read and written on each engine), the
 engine adapter (where each tensor lives on this rank), logging, the strategy's checkpoint state and
 the start-up check that the strategy runs on the chosen engine. The strategy itself only works on
-``StepContext.fragments`` (see strategies/base.py for the order of the calls).
+its ``StepContext`` (core/context.py; core/contract.py gives the order of the calls).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from mllmft.backbones import ComponentMap
-from mllmft.engines import Engine, Fragment, PerRankState
-from mllmft.strategies.base import TuningStrategy
-from mllmft.strategies.mask_stats import MaskStats
+from mllmft.engines import PerRankState, engine_for
+from mllmft.strategies.core.context import StepContext, torch_optimizer
+from mllmft.strategies.core.contract import TuningStrategy
+from mllmft.strategies.core.mask_stats import MaskStats
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StepContext:
-    """What a strategy hook sees. ``step``: the optimizer step being taken (before_*) or just taken
-    (after_*), counted from 0. ``logging``: whether this step's diagnostics are logged."""
-
-    engine: Engine
-    fragments: list[Fragment]
-    components: ComponentMap
-    trainer: Any  # lightning.Trainer (None in unit tests that drive a strategy by hand)
-    module: Any  # the LightningModule
-    step: int = 0
-    logging: bool = False
-    metrics: dict[str, float] = field(default_factory=dict)
-    mask_stats: MaskStats | None = None
-
-    def log(self, values: dict[str, float]) -> None:
-        """Logged with the step's other metrics (every ``trainer.log_every_n_steps`` steps)."""
-        self.metrics.update(values)
-
-    def log_now(self, values: dict[str, float], step: int) -> None:
-        """Straight to the loggers, whatever ``trainer.log_every_n_steps`` (a measurement every K steps)."""
-        for logger in self.trainer.loggers:
-            logger.log_metrics(values, step=step)
 
 
 class StrategyRunner(PerRankState):
@@ -70,15 +44,29 @@ class StrategyRunner(PerRankState):
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
-        pl_module.engine.check_strategy(self.strategy)
+        engine_for(trainer).check_strategy(self.strategy)
         if self.strategy.captures_weights:  # whole, even if a zero-shot test has sharded the model already
-            self.strategy.capture(pl_module.engine.full_weights(pl_module.model, trainable_only=True))
+            self.strategy.capture(engine_for(trainer).full_weights(pl_module.model, trainable_only=True))
 
     def on_train_start(self, trainer, pl_module) -> None:
-        engine = pl_module.engine
+        engine = engine_for(trainer)
         fragments = engine.fragments(pl_module.model)
+        schedules = trainer.lr_scheduler_configs
         self._ctx = StepContext(
-            engine, fragments, self.components, trainer, pl_module, mask_stats=MaskStats(self.components, engine)
+            engine,
+            fragments,
+            self.components,
+            pl_module,
+            optimizer=torch_optimizer(trainer.optimizers[0]) if trainer.optimizers else None,
+            scheduler=schedules[0].scheduler if schedules else None,
+            total_steps=int(trainer.estimated_stepping_batches),
+            accumulate_grad_batches=trainer.accumulate_grad_batches,
+            upstream_batches=getattr(trainer.datamodule, "upstream_train_dataloader", None),
+            mean_over_ranks=lambda t: trainer.strategy.reduce(t, reduce_op="mean"),
+            out_dir=Path(trainer.default_root_dir),
+            is_global_zero=trainer.is_global_zero,
+            loggers=list(trainer.loggers),
+            mask_stats=MaskStats(self.components, engine),
         )
         if self._restored is not None:
             self.strategy.load_state_dict(self._restored)

@@ -17,13 +17,11 @@ from mllmft.backbones import Backbone
 from mllmft.backbones.decoder_layers import detect_layer_names, missing_modules
 from mllmft.checks import check_seed
 from mllmft.errors import ConfigError
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.core.contract import TuningStrategy
 
 
 class HFT(TuningStrategy):
     """Half Fine-Tuning: a seeded, static half of each LLM decoder layer's projections and norms frozen."""
-
-    name = "hft"
 
     def __init__(
         self,

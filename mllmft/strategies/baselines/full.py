@@ -1,7 +1,5 @@
-from mllmft.strategies.base import TuningStrategy
+from mllmft.strategies.core.contract import TuningStrategy
 
 
 class FullFineTuning(TuningStrategy):
     """Plain fine-tuning of every parameter the scope makes trainable."""
-
-    name = "full"

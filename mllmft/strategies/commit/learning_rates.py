@@ -83,9 +83,9 @@ class SideLearningRates:
         self._constant: list[float] = []
 
     def start(self, ctx) -> None:
-        self.optimizer = torch_optimizer(ctx.trainer.optimizers[0])
-        configs = ctx.trainer.lr_scheduler_configs
-        self._schedule = configs[0].scheduler if configs else None
+        assert ctx.optimizer is not None, "the optimizer exists once training starts"
+        self.optimizer = ctx.optimizer
+        self._schedule = ctx.scheduler
         self._constant = [g["lr"] for g in self.optimizer.param_groups]  # without a schedule
 
     def before_step(self, ctx) -> None:
@@ -97,11 +97,3 @@ class SideLearningRates:
             group["lr"] = self.last[name] = lr * multipliers[self.group_side(name)]
         if ctx.step % self.log_every == 0:
             ctx.log_now({f"commit/lr/{name}": lr for name, lr in self.last.items()}, ctx.step)
-
-
-def torch_optimizer(optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer that takes the step: DeepSpeed's ZeRO optimizers wrap one (over their flat
-    partitions, with the same parameter groups)."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
-    return optimizer

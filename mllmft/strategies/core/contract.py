@@ -1,24 +1,31 @@
-"""The tuning-strategy protocol: how the parameters the scope left trainable are updated.
+"""The tuning-strategy contract: how the parameters the scope left trainable are updated.
 
-A strategy is a small object built from ``conf/strategy/<name>.yaml`` that works on tensors. The
-``StrategyRunner`` callback (strategies/runner.py) calls it, on every engine, in this order:
+A strategy is a small object built from ``conf/strategy/<name>.yaml`` (its name is that file's: the
+``strategy=`` choice) that works on tensors only. The ``StrategyRunner`` callback (core/runner.py) calls
+it on every engine, and a run reads, top to bottom:
 
-* ``check_training(cfg)`` at start-up, when the run trains: the run's settings it cannot train with;
-* ``attach(backbone)`` once, when the run is built: wrap (peft), freeze, decide what trains;
-* ``capture(weights)`` when fitting starts, if ``captures_weights``: the trainable tensors whole (on
-  the host, gathered if the model is already sharded) before a checkpoint is restored: keep what
-  must come from the loaded weights (θ0, a mask of |θ0|);
-* ``start(ctx)`` once the engine has placed the model (``ctx.fragments``: this rank's part of every
-  trainable tensor) and any checkpoint is restored: build per-tensor state beside each fragment;
-* per optimizer step: ``before_batch(ctx, batch)``, the forward with ``extra_loss``, backward,
-  ``before_step(ctx)`` on the reduced gradients, the optimizer step, ``after_step(ctx)`` on the
-  new weights (``writes_weights``: the runner then publishes them to the engine), ``after_batch``;
-* ``finish(ctx)`` when training ends (rank 0 draws its figures).
+    strategy.check_training(cfg)             # start-up: the run's settings it cannot train with
+    strategy.attach(backbone)                # once, when the run is built: wrap (peft), freeze
+    strategy.capture(whole_trainable_weights)   # fit starts, if captures_weights: θ0, |θ0| ...
+    strategy.start(ctx)                      # the engine placed the model, a checkpoint is restored:
+                                             # per-tensor state beside each of ctx.fragments
+    for each optimizer step:
+        strategy.before_batch(ctx, batch)
+        loss = objective(batch) + strategy.extra_loss(module, batch, outputs)
+        loss.backward()                      # the engine reduces the gradients over the ranks
+        strategy.before_step(ctx)            # read or change the reduced gradients
+        optimizer.step()
+        strategy.after_step(ctx)             # read or change the new weights; if writes_weights,
+        engine.publish(ctx.fragments)        # ... the runner makes them what the next forward reads
+        strategy.after_batch(ctx, batch)
+    strategy.finish(ctx)                     # rank 0 draws its figures
 
-Per-tensor statistics come from ``tensor_stats`` (a few scalars reduced through ``ctx.engine``),
-so the same code gives the same numbers on one device, under DDP, FSDP2 and DeepSpeed ZeRO-2/3.
-``state_dict`` holds what must survive a checkpoint, as this rank holds it: the runner puts it in
-the checkpoint (one device, DDP) or stores each rank's beside a sharded checkpoint.
+``ctx`` (core/context.py) carries everything a hook may use: this rank's fragments, the engine's
+reductions, the optimizer and its schedule, the total steps, upstream batches, the loggers. Per-tensor
+statistics come from ``tensor_stats`` (a few scalars reduced through ``ctx.engine``), so the same code
+gives the same numbers on one device, under DDP, FSDP2 and DeepSpeed ZeRO-2/3. ``state_dict`` holds
+what must survive a checkpoint, as this rank holds it: the runner puts it in the checkpoint (one
+device, DDP) or stores each rank's beside a sharded checkpoint.
 """
 
 from __future__ import annotations
@@ -35,9 +42,9 @@ from mllmft.backbones import Backbone
 class TuningStrategy:
     """A tuning strategy: ``attach`` changes the model once (freezing, masks, adapters); the tensor hooks
     (``before_step``, ``after_step``, ...) run through the StrategyRunner on every engine; ``extra_loss``
-    adds a term to the loss. ``name`` is the ``strategy=`` choice it is configured by."""
+    adds a term to the loss."""
 
-    name: str = "base"
+    name: str = "by_hand"  # the ``strategy=`` choice, given by ``from_config`` (one built by hand has none)
     trains: bool = True  # False: the run only evaluates
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)
     captures_weights: bool = False  # capture() wants the loaded trainable weights
@@ -97,6 +104,16 @@ class TuningStrategy:
     def acts_on_training(self) -> bool:
         """Whether any hook of the runner does work (else the optimizer alone trains)."""
         return any(getattr(type(self), hook) is not getattr(TuningStrategy, hook) for hook in HOOKS)
+
+
+def from_config(cfg) -> TuningStrategy:
+    """The run's tuning strategy, built from ``cfg.strategy`` and named by the ``strategy=`` choice (the
+    name of its YAML file: in results.json, checkpoints, logs and reports)."""
+    from hydra.utils import instantiate
+
+    strategy = instantiate(cfg.strategy)
+    strategy.name = str(cfg.strategy_name)
+    return strategy
 
 
 HOOKS = ("capture", "start", "before_batch", "before_step", "after_step", "after_batch", "finish")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from mllmft.backbones import ComponentMap
-from mllmft.strategies import tensor_stats
+from mllmft.strategies.core import tensor_stats
 
 
 def group_of(cmap: ComponentMap, name: str) -> str:

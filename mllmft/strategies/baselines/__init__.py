@@ -1,0 +1,1 @@
+"""The reference points: full fine-tuning of the scope, and the zero-shot model (no training)."""
