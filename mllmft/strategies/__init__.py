@@ -1,4 +1,7 @@
-"""Tuning strategies; each is chosen by name through ``conf/strategy/<name>.yaml``."""
+"""Tuning strategies. Each is a plug-in: a class in its method group's folder (selective/, penalties/,
+adapters/, commit/, baselines/) chosen by ``conf/strategy/<name>.yaml``, whose ``_target_`` names it in
+full and whose file name is its name; core/ is what they are built on. The built-in ones are exported
+here for the Python API."""
 
 from mllmft.strategies.adapters.peft_adapters import (
     IA3,
