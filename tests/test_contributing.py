@@ -122,3 +122,49 @@ def test_a_strategy_is_named_by_its_config_file(compose, option):
     from mllmft.strategies.core.contract import from_config
 
     assert from_config(compose(f"strategy={option}")).name == option
+
+
+def _imports_of_mllmft() -> dict[str, set[str]]:
+    """module -> the mllmft modules it imports anywhere in its file (lazy and type-only imports too)."""
+    root = Path(mllmft.__file__).parent
+    modules = {
+        ".".join(p.relative_to(root.parent).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in root.rglob("*.py")
+    }
+
+    def module_of(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            graph[module] |= {m for n in names if n.startswith("mllmft") and (m := module_of(n)) not in (None, module)}
+    return graph
+
+
+def test_the_import_graph_has_no_cycle():
+    """Layers import downwards only (run -> build -> module -> strategies -> engines ...): a module
+    never imports, even lazily or for types, one that imports it back."""
+    graph, done, path = _imports_of_mllmft(), set(), []
+
+    def visit(module: str) -> None:
+        if module in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(module) :] + [module]))
+        if module in done:
+            return
+        path.append(module)
+        for imported in sorted(graph[module]):
+            visit(imported)
+        path.pop()
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module)

@@ -19,8 +19,8 @@ from mllmft.errors import ConfigError
 
 
 class Engine:
-    """One device or DDP. ``trainer``: the Lightning trainer whose strategy this engine adapts (None for
-    a strategy driven by hand in a test or a bench)."""
+    """One device or DDP. ``trainer``: the Lightning trainer whose Lightning strategy this engine adapts
+    (None for a tuning strategy driven by hand in a test or a bench)."""
 
     name: ClassVar[str] = "local"
     sharded: ClassVar[bool] = False  # whether a rank holds a part of some tensors only
@@ -30,7 +30,7 @@ class Engine:
         self.trainer = trainer
 
     @classmethod
-    def check_strategy(cls, strategy) -> None:
+    def check_strategy(cls, tuning_strategy) -> None:
         """Refuse, at start-up, a tuning strategy this engine cannot run (a ConfigError saying why)."""
 
     def fragments(self, model: nn.Module) -> list[Fragment]:
@@ -81,11 +81,11 @@ class ShardedEngine(Engine):
     group: dist.ProcessGroup | None = None
 
     @classmethod
-    def check_strategy(cls, strategy) -> None:
-        if strategy.unsharded_only:
+    def check_strategy(cls, tuning_strategy) -> None:
+        if tuning_strategy.unsharded_only:
             raise ConfigError(
-                f"strategy={strategy.name} runs on one device or under DDP "
-                f"(hardware.lightning_strategy=ddp), not {cls.name}: {strategy.unsharded_only}"
+                f"strategy={tuning_strategy.name} runs on one device or under DDP "
+                f"(hardware.lightning_strategy=ddp), not {cls.name}: {tuning_strategy.unsharded_only}"
             )
 
     def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -112,11 +112,11 @@ class FSDP1Engine(ShardedEngine):
     gathers_weights = True
 
     @classmethod
-    def check_strategy(cls, strategy) -> None:
-        super().check_strategy(strategy)
-        if strategy.acts_on_training:
+    def check_strategy(cls, tuning_strategy) -> None:
+        super().check_strategy(tuning_strategy)
+        if tuning_strategy.acts_on_training:
             raise ConfigError(
-                f"strategy={strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
+                f"strategy={tuning_strategy.name} works on parameter shards through FSDP2 or DeepSpeed; FSDP1 "
                 "(hardware.lightning_strategy=fsdp) flattens parameters into shards it cannot address: "
                 "use hardware=fsdp2 (or a deepspeed_* choice)"
             )

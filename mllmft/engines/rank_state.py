@@ -35,7 +35,7 @@ def split_off_rank_state(checkpoint: dict, callbacks: Iterable[Callback]) -> dic
 
 
 def save_directory_whole(
-    strategy, path: Path, local: Callable[[Path], None], collective: Callable[[Path], None]
+    lightning_strategy, path: Path, local: Callable[[Path], None], collective: Callable[[Path], None]
 ) -> None:
     """A sharded checkpoint, a directory each rank writes its part of, written as ``.<name>.tmp`` beside
     ``path`` and swapped in once every rank has written all of its part: a save that fails on any rank
@@ -44,9 +44,9 @@ def save_directory_whole(
     enters together, so that a failure of one rank's own files never leaves the others waiting inside
     the engine's collectives."""
     tmp = temporary_of(path)
-    if strategy.is_global_zero:
+    if lightning_strategy.is_global_zero:
         shutil.rmtree(tmp, ignore_errors=True)  # left by a run that died while saving
-    strategy.barrier()
+    lightning_strategy.barrier()
     for save in (local, collective):
         failure: BaseException | None = None
         try:
@@ -55,14 +55,14 @@ def save_directory_whole(
             raise
         except BaseException as err:  # torch.distributed.checkpoint's CheckpointException is a BaseException
             failure = err
-        if not strategy.reduce_boolean_decision(failure is None, all=True):
-            if strategy.is_global_zero:
+        if not lightning_strategy.reduce_boolean_decision(failure is None, all=True):
+            if lightning_strategy.is_global_zero:
                 shutil.rmtree(tmp, ignore_errors=True)
             raise StorageError(_save_failure(path, failure)) from failure
-    strategy.barrier()
-    if strategy.is_global_zero:
+    lightning_strategy.barrier()
+    if lightning_strategy.is_global_zero:
         replace_directory(tmp, path)
-    strategy.barrier()
+    lightning_strategy.barrier()
 
 
 def _save_failure(path: Path, failure: BaseException | None) -> str:
@@ -76,23 +76,26 @@ def _save_failure(path: Path, failure: BaseException | None) -> str:
     return f"could not write the checkpoint {path} ({reason}); {kept}"
 
 
-def save_rank_state(strategy, checkpoint: dict, directory: Path) -> None:
+def save_rank_state(lightning_strategy, checkpoint: dict, directory: Path) -> None:
     """This rank's ``PerRankState`` callbacks' states, moved out of ``checkpoint`` into this rank's file."""
-    state = split_off_rank_state(checkpoint, strategy.lightning_module.trainer.callbacks)
+    state = split_off_rank_state(checkpoint, lightning_strategy.lightning_module.trainer.callbacks)
     folder = directory / STATE_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({"world_size": strategy.world_size, "state": state}, folder / f"rank{strategy.global_rank}.pt")
+    torch.save(
+        {"world_size": lightning_strategy.world_size, "state": state},
+        folder / f"rank{lightning_strategy.global_rank}.pt",
+    )
 
 
-def load_rank_state(strategy, checkpoint: dict, directory: Path) -> dict:
+def load_rank_state(lightning_strategy, checkpoint: dict, directory: Path) -> dict:
     """``checkpoint`` with this rank's saved callback states back in (the same number of ranks required)."""
-    path = directory / STATE_DIR / f"rank{strategy.global_rank}.pt"
+    path = directory / STATE_DIR / f"rank{lightning_strategy.global_rank}.pt"
     if not path.is_file():
         return checkpoint
     saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved["world_size"] != strategy.world_size:
+    if saved["world_size"] != lightning_strategy.world_size:
         raise ConfigError(
-            f"{directory} was saved by {saved['world_size']} ranks; this run has {strategy.world_size}: "
+            f"{directory} was saved by {saved['world_size']} ranks; this run has {lightning_strategy.world_size}: "
             "resume a sharded checkpoint with the same number of processes"
         )
     checkpoint.setdefault("callbacks", {}).update(saved["state"])

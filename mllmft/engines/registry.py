@@ -70,8 +70,8 @@ def _strategy_class(value: Any) -> type:
     return StrategyRegistry[name]["strategy"]
 
 
-def check_engine(strategy: Any, lightning_strategy: Any) -> None:
+def check_engine(tuning_strategy: Any, lightning_strategy: Any) -> None:
     """Refuse, before anything is built, a tuning strategy the configured engine cannot run: every
     strategy runs on one device and DDP; FSDP2 and DeepSpeed all but those ``unsharded_only``; FSDP1
     only those that leave training to the optimizer."""
-    configured_engine(lightning_strategy).check_strategy(strategy)
+    configured_engine(lightning_strategy).check_strategy(tuning_strategy)

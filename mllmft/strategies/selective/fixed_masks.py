@@ -1,4 +1,4 @@
-"""MagnitudeMask and RandomMask (baselines of the SPIDER authors). Selective family.
+"""MagnitudeMask and RandomMask (baselines of the SPIDER authors). Selective method group.
 
 A fixed share of each trainable tensor is held at θ0 for the whole run (weight allocation with a
 binary mask): the largest-magnitude entries of θ0, or a seeded random choice.

@@ -1,4 +1,4 @@
-"""Gradient-mask strategies: GMT and SPU. Selective family.
+"""Gradient-mask strategies: GMT and SPU. Selective method group.
 
 * GMT (gradient-mask tuning): every step, keep the top ``keep_ratio`` of |g| of each tensor.
 * SPU: score |Σ g| over the first ``score_fraction`` of the optimizer steps (unmasked), then keep the

@@ -1,4 +1,4 @@
-"""HFT, Half Fine-Tuning (Hui et al., 2024). Selective family.
+"""HFT, Half Fine-Tuning (Hui et al., 2024). Selective method group.
 
 In every LLM decoder layer, freeze a random 2 of the 4 attention projections, 2 of the 3 MLP
 projections in half of the layers and 1 in the other half (1 of 2 in a two-matrix MLP such as OPT's),

@@ -1,5 +1,5 @@
 """Model-Dowser (ICML 2026, arXiv 2602.04509): data-free importance probing, a static sparse gradient
-mask. Selective family. The choices where the paper leaves one:
+mask. Selective method group. The choices where the paper leaves one:
 
 * Scored: the weight of every LLM decoder-block linear named in ``targets`` (q, k, v, o, gate, up,
   down), whether or not the scope trains it, so one probe of a base model serves every scope, ratio

@@ -1,4 +1,4 @@
-"""SPIDER (Huang et al., ICML 2025): importance-discrepancy selective tuning. Selective family.
+"""SPIDER (Huang et al., ICML 2025): importance-discrepancy selective tuning. Selective method group.
 
 Each weight has a pre-trained importance N(|θ0|) and a downstream importance N(|Σ g|), the running
 signed sum of its gradients. After every step a weight keeps its update only where the downstream
