@@ -12,6 +12,10 @@ A results.json that cannot be read, or holds anything the report cannot use (``c
 a wrong type, a null, a missing key, a non-finite number), is skipped and listed with what is wrong;
 so are the failed runs of an mllmft-benchmark directory (its benchmark.json).
 
+Rows are compared by the paired test of mllmft/paired.py (per-seed differences, a t interval, Holm's
+correction over the table): each row against ``--reference`` (default ``full``): better, worse or cannot
+tell; and its *beats* / *beaten by* counts over every pair of rows.
+
 ``--out DIR`` writes table.md / table.csv (the rows), per_set.md / per_set.csv (the target and every
 upstream set), and the plots (PNG and SVG, see mllmft/report_plots.py): S_u against S_t with the
 seed spread, the zero-shot point, the Pareto front and iso-H curves; H per strategy; and the scores
@@ -34,6 +38,7 @@ from rich.text import Text
 
 from mllmft.forgetting_kl import forgetting_figure, forgetting_points, spearman
 from mllmft.metrics.tradeoff import TRADEOFF_SCORES
+from mllmft.paired import ALPHA, against_reference, pairwise_wins
 
 COLUMNS = TRADEOFF_SCORES
 ZEROSHOT_COLUMNS = ("S_t", "S_u", "H")
@@ -246,6 +251,7 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
                 f"seed {', '.join(map(str, repeated))} ran more than once; averaged as one seed"
             )
         row = {
+            "name": label(members[0]) + "".join(f" {v}={_cell(k.get(v))}" for v in varying if k.get(v) is not None),
             "model": members[0]["run"]["model"],
             "strategy": label(members[0]),
             "target": members[0]["target"],
@@ -267,22 +273,46 @@ def summarise(runs: list[dict]) -> tuple[list[dict], list[str], list[str]]:
 
 
 def _mean_std(row: dict, col: str, by_seed: dict, value) -> None:
-    """row[col], row[col_std]: the mean and std over seeds of ``value(run)`` (each seed's runs averaged)."""
-    per_seed = [
-        statistics.fmean(vals) for ms in by_seed.values() if (vals := [v for m in ms if (v := value(m)) is not None])
-    ]
+    """row[col], row[col_std]: the mean and std over seeds of ``value(run)`` (each seed's runs averaged);
+    row[col_by_seed]: {seed: value}, what the paired comparisons use."""
+    per_seed = {
+        seed: statistics.fmean(vals)
+        for seed, ms in by_seed.items()
+        if (vals := [v for m in ms if (v := value(m)) is not None])
+    }
     if per_seed:
-        row[col] = statistics.fmean(per_seed)
-        row[f"{col}_std"] = statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0
+        row[col] = statistics.fmean(per_seed.values())
+        row[f"{col}_std"] = statistics.stdev(per_seed.values()) if len(per_seed) > 1 else 0.0
+        row[f"{col}_by_seed"] = per_seed
 
 
-def separations(rows: list[dict], col: str = "H") -> None:
-    """Set each row's ``beats`` and ``beaten_by``: how many rows its ``col`` is above (below) by more
-    than the sum of the two standard deviations over seeds, i.e. the orderings the seeds' spread allows."""
-    scored = [r for r in rows if col in r]
-    for r in scored:
-        r["beats"] = sum(r[col] - o[col] > r[f"{col}_std"] + o[f"{col}_std"] for o in scored)
-        r["beaten_by"] = sum(o[col] - r[col] > r[f"{col}_std"] + o[f"{col}_std"] for o in scored)
+def separations(rows: list[dict], reference: str = "full", col: str = "H", alpha: float = ALPHA) -> dict[str, int]:
+    """Set each row's ``vs_reference`` (better / worse / cannot tell than ``reference``, with the paired
+    difference and its interval), ``beats`` and ``beaten_by`` (the rows the paired test puts it above and
+    below), within the rows of one model, target and upstream. Returns, over all such row pairs, how
+    many there are, how many the paired test separates and how many σ₁ + σ₂ (the two rows' standard
+    deviations over seeds) would have."""
+    counts = {"pairs": 0, "paired": 0, "sigma": 0}
+    clusters: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        if col in r:
+            clusters[(r["model"], r["target"], r["upstream"])].append(r)
+    for members in clusters.values():
+        verdicts = against_reference(members, reference, col, alpha)
+        wins = pairwise_wins(members, col, alpha)
+        for r in members:
+            r["beats"], r["beaten_by"] = wins[r["name"]]
+            if r["name"] in verdicts:
+                verdict, c = verdicts[r["name"]]
+                r["vs_reference"] = verdict if c is None else f"{verdict} ({c.mean:+.1f} [{c.low:+.1f}, {c.high:+.1f}])"
+        counts["pairs"] += len(members) * (len(members) - 1) // 2
+        counts["paired"] += sum(wins[r["name"]][0] for r in members)
+        counts["sigma"] += sum(
+            abs(a[col] - b[col]) > a[f"{col}_std"] + b[f"{col}_std"]
+            for i, a in enumerate(members)
+            for b in members[i + 1 :]
+        )
+    return counts
 
 
 def _cell(value: str | None) -> str:
@@ -297,7 +327,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("paths", nargs="+", type=Path, help="run directories, sweep directories or results.json files")
     parser.add_argument("--csv", type=Path, help="also write the table as CSV")
     parser.add_argument("--out", type=Path, help="write the Markdown/CSV tables and the plots (PNG, SVG) here")
+    parser.add_argument("--reference", default="full", help="the row every other is compared with (default: full)")
+    parser.add_argument("--alpha", type=float, default=ALPHA, help="the paired tests' family-wise error (0.05)")
     args = parser.parse_args(argv)
+    if not 0 < args.alpha < 1:
+        parser.error(f"--alpha {args.alpha}: expected a number between 0 and 1")
     runs, skipped = load_runs(args.paths)
     for line in skipped:
         print(f"mllmft-report: warning: skipped {line}", file=sys.stderr)
@@ -309,14 +343,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mllmft-report: warning: {line}", file=sys.stderr)
     if not rows:
         sys.exit(f"mllmft-report: no readable results.json under {', '.join(map(str, args.paths))}")
+    counts = separations(rows, args.reference, alpha=args.alpha)
     table = Table(title="target gain vs upstream retention (mean ± std over seeds)")
     names = ("model", "strategy", *varying, "target", "upstream", "seeds")
-    for col in (*names, *COLUMNS):
+    for col in (*names, *COLUMNS, f"H vs {args.reference}"):
         table.add_column(Text(col), justify="right" if col in COLUMNS or col == "seeds" else "left")
     for row in rows:
         cells = [_pm(row, c) for c in COLUMNS]
-        table.add_row(*(Text(str(row[c])) for c in names), *cells)  # Text: a name is no rich markup
-    Console(width=200).print(table)
+        # Text: a name is no rich markup
+        table.add_row(*(Text(str(row[c])) for c in names), *cells, Text(row.get("vs_reference", "")))
+    Console(width=220).print(table)
+    print(
+        f"paired test of H (α = {args.alpha}, Holm): separates {counts['paired']} of {counts['pairs']} row pairs; "
+        f"σ₁ + σ₂ would separate {counts['sigma']}"
+    )
     points = forgetting_points(runs, label)
     rho = spearman([p[0] for p in points], [p[1] for p in points]) if len(points) >= 3 else None
     if rho is not None:
@@ -325,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Spearman ρ = {rho:.3f} over {len(points)} runs"
         )
     try:
-        write_outputs(rows, varying, failed, args.csv, args.out)
+        write_outputs(rows, varying, failed, args.csv, args.out, args.reference)
         if args.out and rho is not None:
             for path in forgetting_figure(points, rho, args.out):
                 print(f"mllmft-report: wrote {path}")
@@ -334,15 +374,21 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_outputs(
-    rows: list[dict], varying: list[str], failed: list[str], table_csv: Path | None, out: Path | None
+    rows: list[dict],
+    varying: list[str],
+    failed: list[str],
+    table_csv: Path | None,
+    out: Path | None,
+    reference: str = "full",
 ) -> None:
-    """The table as CSV (``--csv``); the tables and plots in ``out`` (``--out``)."""
+    """The table as CSV (``--csv``); the tables and plots in ``out`` (``--out``). ``rows`` carry their
+    paired comparisons (``separations``)."""
     if table_csv:
         write_csv(rows, table_csv)
     if out:
         from mllmft.report_plots import plot_all
 
-        write_tables(rows, varying, failed, out)
+        write_tables(rows, varying, failed, out, reference)
         for path in plot_all(rows, varying, out):
             print(f"mllmft-report: wrote {path}")
 
@@ -359,20 +405,20 @@ def _pm(row: dict, col: str) -> str:
     return f"{row[col]:.1f} ± {row[col + '_std']:.1f}" if col in row else ""
 
 
-def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: Path) -> None:
-    """table.md/.csv: one row per strategy (knob setting), sorted by H, with how many rows it beats and is
-    beaten by beyond the seed spread; per_set.md/.csv: every set's score; both mean ± std over seeds."""
+def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: Path, reference: str = "full") -> None:
+    """table.md/.csv: one row per strategy (knob setting), sorted by H, with its paired verdict against
+    ``reference`` and how many rows the paired test puts it above and below; per_set.md/.csv: every
+    set's score; both mean ± std over seeds."""
     out.mkdir(parents=True, exist_ok=True)
-    separations(rows)
     ranked = sorted(rows, key=lambda r: -r.get("H", float("-inf")))
     names = ("strategy", *varying)
     lines = [
-        f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | beats | beaten by |",
-        "|" + "---|" * (len(names) + len(COLUMNS) + 3),
+        f"| {' | '.join(names)} | {' | '.join(COLUMNS)} | seeds | H vs {reference} | beats | beaten by |",
+        "|" + "---|" * (len(names) + len(COLUMNS) + 4),
     ]
     lines += [
         f"| {' | '.join(str(r.get(c, '')) for c in names)} | {' | '.join(_pm(r, c) for c in COLUMNS)} "
-        f"| {r['seeds']} | {r.get('beats', '')} | {r.get('beaten_by', '')} |"
+        f"| {r['seeds']} | {r.get('vs_reference', '')} | {r.get('beats', '')} | {r.get('beaten_by', '')} |"
         for r in ranked
     ]
     top = [
@@ -380,8 +426,11 @@ def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: P
     ]
     lines += [
         "",
-        "Mean ± standard deviation over seeds. *beats* / *beaten by*: how many rows this row's H is above / "
-        "below by more than σ₁ + σ₂ (the two rows' standard deviations); closer pairs the seeds cannot order. "
+        f"Mean ± standard deviation over seeds. *H vs {reference}*: this row's H minus {reference}'s by the paired "
+        "t-test over the seeds both ran (mean difference [interval], the intervals simultaneous at 95 %), better / "
+        "worse where the test separates them (Holm-corrected over the table), else cannot tell. *beats* / "
+        "*beaten by*: how many "
+        "rows the same paired test (Holm over every pair) puts this row's H above / below (mllmft/paired.py). "
         f"Beaten by no row: {', '.join(top)}.",
     ]
     if failed:
@@ -390,7 +439,10 @@ def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: P
     write_csv(ranked, out / "table.csv")
     sets = list(
         dict.fromkeys(
-            c.removeprefix("set:") for r in ranked for c in r if c.startswith("set:") and not c.endswith("_std")
+            c.removeprefix("set:")
+            for r in ranked
+            for c in r
+            if c.startswith("set:") and not c.endswith(("_std", "_by_seed"))
         )
     )
     header = [*names, *(f"{s} (target)" if s == ranked[0]["target"] else s for s in sets)] if ranked else []

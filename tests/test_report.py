@@ -1,4 +1,5 @@
 import json
+import statistics
 
 from mllmft.report import main, summarise
 
@@ -138,30 +139,42 @@ def test_report_writes_tables_plots_and_knob_curves(tmp_path, capsys):
     # the merges of the full runs of seeds 1 and 2 are one row per alpha, not one per seed or path
     assert table.count("| wise_ft (merge of full) |") == 3 and "| 2 |" in table
     first = next(line for line in table.splitlines() if line.startswith("| wise_ft"))
-    assert "| 0.5 |" in first and first.endswith("| 2 | 5 | 0 |")  # the best H (41.9): above all 5 others
+    # the best H, but two seeds (one degree of freedom) cannot separate it from anything at 95 %
+    assert "| 0.5 |" in first and first.endswith("| 2 | cannot tell (+27.0 [-44.4, +98.4]) | 0 | 0 |")
     spider = next(line for line in table.splitlines() if line.startswith("| spider"))
-    assert "| 62.0 ± 1.0 | 23.0 ± 1.0 |" in spider and spider.endswith("| 3 | 4 | 1 |")  # 3 seeds
-    assert "Beaten by no row: wise_ft (merge of full) merge.alpha=0.5." in table
+    # 3 seeds whose differences from full and lora barely vary: separated from both
+    assert "| 62.0 ± 1.0 | 23.0 ± 1.0 |" in spider and spider.endswith("| 3 | better (+19.2 [+15.2, +23.1]) | 2 | 0 |")
+    assert "| reference | 0 | 1 |" in next(line for line in table.splitlines() if line.startswith("| full"))
+    assert "Beaten by no row: wise_ft (merge of full) merge.alpha=0.5, spider," in table
     per_set = (out / "per_set.md").read_text()
     assert "digits (target)" in per_set and "shapes" in per_set
     assert (out / "per_set.csv").read_text().startswith("strategy,merge.alpha,digits,digits_std,shapes,shapes_std")
 
 
-def test_orderings_count_only_beyond_the_seed_spread():
+def test_orderings_count_what_the_paired_test_separates():
     from mllmft.report import separations
 
+    by_seed = {
+        "full": {1: 20.0, 2: 40.0, 3: 30.0},
+        "up": {1: 25.1, 2: 44.9, 3: 35.0},  # full + 5 on every seed
+        "down": {1: 15.0, 2: 35.2, 3: 24.9},  # full − 5 on every seed
+        "noisy": {1: 35.0, 2: 25.0, 3: 30.0},  # full's mean, but + 15, − 15, 0
+    }
     rows = [
-        {"strategy": n, "H": h, "H_std": s}
-        for n, h, s in (("a", 30, 1), ("b", 29, 0.5), ("c", 25, 1), ("d", 24.5, 0), ("e", 20, 9))
+        {"name": n, "model": "m", "target": "t", "upstream": "u", "H": sum(v.values()) / 3, "H_by_seed": v}
+        | {"H_std": statistics.stdev(v.values())}
+        for n, v in by_seed.items()
     ]
-    separations(rows)
-    assert {r["strategy"]: (r["beats"], r["beaten_by"]) for r in rows} == {
-        "a": (2, 0),
-        "b": (2, 0),
-        "c": (0, 2),
-        "d": (0, 2),
-        "e": (0, 0),
-    }  # e: too spread to order
+    counts = separations(rows)
+    assert {r["name"]: (r["beats"], r["beaten_by"]) for r in rows} == {
+        "full": (1, 1),
+        "up": (2, 0),
+        "down": (0, 2),
+        "noisy": (0, 0),  # too spread to order
+    }
+    verdicts = {r["name"]: r["vs_reference"].split(" (")[0] for r in rows}
+    assert verdicts == {"full": "reference", "up": "better", "down": "worse", "noisy": "cannot tell"}
+    assert counts == {"pairs": 6, "paired": 3, "sigma": 0}  # the seed spread (σ ≈ 10) hides every ordering
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
