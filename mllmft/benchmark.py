@@ -1,9 +1,10 @@
-"""``mllmft-benchmark``: every strategy and merge method × seeds on one job, then the report.
+"""``mllmft-benchmark``: every strategy, merge, training objective and replay × seeds on one job, then the report.
 
-    mllmft-benchmark                                     # every strategy and merge, seeds 42 43 44, the built-in job
+    mllmft-benchmark                                     # every strategy, merge, objective and replay, seeds 42 43 44
     mllmft-benchmark --strategies full spider lora --merges wise_ft --seeds 1 2 -- trainer.max_steps=100
     mllmft-benchmark --out logs/benchmark/flickr -- model=llava_1.5_7b data=flickr30k hardware=ddp
     mllmft-benchmark --strategies full spider lora --merges --objectives dft eaft asft grpo --replay
+    mllmft-benchmark --objectives --no-replay                 # the strategies and merges only (92 min here)
 
 Each run is one ``mllmft-train`` (or ``mllmft-merge``) process writing to ``<out>/<name>/seed<k>/``;
 the overrides after ``--`` go to every run. A merge method merges the ``full`` run of the same seed
@@ -39,6 +40,11 @@ OBJECTIVE_SETTINGS = {"grpo": ["objective.sft_warmup_steps=100"]}
 
 def choices(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def default_objectives() -> list[str]:
+    """Every training objective but ``sft``, the loss of every strategy's own row."""
+    return [o for o in choices("objective") if o != "sft"]
 
 
 def plan(
@@ -196,10 +202,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--objectives",
         nargs="*",
-        default=[],
-        help=f"objective configs, each run with {', '.join(PAIRED)} (those of --strategies); e.g. dft eaft asft grpo",
+        default=default_objectives(),
+        help=f"objective configs, each run with {', '.join(PAIRED)} (those of --strategies) (default: every one "
+        "but sft, the strategies' own; none if given no names)",
     )
-    parser.add_argument("--replay", action="store_true", help=f"also {REPLAY} with {', '.join(PAIRED)}")
+    parser.add_argument(
+        "--replay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"also {REPLAY} with {', '.join(PAIRED)} (default: on)",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44])
     parser.add_argument("--out", type=Path, default=Path("logs/benchmark"), help="the benchmark's directory")
     args = parser.parse_args(ours)

@@ -17,7 +17,8 @@ OVERRIDES += SMALL_LLAVA
 def test_benchmark_runs_strategies_and_merges_then_keeps_them(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MLLMFT_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench mark, 1"  # a space and a comma: the paths reach Hydra quoted
-    args = ["--strategies", "full", "--merges", "task_arithmetic", "--seeds", "1", "--out", str(out)]
+    args = ["--strategies", "full", "--merges", "task_arithmetic", "--objectives", "--no-replay", "--seeds", "1"]
+    args += ["--out", str(out)]
     benchmark.main([*args, "--", *OVERRIDES])
     printed = capsys.readouterr().out
     assert "[1/2] full seed 1: S_t" in printed and "[2/2] task_arithmetic seed 1: S_t" in printed
@@ -59,7 +60,8 @@ def _fake(broken: set[str], calls: list[str]):
 
 def test_a_failed_run_is_listed_its_merges_wait_and_a_restart_retries_only_it(tmp_path, monkeypatch, capsys):
     out = tmp_path / "b"
-    args = ["--strategies", "full", "spider", "--merges", "wise_ft", "--seeds", "1", "2", "--out", str(out)]
+    args = ["--strategies", "full", "spider", "--merges", "wise_ft", "--objectives", "--no-replay", "--seeds", "1", "2"]
+    args += ["--out", str(out)]
     calls: list[str] = []
     monkeypatch.setattr(benchmark, "command", _fake({"full"}, calls))
     with pytest.raises(SystemExit, match="4 of 6 runs failed"):
@@ -98,6 +100,7 @@ def test_unknown_names_are_refused_before_any_run(tmp_path, capsys):
 
 
 def test_objectives_and_replay_pair_with_full_spider_and_lora(tmp_path):
+    assert benchmark.default_objectives() == ["asft", "dft", "eaft", "grpo", "self_targets"]  # with replay: the default
     runs = benchmark.plan(["full", "gmt", "lora"], [], [7], tmp_path, ["dft", "grpo"], replay=True)
     names = [r["name"] for r in runs]
     assert names == [
