@@ -10,6 +10,9 @@ from mllmft import api
 from mllmft.data.batch_items import BatchItems
 from mllmft.objectives.grpo import clipped_policy_loss, group_advantages
 
+# the random tiny model answers nothing right: a reward that tells its answers apart (their length)
+REWARD = "objective.reward=tests.helpers.plugins.answer_length_reward"
+
 
 def test_group_advantages_normalise_within_each_prompts_group():
     rewards = np.array([[1.0, 0.0, 0.0, 1.0], [0.2, 0.4, 0.9, 0.5], [1.0, 1.0, 1.0, 1.0]])
@@ -47,7 +50,10 @@ def test_a_rewarded_answers_probability_rises_after_one_step():
     assert after[3] > before[3] and after[1] < before[1]
 
 
-def test_rewards_are_the_target_sets_metric_per_answer(compose):
+def test_rewards_are_the_target_sets_metric_per_answer_or_a_function_of_your_own(compose):
+    from mllmft.errors import ConfigError
+    from mllmft.objectives import GRPO
+
     parts = api.build(compose("objective=grpo"))
     parts.datamodule.setup("fit")
     batch = next(iter(parts.datamodule.train_dataloader()))
@@ -55,6 +61,13 @@ def test_rewards_are_the_target_sets_metric_per_answer(compose):
     answers = [r.answers[0] if i % 2 == 0 else "wrong" for i, r in enumerate(items.records)]
     rewards = parts.module.objective.rewards(parts.module, items, answers)
     assert rewards == [1.0 if i % 2 == 0 else 0.0 for i in range(len(items))]
+    own = GRPO(reward="tests.helpers.plugins.answer_length_reward")  # objective.reward=<dotted path>
+    assert own.rewards(parts.module, items, answers) == [float(len(a) % 3) for a in answers]
+    assert not own.rewards_with_target_metric  # so replay may join it
+    with pytest.raises(ConfigError, match=r"^objective.reward='nope.reward' does not import"):
+        GRPO(reward="nope.reward")
+    with pytest.raises(ConfigError, match=r"^objective.reward='math.pi' is a float, not a function"):
+        GRPO(reward="math.pi")
     answered = items.repeated(2).answered(["x"] * (2 * len(items)))
     assert [r.id for r in answered.records][:2] == [items.records[0].id] * 2
     assert (
@@ -69,16 +82,13 @@ def test_grpo_trains_after_an_sft_warm_up_and_its_sampling_is_seeded(compose, mo
     from mllmft.objectives.grpo import GRPO
 
     drawn: list[list[str]] = []
-    monkeypatch.setattr(
-        GRPO, "rewards", staticmethod(lambda module, items, answers: [float(len(a) % 3) for a in answers])
-    )
     sample = GRPO.sample
     monkeypatch.setattr(
         GRPO, "sample", lambda self, module, items: drawn.append(sample(self, module, items)) or drawn[-1]
     )
 
     def fit(seed):
-        overrides = ["objective=grpo", "objective.sft_warmup_steps=1", "objective.group_size=2"]
+        overrides = ["objective=grpo", "objective.sft_warmup_steps=1", "objective.group_size=2", REWARD]
         overrides += [
             "objective.max_new_tokens=4",
             f"objective.seed={seed}",
@@ -97,14 +107,10 @@ def test_grpo_trains_after_an_sft_warm_up_and_its_sampling_is_seeded(compose, mo
     assert drawn[4] != drawn[0]
 
 
-def test_a_resumed_grpo_run_draws_the_same_answers_and_ends_equal(compose, monkeypatch, tmp_path):
-    from mllmft.objectives.grpo import GRPO
+def test_a_resumed_grpo_run_draws_the_same_answers_and_ends_equal(compose, tmp_path):
     from tests.helpers.runs import resume_equals_whole
 
-    monkeypatch.setattr(
-        GRPO, "rewards", staticmethod(lambda module, items, answers: [float(len(a) % 3) for a in answers])
-    )
-    common = ["objective=grpo", "objective.group_size=2", "objective.max_new_tokens=4", "trainer.max_steps=4"]
+    common = ["objective=grpo", "objective.group_size=2", "objective.max_new_tokens=4", "trainer.max_steps=4", REWARD]
     resume_equals_whole(compose, [*common, "trainer.limit_val_batches=0"], 2, tmp_path / "run")
 
 

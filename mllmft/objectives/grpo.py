@@ -15,6 +15,10 @@ re-encoded with the chat template (as text, as the test scores them). Sampling i
 the micro-batch's place in the global batch), so a resumed run draws the same answers, and ranks draw
 what one process accumulating their batches in turn would. The base for β > 0 is the one ASFT uses.
 
+``reward`` replaces the metric by a function of your own (a dotted path, as TRL's ``reward_funcs``):
+``fn(answers: list[mllmft.metrics.generated.Answer]) -> list[float]``, each answer with its prompt,
+prediction, references and options.
+
 A group whose answers all score the same (all wrong, at the start of training on a new task) has zero
 advantage and teaches nothing: ``sft_warmup_steps`` optimizer steps of plain SFT first give the model
 answers worth rewarding (the built-in job's base model scores 0 on its target).
@@ -23,11 +27,14 @@ answers worth rewarding (the built-in job's base model scores 0 on its target).
 from __future__ import annotations
 
 import hashlib
+import math
 
 import torch
 
 from mllmft.checks import check_number, check_seed
+from mllmft.config import import_object
 from mllmft.engines import Engine
+from mllmft.errors import ConfigError
 from mllmft.metrics.generated import Answer
 from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective, encode_answered, on_device
 
@@ -59,7 +66,6 @@ class GRPO(Objective):
     """Group-relative policy optimisation with the target set's metric as the reward."""
 
     name = "grpo"
-    rewards_with_target_metric = True
 
     def __init__(
         self,
@@ -71,6 +77,7 @@ class GRPO(Objective):
         beta: float = 0.0,
         sft_warmup_steps: int = 0,
         seed: int = 0,
+        reward: str | None = None,
     ):
         check_number("objective.group_size", group_size, 2, integer=True)
         check_number("objective.temperature", temperature, 0, low_open=True)
@@ -83,6 +90,12 @@ class GRPO(Objective):
         self.group_size, self.temperature, self.top_p = group_size, temperature, top_p
         self.max_new_tokens, self.epsilon, self.beta = max_new_tokens, epsilon, beta
         self.sft_warmup_steps, self.seed = sft_warmup_steps, seed
+        self.reward = reward
+        self.reward_fn = import_object(reward, "objective.reward") if reward else None
+        if self.reward_fn is not None and not callable(self.reward_fn):
+            raise ConfigError(f"objective.reward={reward!r} is a {type(self.reward_fn).__name__}, not a function")
+        # the target set's metric does not score the replayed samples of other sets (a function may)
+        self.rewards_with_target_metric = self.reward_fn is None
         self.base = BaseLogits()
 
     def attach(self, backbone, engine: type[Engine]) -> None:
@@ -130,15 +143,28 @@ class GRPO(Objective):
         finally:
             module.model.train(training)
 
-    @staticmethod
-    def rewards(module, items, answers: list[str]) -> list[float]:
-        """The target set's metric, per answer (the module's own: its ``score`` keeps no state)."""
+    def rewards(self, module, items, answers: list[str]) -> list[float]:
+        """``reward``'s function per answer, else the target set's metric (the module's own: its ``score``
+        keeps no state)."""
         scored = [
             Answer(i, r.id, r.prompt_turns[-1].text, answer, r.answers, r.options)
             for i, (r, answer) in enumerate(zip(items.records, answers))
         ]
-        return [float(s) for s in module.test_metric(0).score(scored)[1]]
+        rewards = self.reward_fn(scored) if self.reward_fn is not None else module.test_metric(0).score(scored)[1]
+        rewards = [float(r) for r in rewards]
+        if len(rewards) != len(answers) or not all(math.isfinite(r) for r in rewards):
+            raise ValueError(f"objective.reward={self.reward}: expected {len(answers)} finite rewards, got {rewards}")
+        return rewards
 
     def summary(self) -> dict:
-        knobs = ("group_size", "temperature", "top_p", "max_new_tokens", "epsilon", "beta", "sft_warmup_steps")
+        knobs = (
+            "group_size",
+            "temperature",
+            "top_p",
+            "max_new_tokens",
+            "epsilon",
+            "beta",
+            "sft_warmup_steps",
+            "reward",
+        )
         return {"name": self.name, **{k: getattr(self, k) for k in knobs}}

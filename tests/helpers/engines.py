@@ -82,12 +82,13 @@ SLOW |= {
         "objective=asft",
     ],
     "eaft": ["strategy=full", "objective=eaft"],
-    "spider_grpo": [
+    "spider_grpo": [  # a reward that differs between a random model's answers: non-zero advantages
         "strategy=spider",
         "objective=grpo",
         "objective.sft_warmup_steps=1",
         "objective.group_size=2",
         "objective.max_new_tokens=4",
+        "objective.reward=tests.helpers.plugins.answer_length_reward",
     ],
 }
 # peft's AdaLoRA reads whole parameters and their .grad: refused on shards (tests/test_run.py)
