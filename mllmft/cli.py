@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -13,7 +14,7 @@ from omegaconf import DictConfig
 
 from mllmft.checks import check_directory
 from mllmft.config import CONF_DIR
-from mllmft.errors import ConfigError, UserInputError
+from mllmft.errors import ConfigError, Preempted, UserInputError
 
 WORKER_TRACEBACK = "Original Traceback (most recent call last):"
 
@@ -45,6 +46,10 @@ def user_errors_exit(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Preempted as stop:  # not a mistake: one line (from rank 0), and the status of a process the signal ended
+            if os.environ.get("RANK", "0") == "0":
+                print(f"mllmft: {stop}", file=sys.stderr)
+            sys.exit(stop.exit_status)
         except Exception as err:
             message = user_error_message(err)
             if message is None:

@@ -24,6 +24,7 @@ from mllmft.engines.fsdp2 import root_gathered, shard_model
 from mllmft.errors import ConfigError
 from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.objectives import SFT, Objective
+from mllmft.preemption import PreemptionCheckpoint
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
 from mllmft.strategies.core import StrategyRunner
@@ -199,9 +200,10 @@ class MLLMFineTuner(L.LightningModule):
 
     def configure_callbacks(self) -> list[Callback]:
         """The tuning strategy's callbacks: its runner (the tensor hooks on every engine) when any hook
-        does work, and its own (peft's schedules). The module is the strategy's one holder."""
+        does work, and its own (peft's schedules); the module is the strategy's one holder. Then the stop on
+        a pre-emption signal, after them: a step is whole (the strategy's after_step done) when it saves."""
         runner = [StrategyRunner(self.strategy, self.backbone.components)] if self.strategy.acts_on_training else []
-        return [*runner, *self.strategy.callbacks()]
+        return [*runner, *self.strategy.callbacks(), PreemptionCheckpoint()]
 
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()

@@ -36,9 +36,11 @@ def make_results(
     seconds: float,
     run_info: dict | None = None,
     samples_per_s: float | None = None,
+    status: str | None = None,
 ) -> dict:
-    """results.json: complete once ``scores`` has the final test, partial (zero-shot only) before.
-    ``run_info`` joins ``run`` (mllmft-merge's merge); ``samples_per_s`` is the final test's throughput."""
+    """results.json: complete once ``scores`` has the final test, partial (zero-shot only) before, or
+    ``status`` (interrupted: a pre-emption stopped the fit after ``steps``). ``run_info`` joins ``run``
+    (mllmft-merge's merge); ``samples_per_s`` is the final test's throughput."""
     names = parts.datamodule.test_set_names
     target, upstream = names[0], names[1:]
     tradeoff = {}
@@ -51,7 +53,7 @@ def make_results(
     backbone, dm = parts.backbone, parts.datamodule
     results = {
         "schema": RESULTS_SCHEMA,
-        "status": "complete" if "final" in scores else "partial",  # partial: the zero-shot test only
+        "status": status or ("complete" if "final" in scores else "partial"),  # partial: the zero-shot test only
         "run": {
             "model": cfg.model.name,
             "family": backbone.family,

@@ -18,6 +18,7 @@ from mllmft.changes import change_from_config
 from mllmft.checks import check_run_settings
 from mllmft.config import is_first_job
 from mllmft.console import print_config, print_parameters, print_results, quiet_library_notices
+from mllmft.errors import Preempted
 from mllmft.export import export_model
 from mllmft.kl_probe import logged_probe
 from mllmft.loggers import log_hyperparameters, log_images, log_summary
@@ -60,7 +61,15 @@ def _run(cfg: DictConfig) -> dict:
         if trainer.is_global_zero:  # kept if the run stops before its end (status "partial")
             write_results(make_results(cfg, parts, scores, details, {}, 0, time.time() - started), out / "results.json")
 
-    run_info = change.apply(parts, cfg.get("ckpt_path"))  # fit, merge, or nothing
+    try:
+        run_info = change.apply(parts, cfg.get("ckpt_path"))  # fit, merge, or nothing
+    except Preempted as stop:  # a scheduler's signal: the step's checkpoint saved; the entry point says how to resume
+        if trainer.is_global_zero:
+            results = make_results(
+                cfg, parts, scores, details, {}, stop.step, time.time() - started, status="interrupted"
+            )
+            write_results(results, out / "results.json")
+        raise
     # from the logged metrics: under ddp_fork/spawn the fit ran in child processes
     steps = int(trainer.callback_metrics.get("trainer/steps", 0))
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import signal
+
+import lightning as L
 
 from mllmft.backbones.llava import LLAVA
 from mllmft.metrics import Answer, GeneratedAnswers
@@ -41,3 +45,15 @@ def answer_length_reward(answers) -> list[float]:
     """A GRPO reward (``objective.reward=tests.helpers.plugins.answer_length_reward``) that tells a random
     model's answers apart, where the target's metric scores them all 0 (advantages 0: nothing to compare)."""
     return [float(len(a.prediction) % 3) for a in answers]
+
+
+class SignalAt(L.Callback):
+    """Sends ``signum`` to its own process at the end of training batch ``batch`` (counted from 0): a
+    scheduler's pre-emption, delivered by the operating system (tests/test_preemption.py)."""
+
+    def __init__(self, batch: int, signum: int = signal.SIGTERM):
+        self.batch, self.signum = batch, signum
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
