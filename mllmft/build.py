@@ -20,7 +20,7 @@ from mllmft.backbones import Backbone, build_tiny, check_family_supports, load_p
 from mllmft.changes import Change, change_from_config
 from mllmft.checkpoint_match import LIGHTNING_ALIASES, check_checkpoint, plain_scope, read_checkpoint, run_identity
 from mllmft.checkpointing import FreshLastCheckpoint, use_atomic_saves
-from mllmft.checks import check_run_settings, check_training_length
+from mllmft.checks import check_bool, check_run_settings, check_training_length
 from mllmft.data.datamodule import check_settings as check_data_settings
 from mllmft.engines import check_engine, configured_engine
 from mllmft.errors import ConfigError
@@ -49,7 +49,15 @@ def pretrain_stage(cfg: DictConfig) -> Path | None:
 
 def build_backbone(model: DictConfig, pretrained: Path | None = None) -> Backbone:
     """The checkpoint ``model.checkpoint`` names; else the tiny model, from the checkpoint
-    ``pretrain_stage`` made of it, or random; each in ``model.dtype``."""
+    ``pretrain_stage`` made of it, or random; each in ``model.dtype``, recomputing its activations in
+    backward with ``model.gradient_checkpointing``."""
+    backbone = _load_backbone(model, pretrained)
+    if model.get("gradient_checkpointing", False):
+        backbone.enable_gradient_checkpointing()
+    return backbone
+
+
+def _load_backbone(model: DictConfig, pretrained: Path | None) -> Backbone:
     dtype = model.get("dtype", "float32")
     if model.get("checkpoint"):
         return load_pretrained(
@@ -82,6 +90,7 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
     check_engine(strategy, cfg.hardware.lightning_strategy)
     check_family_supports(cfg.model.family, strategy.name)
     model_dtype(cfg.model.get("dtype", "float32"))  # a bad name now, not after minutes of pre-training
+    check_bool("model.gradient_checkpointing", cfg.model.get("gradient_checkpointing", False))
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 

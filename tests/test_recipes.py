@@ -27,6 +27,7 @@ PAPERS = {
     # SPIDER: projector at 2e-5 + last 2 LLM layers at 2e-4, global batch 16, 3-5 epochs, ZeRO-3
     "spider_llava15_7b": {
         "strategy": "spider",
+        "gradient_checkpointing": True,  # LLaVA-1.5's stage-2 script, which the authors' trainer inherits
         "global_batch": 16,
         "epochs": 3,
         "zero_stage": 3,
@@ -37,6 +38,7 @@ PAPERS = {
     # Model-Dowser: last 20 layers, lr 2e-5, 5 epochs, 8 x 2 x 8 = 128, rho 0.1, ZeRO-3; "~4.05B" masked entries
     "model_dowser_llava15_7b": {
         "strategy": "model_dowser",
+        "gradient_checkpointing": True,  # the paper's memory setting
         "global_batch": 128,
         "epochs": 5,
         "zero_stage": 3,
@@ -49,6 +51,7 @@ PAPERS = {
     # CoMMIT: LoRA tuning of LLaVA-1.5 on TextVQA (values: LLaVA-1.5's LoRA recipe, marked as an assumption)
     "commit_llava15_7b": {
         "strategy": "commit_lora",
+        "gradient_checkpointing": True,  # LLaVA-1.5's LoRA script
         "global_batch": 16,
         "epochs": 1,
         "zero_stage": 2,
@@ -74,6 +77,7 @@ def test_recipe_is_the_published_one(compose, tmp_path, tiny_backbone, recipe):
     assert cfg.model.name == "llava15_7b" and cfg.model.dtype == "bfloat16"
     assert cfg.hardware.precision == "bf16-mixed"
     assert cfg.hardware.lightning_strategy.config.zero_optimization.stage == paper["zero_stage"]
+    assert cfg.model.gradient_checkpointing is paper["gradient_checkpointing"]
 
     global_batch = (
         cfg.data.batch_size * cfg.hardware.devices * cfg.hardware.num_nodes * cfg.trainer.accumulate_grad_batches

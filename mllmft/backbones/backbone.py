@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from mllmft.data.collate import ConversationCollator
+from mllmft.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -115,6 +116,19 @@ class Backbone:
     @property
     def collator_class(self) -> type[ConversationCollator]:
         return FAMILIES[self.family].collator  # registered when the backbone was built (find_family)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Every block of every component (the layers transformers marks as checkpointable) keeps only its
+        input in the forward and recomputes the rest in backward: activation memory falls from all of
+        every block's intermediates to one tensor per block, for about one more forward per step. The
+        non-reentrant form: the same gradients (to float round-off), frozen inputs need no grad, and it
+        composes with FSDP2 and ZeRO-3. Generation (eval mode) is unchanged."""
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            raise ConfigError(
+                f"model.gradient_checkpointing=true: transformers' {type(self.model).__name__} ({self.family}) "
+                "does not support it"
+            )
+        self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
     def collator(self, max_length: int, generate: bool = False) -> ConversationCollator:
         """Records -> this model's inputs (labels on the answers for training; prompts for generation)."""

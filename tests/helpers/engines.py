@@ -32,6 +32,8 @@ FAST = {
     "commit": ["strategy=commit", "scope=connector_llm", "strategy.every_k=1"],
     # replay (each rank's batches: 1 digits + 1 shapes sample) and a token-weighted objective
     "spider_replay_dft": ["strategy=spider", "data.replay={ratio: 0.5}", "objective=dft"],
+    # activation checkpointing: recomputation inside FSDP2's units and under ZeRO-3's gathered parameters
+    "spider_checkpointing": ["strategy=spider", "model.gradient_checkpointing=true"],
 }
 BF16 = {"spider_bf16": ["strategy=spider", "hardware.precision=bf16-mixed"]}  # against fp32: a tolerance
 # `pytest -m slow tests/test_engines.py`: every other training strategy (about 3 minutes)
