@@ -13,10 +13,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from mllmft.backbones import Backbone, build_tiny, check_family_supports, load_pretrained, model_dtype
+from mllmft.backbones import (
+    Backbone,
+    build_tiny,
+    check_attention,
+    check_family_supports,
+    load_pretrained,
+    model_dtype,
+)
 from mllmft.changes import Change, change_from_config
 from mllmft.checkpoint_match import LIGHTNING_ALIASES, check_checkpoint, plain_scope, read_checkpoint, run_identity
 from mllmft.checkpointing import FreshLastCheckpoint, use_atomic_saves
@@ -68,10 +76,12 @@ def _load_backbone(model: DictConfig, pretrained: Path | None) -> Backbone:
             trust_remote_code=model.get("trust_remote_code", False),
         )
     if pretrained is not None:
-        backbone = load_pretrained(model.family, pretrained, dtype=dtype)
+        backbone = load_pretrained(
+            model.family, pretrained, dtype=dtype, attn_implementation=model.get("attn_implementation")
+        )
         backbone.info["pretrain"] = json.loads((pretrained / "pretrain.json").read_text())
         return backbone
-    return build_tiny(model.family, model.tiny, dtype)
+    return build_tiny(model.family, model.tiny, dtype, model.get("attn_implementation"))
 
 
 def _instantiate_all(group: DictConfig | None) -> list:
@@ -91,6 +101,10 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
     check_family_supports(cfg.model.family, strategy.name)
     model_dtype(cfg.model.get("dtype", "float32"))  # a bad name now, not after minutes of pre-training
     check_bool("model.gradient_checkpointing", cfg.model.get("gradient_checkpointing", False))
+    on_gpu = cfg.hardware.accelerator in ("gpu", "cuda") or (
+        cfg.hardware.accelerator == "auto" and torch.cuda.is_available()
+    )
+    check_attention(cfg.model.family, cfg.model.get("attn_implementation"), on_gpu, change.trains and strategy.trains)
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 

@@ -46,6 +46,7 @@ __all__ = [
     "Family",
     "build_meta",
     "build_tiny",
+    "check_attention",
     "check_family_supports",
     "find_family",
     "load_pretrained",
@@ -95,14 +96,46 @@ def model_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def build_tiny(family: str, spec: Mapping, dtype: str = "float32") -> Backbone:
+def build_tiny(family: str, spec: Mapping, dtype: str = "float32", attn_implementation: str | None = None) -> Backbone:
     """A random tiny model whose tokenizer covers the built-in data sets' text, its weights in ``dtype``."""
     from mllmft.data.builtin import DigitsSource, ShapesSource
 
     corpus = ShapesSource().corpus() + DigitsSource().corpus()
     backbone = find_family(family).build_tiny(dict(spec), corpus)
     backbone.model.to(model_dtype(dtype))
+    if attn_implementation:
+        backbone.model.set_attn_implementation(attn_implementation)
     return backbone
+
+
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+
+
+def check_attention(family: str, name: str | None, on_gpu: bool, trains: bool) -> None:
+    """``model.attn_implementation`` (None: transformers' default, sdpa) that the family's model class and
+    this machine can run: refused at start-up, before any model is loaded, with the reason."""
+    if name is None:
+        return
+    if name not in ATTENTION:
+        raise ConfigError(f"model.attn_implementation={name!r}; expected one of {list(ATTENTION)} (or null: sdpa)")
+    model_class = find_family(family).model_class
+    supports = {"sdpa": "_supports_sdpa", "flex_attention": "_supports_flex_attn"}.get(name, "_supports_flash_attn")
+    if name != "eager" and not getattr(model_class, supports, False):
+        raise ConfigError(f"model.attn_implementation={name}: transformers' {model_class.__name__} does not support it")
+    from transformers.utils import is_flash_attn_2_available, is_flash_attn_3_available, is_torch_flex_attn_available
+
+    if name.startswith("flash_attention"):
+        installed = is_flash_attn_2_available() if name.endswith("2") else is_flash_attn_3_available()
+        if not (on_gpu and installed):
+            package = "flash-attn" if name.endswith("2") else "flash-attn 3 (flash_attn_interface)"
+            raise ConfigError(f"model.attn_implementation={name} needs a CUDA GPU and the {package} package")
+    if name == "flex_attention" and not is_torch_flex_attn_available():
+        raise ConfigError("model.attn_implementation=flex_attention needs torch's FlexAttention (torch >= 2.5)")
+    if name == "flex_attention" and trains and not on_gpu:  # measured: NotImplementedError in backward
+        raise ConfigError(
+            "model.attn_implementation=flex_attention: FlexAttention has no backward on the CPU; train with "
+            "sdpa or eager here, or on a GPU"
+        )
 
 
 def load_pretrained(
