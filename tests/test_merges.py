@@ -33,6 +33,30 @@ def test_wise_ft_endpoints_are_bit_exact_and_task_arithmetic_scales():
     torch.testing.assert_close(TaskArithmetic(1.5).merge("w", theta0, theta_ft), theta0 + 1.5 * (theta_ft - theta0))
 
 
+def test_lines_scales_each_blocks_update_by_its_depth(tiny_backbone):
+    """LiNeS's rule written out from the authors' LiNeS_scaling: α + (1 − α)·ℓ/(L − 1) for block ℓ of each
+    layer list, α outside the blocks (here: embeddings, norms, the projector, the head)."""
+    import re
+
+    from mllmft.merges import LiNeS
+
+    method = LiNeS(alpha=0.2)
+    method.prepare(tiny_backbone, None, None)
+    lists = {path: len(tiny_backbone.model.get_submodule(path)) for path in tiny_backbone.components.layers.values()}
+    for name, param in tiny_backbone.model.named_parameters():
+        expected = 0.2
+        for path, blocks in lists.items():
+            if found := re.match(re.escape(path) + r"\.(\d+)\.", name):
+                expected = 0.2 + 0.8 * int(found.group(1)) / (blocks - 1)
+        theta0, theta_ft = _pair(tuple(param.shape) or (1,), seed=len(name))
+        torch.testing.assert_close(method.merge(name, theta0, theta_ft), theta0 + expected * (theta_ft - theta0))
+    # the last block of the LLM keeps its whole update, the first keeps α of it; the projector keeps α
+    llm = tiny_backbone.components.layers["llm"]
+    assert method.scales[f"{llm}.{lists[llm] - 1}.self_attn.q_proj.weight"] == 1.0
+    assert method.scales[f"{llm}.0.self_attn.q_proj.weight"] == 0.2
+    assert not [n for n in method.scales if tiny_backbone.components.component_of(n) == "connector"]
+
+
 def test_dare_drops_p_and_is_unbiased_over_seeds():
     theta0, theta_ft = _pair((100, 100))
     delta, p, seeds = theta_ft - theta0, 0.7, 400
@@ -206,6 +230,7 @@ MERGES = {
     "task_arithmetic": [],
     "dare": [],
     "ties": [],
+    "lines": [],
     "model_tailor": ["merge.samples=8"],
     "grafting": ["merge.steps=4", "merge.round_every=2", "merge.samples=8", "merge.eval_samples=8"],
 }

@@ -2,6 +2,7 @@
 
 from mllmft.merges.base import FinetunedWeights, MergeMethod, locate_finetuned, merge_into
 from mllmft.merges.grafting import Grafting
+from mllmft.merges.lines import LiNeS
 from mllmft.merges.model_tailor import ModelTailor
 from mllmft.merges.task_vectors import DARE, TIES, TaskArithmetic, WiSEFT
 
@@ -10,6 +11,7 @@ __all__ = [
     "TIES",
     "FinetunedWeights",
     "Grafting",
+    "LiNeS",
     "MergeMethod",
     "ModelTailor",
     "TaskArithmetic",
