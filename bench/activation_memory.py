@@ -45,7 +45,7 @@ def _model(overrides: list[str], checkpointing: bool, batch_size: int, out: str)
 def _measure(net, batches, steps: int, warmup: int) -> tuple[int, float]:
     optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-5)
     first = batches[0]
-    _, saved = saved_activation_bytes(lambda: net(**first["model_inputs"], labels=first["labels"]).loss)
+    _, saved = saved_activation_bytes(lambda: net(**first["model_inputs"], labels=first["labels"]).loss, net)
     times = []
     for i in range(warmup + steps):
         batch = batches[i % len(batches)]

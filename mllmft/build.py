@@ -94,17 +94,18 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
     the model is built)."""
     check_hyperparameters(**{k: v for k, v in cfg.module.items() if k in _parameters(check_hyperparameters)})
     check_data_settings(**{k: v for k, v in cfg.data.items() if k in _parameters(check_data_settings)})
-    if change.trains and strategy.trains:
+    trains = change.trains and strategy.trains
+    if trains:
         strategy.check_training(cfg)
         check_training_length(cfg.trainer)
     check_engine(strategy, cfg.hardware.lightning_strategy)
-    check_family_supports(cfg.model.family, strategy.name)
+    check_family_supports(cfg.model.family, strategy)
     model_dtype(cfg.model.get("dtype", "float32"))  # a bad name now, not after minutes of pre-training
     check_bool("model.gradient_checkpointing", cfg.model.get("gradient_checkpointing", False))
     on_gpu = cfg.hardware.accelerator in ("gpu", "cuda") or (
         cfg.hardware.accelerator == "auto" and torch.cuda.is_available()
     )
-    check_attention(cfg.model.family, cfg.model.get("attn_implementation"), on_gpu, change.trains and strategy.trains)
+    check_attention(cfg.model.family, cfg.model.get("attn_implementation"), on_gpu, trains)
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
 
@@ -129,7 +130,7 @@ def prepare(cfg: DictConfig, change: Change | None = None) -> RunParts:
     apply_scope(backbone, cfg.scope)
     identity = run_identity(backbone, cfg.scope, strategy.name)  # before the strategy wraps or changes it
     strategy.attach(backbone)
-    check_export(cfg.get("export"), strategy)
+    check_export(cfg.get("export"), strategy, configured_engine(cfg.hardware.lightning_strategy))
     trains = change.trains and strategy.trains
     objective = instantiate(cfg.objective) if trains and cfg.get("objective") else SFT()
     objective.attach(backbone, configured_engine(cfg.hardware.lightning_strategy))

@@ -47,11 +47,15 @@ class FreshLastCheckpoint(L.Callback):
     holds an earlier step than the weights the run goes on to test."""
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        for callback in trainer.checkpoint_callbacks:
-            # every rank calls the save (a sharded engine saves collectively); Lightning writes rank 0's
-            if (
-                isinstance(callback, ModelCheckpoint)
-                and callback.save_last
-                and callback._last_global_step_saved != trainer.global_step
-            ):
-                callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+        save_last(trainer, stale_only=True)
+
+
+def save_last(trainer: L.Trainer, stale_only: bool = False) -> Path | None:
+    """``last`` of every ModelCheckpoint that keeps one, saved at this step (with ``stale_only``, only
+    where it holds an earlier one); the first one's path, None without any. Every rank must call it (a
+    sharded engine saves collectively; Lightning writes rank 0's file)."""
+    kept = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_last]
+    for callback in kept:
+        if not stale_only or callback._last_global_step_saved != trainer.global_step:
+            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
+    return Path(kept[0].last_model_path) if kept else None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -47,7 +46,9 @@ def user_errors_exit(fn):
         try:
             return fn(*args, **kwargs)
         except Preempted as stop:  # not a mistake: one line (from rank 0), and the status of a process the signal ended
-            if os.environ.get("RANK", "0") == "0":
+            from lightning.pytorch.utilities import rank_zero_only  # loaded by then: the run used it
+
+            if rank_zero_only.rank == 0:
                 print(f"mllmft: {stop}", file=sys.stderr)
             sys.exit(stop.exit_status)
         except Exception as err:

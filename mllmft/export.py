@@ -24,6 +24,7 @@ import torch
 
 from mllmft.atomic_io import directory_written_atomically
 from mllmft.backbones import Backbone
+from mllmft.engines import Engine, FSDP1Engine
 from mllmft.errors import ConfigError
 from mllmft.strategies import PeftStrategy
 from mllmft.strategies.core.contract import TuningStrategy
@@ -33,12 +34,17 @@ EXPORTS = ("merged", "adapter")
 RECORD = "mllmft.json"  # the export's kind and the identity of the run that wrote it
 
 
-def check_export(kind: str | None, strategy: TuningStrategy) -> None:
-    """Refuse, at start-up, an export this run could not write."""
+def check_export(kind: str | None, strategy: TuningStrategy, engine: type[Engine] = Engine) -> None:
+    """Refuse, at start-up, an export this run could not write (on ``engine``, the configured one)."""
     if kind is None:
         return
     if kind not in EXPORTS:
         raise ConfigError(f"export={kind!r}; expected one of {EXPORTS} or null")
+    if issubclass(engine, FSDP1Engine):
+        raise ConfigError(
+            f"export={kind} under FSDP1 (hardware.lightning_strategy=fsdp): its flat shards cannot be gathered "
+            "into whole tensors here; use hardware=fsdp2 or a deepspeed_* choice"
+        )
     strategy = getattr(strategy, "base", strategy)  # CoMMIT wraps the strategy that updates the weights
     if not isinstance(strategy, PeftStrategy):
         if kind == "adapter":

@@ -105,8 +105,11 @@ def against_reference(
     intervals are simultaneous over the m rows compared (each at α / m, Bonferroni): all of them cover
     their true differences with probability at least 1 − α."""
     seeds = {r["name"]: r[f"{col}_by_seed"] for r in rows if f"{col}_by_seed" in r}
-    if reference not in seeds:
-        return {}
+    if reference not in seeds:  # a strategy's name, where a knob that varies elsewhere is in its row's name
+        named = [r["name"] for r in rows if r.get("strategy") == reference and r["name"] in seeds]
+        if len(named) != 1:
+            return {}
+        reference = named[0]
     tested = {name: compare(values, seeds[reference], alpha) for name, values in seeds.items() if name != reference}
     compared = {name: c for name, c in tested.items() if c is not None}
     rejected = dict(zip(compared, holm([c.p for c in compared.values()], alpha)))

@@ -24,8 +24,8 @@ import threading
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 
+from mllmft.checkpointing import save_last
 from mllmft.errors import Preempted
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,10 @@ class PreemptionCheckpoint(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
+        # a signal after the last step (during the last validation): stop before the final test, which the
+        # scheduler would not let finish; the resumed run goes straight to it
+        if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
+            raise Preempted(self.signum or signal.SIGTERM, trainer.global_step, self._save_last(trainer))
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
@@ -76,12 +80,8 @@ class PreemptionCheckpoint(L.Callback):
     @staticmethod
     def _save_last(trainer: L.Trainer) -> Path:
         """``last`` of every ModelCheckpoint that keeps one, at this step; else checkpoints/last.ckpt."""
-        kept = [c for c in trainer.checkpoint_callbacks if isinstance(c, ModelCheckpoint) and c.save_last]
-        for callback in kept:  # every rank calls the save (a sharded engine saves collectively)
-            callback._save_last_checkpoint(trainer, callback._monitor_candidates(trainer))
-        if kept:
-            assert kept[0].dirpath is not None, "a ModelCheckpoint has its directory once the fit runs"
-            return Path(kept[0].dirpath) / f"{kept[0].CHECKPOINT_NAME_LAST}{kept[0].FILE_EXTENSION}"
-        path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
-        trainer.save_checkpoint(path)
+        path = save_last(trainer)
+        if path is None:
+            path = Path(trainer.default_root_dir) / "checkpoints" / "last.ckpt"
+            trainer.save_checkpoint(path)
         return path

@@ -365,7 +365,7 @@ def main(argv: list[str] | None = None) -> None:
             f"Spearman ρ = {rho:.3f} over {len(points)} runs"
         )
     try:
-        write_outputs(rows, varying, failed, args.csv, args.out, args.reference)
+        write_outputs(rows, varying, failed, args.csv, args.out, args.reference, args.alpha)
         if args.out and rho is not None:
             for path in forgetting_figure(points, rho, args.out):
                 print(f"mllmft-report: wrote {path}")
@@ -380,6 +380,7 @@ def write_outputs(
     table_csv: Path | None,
     out: Path | None,
     reference: str = "full",
+    alpha: float = ALPHA,
 ) -> None:
     """The table as CSV (``--csv``); the tables and plots in ``out`` (``--out``). ``rows`` carry their
     paired comparisons (``separations``)."""
@@ -388,7 +389,7 @@ def write_outputs(
     if out:
         from mllmft.report_plots import plot_all
 
-        write_tables(rows, varying, failed, out, reference)
+        write_tables(rows, varying, failed, out, reference, alpha)
         for path in plot_all(rows, varying, out):
             print(f"mllmft-report: wrote {path}")
 
@@ -405,7 +406,9 @@ def _pm(row: dict, col: str) -> str:
     return f"{row[col]:.1f} ± {row[col + '_std']:.1f}" if col in row else ""
 
 
-def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: Path, reference: str = "full") -> None:
+def write_tables(
+    rows: list[dict], varying: list[str], failed: list[str], out: Path, reference: str = "full", alpha: float = ALPHA
+) -> None:
     """table.md/.csv: one row per strategy (knob setting), sorted by H, with its paired verdict against
     ``reference`` and how many rows the paired test puts it above and below; per_set.md/.csv: every
     set's score; both mean ± std over seeds."""
@@ -427,11 +430,10 @@ def write_tables(rows: list[dict], varying: list[str], failed: list[str], out: P
     lines += [
         "",
         f"Mean ± standard deviation over seeds. *H vs {reference}*: this row's H minus {reference}'s by the paired "
-        "t-test over the seeds both ran (mean difference [interval], the intervals simultaneous at 95 %), better / "
-        "worse where the test separates them (Holm-corrected over the table), else cannot tell. *beats* / "
-        "*beaten by*: how many "
-        "rows the same paired test (Holm over every pair) puts this row's H above / below (mllmft/paired.py). "
-        f"Beaten by no row: {', '.join(top)}.",
+        "t-test over the seeds both ran (mean difference [interval], the intervals simultaneous at "
+        f"{100 * (1 - alpha):g} %), better / worse where the test separates them (Holm-corrected over the table), "
+        "else cannot tell. *beats* / *beaten by*: how many rows the same paired test (Holm over every pair) puts "
+        f"this row's H above / below (mllmft/paired.py). Beaten by no row: {', '.join(top)}.",
     ]
     if failed:
         lines += ["", "Failed runs (not in the table):", *[f"- {line}" for line in failed]]

@@ -222,3 +222,22 @@ def test_zero3_deviation_from_the_pretrained_model_is_adamw_amplifying_round_off
         largest[optimizer] = max(deviation.values())
     assert largest["sgd"] <= 1e-7
     assert largest["adamw"] <= 4 * 1e-3  # 4 AdamW steps of at most ~lr each
+
+
+def test_the_engine_of_a_trainer_is_built_once_and_freed_with_it():
+    """engine_for caches per Lightning strategy: the runner, generation and export share one engine, and
+    a sweep's or a notebook's finished trainers (and their models) are not kept alive by the cache."""
+    import gc
+
+    import lightning as L
+
+    from mllmft.engines import engine_for
+    from mllmft.engines.registry import _BUILT
+
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    engine = engine_for(trainer)
+    assert engine_for(trainer) is engine and engine.trainer is trainer and engine.name == "local"
+    before = len(_BUILT)
+    del trainer, engine
+    gc.collect()
+    assert len(_BUILT) == before - 1

@@ -13,7 +13,7 @@ def _gradients(compose, model: str, checkpointing: bool) -> tuple[dict, int]:
     parts.datamodule.setup("fit")
     batch = next(iter(parts.datamodule.train_dataloader()))
     net = parts.backbone.model.train()
-    loss, saved = saved_activation_bytes(lambda: net(**batch["model_inputs"], labels=batch["labels"]).loss)
+    loss, saved = saved_activation_bytes(lambda: net(**batch["model_inputs"], labels=batch["labels"]).loss, net)
     loss.backward()
     return {n: p.grad for n, p in net.named_parameters() if p.grad is not None}, saved
 

@@ -79,13 +79,22 @@ def test_targets_follow_scope_and_options(compose):
 
 
 def test_unsupported_family_is_refused_at_start_up(compose):
+    from mllmft.backbones import check_family_supports
+    from mllmft.strategies import PromptTuning
+
     with pytest.raises(ConfigError, match="prompt_tuning does not work with the qwen2_5_vl family"):
         api.build(compose("model=qwen2_5_vl_tiny", "strategy=prompt_tuning"))
+    mine = PromptTuning()  # a user's own conf/strategy/my_prompts.yaml copied from prompt_tuning's
+    mine.name = "my_prompts"
+    with pytest.raises(ConfigError, match=r"strategy=my_prompts does not work .*as strategy=prompt_tuning\)$"):
+        check_family_supports("qwen2_5_vl", mine)
 
 
 def test_bad_exports_are_refused_at_start_up(compose):
     with pytest.raises(ConfigError, match="export=adapter needs a peft strategy"):
         api.build(compose("strategy=spider", "export=adapter"))
+    with pytest.raises(ConfigError, match=r"^export=merged under FSDP1 \(hardware.lightning_strategy=fsdp\)"):
+        api.build(compose("export=merged", "hardware.lightning_strategy=fsdp"))
     with pytest.raises(ConfigError, match="cannot be merged"):
         api.build(compose("strategy=prompt_tuning", "scope=connector_llm_last2", "export=merged"))
     api.build(compose("strategy=commit_lora", "scope=connector_llm", "export=adapter"))  # LoRA inside CoMMIT

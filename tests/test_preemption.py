@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUN = [*FAST, *SMALL_LLAVA, "trainer.max_steps=4", "module.max_new_tokens=4"]
 
 
-def _signal_at(batch: int, signum: int) -> str:
+def _signal_at(batch: int | str, signum: int) -> str:
     return f"+callbacks.signal={{_target_: tests.helpers.plugins.SignalAt, batch: {batch}, signum: {signum}}}"
 
 
@@ -55,3 +55,13 @@ def test_sigusr1_inside_an_accumulation_window_stops_at_the_windows_end(compose)
     assert stop.value.step == 2 and stop.value.signum == signal.SIGUSR1 and stop.value.exit_status == 138
     assert torch.load(stop.value.checkpoint, map_location="cpu", weights_only=True)["global_step"] == 2
     assert signal.getsignal(signal.SIGUSR1) == handler  # the process's own handler back
+
+
+def test_a_signal_after_the_last_step_stops_before_the_final_test(compose):
+    from mllmft.errors import Preempted
+
+    # the only validation runs after the last step: the signal arrives there, with no step left to stop at
+    parts = api.build(compose(*RUN, "trainer.val_check_interval=4", _signal_at("validation", signal.SIGTERM)))
+    with pytest.raises(Preempted) as stop:
+        parts.trainer.fit(parts.module, datamodule=parts.datamodule)
+    assert stop.value.step == 4 and stop.value.checkpoint.is_file()

@@ -82,11 +82,28 @@ def find_family(name: str) -> Family:
     return found
 
 
-def check_family_supports(family: str, strategy: str) -> None:
-    """A strategy the family declares it cannot run is refused before anything is built."""
-    why = find_family(family).unsupported.get(strategy)
+def check_family_supports(family: str, strategy) -> None:
+    """A strategy the family declares it cannot run (by its ``strategy=`` name) is refused before anything is
+    built; so is any other config of the same class (your own YAML copied from a refused one)."""
+    unsupported = find_family(family).unsupported
+    why = unsupported.get(strategy.name)
+    for name, reason in unsupported.items():
+        if why is None and isinstance(strategy, _configured_class(name)):
+            why = f"{reason} (it is a {type(strategy).__name__}, as strategy={name})"
     if why is not None:
-        raise ConfigError(f"strategy={strategy} does not work with the {family} family: {why}")
+        raise ConfigError(f"strategy={strategy.name} does not work with the {family} family: {why}")
+
+
+def _configured_class(name: str) -> type:
+    """The class ``conf/strategy/<name>.yaml`` builds (a name of no built-in config: nothing's class)."""
+    from hydra.utils import get_class
+    from omegaconf import OmegaConf
+
+    from mllmft.config import CONF_DIR
+
+    path = CONF_DIR / "strategy" / f"{name}.yaml"
+    target = OmegaConf.load(path).get("_target_") if path.is_file() else None
+    return get_class(target) if target else type(None)
 
 
 def model_dtype(name: str) -> torch.dtype:

@@ -8,6 +8,7 @@ keeps them identical); ``ShardedEngine`` is the base of the engines that split t
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -27,7 +28,13 @@ class Engine:
     gathers_weights: bool = False  # whether every forward gathers parameters from every rank
 
     def __init__(self, trainer: Any = None):
-        self.trainer = trainer
+        # weakly: engine_for caches engines per Lightning strategy, which the trainer holds; a strong
+        # reference back would keep every trainer (and its model) of a sweep or a notebook alive
+        self._trainer = None if trainer is None else weakref.ref(trainer)
+
+    @property
+    def trainer(self) -> Any:
+        return None if self._trainer is None else self._trainer()
 
     @classmethod
     def check_strategy(cls, tuning_strategy) -> None:

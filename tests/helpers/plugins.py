@@ -48,12 +48,18 @@ def answer_length_reward(answers) -> list[float]:
 
 
 class SignalAt(L.Callback):
-    """Sends ``signum`` to its own process at the end of training batch ``batch`` (counted from 0): a
-    scheduler's pre-emption, delivered by the operating system (tests/test_preemption.py)."""
+    """Sends ``signum`` to its own process at the end of training batch ``batch`` (counted from 0), or with
+    ``batch: validation`` at the end of the first validation: a scheduler's pre-emption, delivered by the
+    operating system (tests/test_preemption.py)."""
 
-    def __init__(self, batch: int, signum: int = signal.SIGTERM):
-        self.batch, self.signum = batch, signum
+    def __init__(self, batch: int | str, signum: int = signal.SIGTERM):
+        self.batch, self.signum, self.sent = batch, signum, False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.batch:
+            os.kill(os.getpid(), self.signum)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.batch == "validation" and not self.sent and not trainer.sanity_checking:
+            self.sent = True
             os.kill(os.getpid(), self.signum)
