@@ -99,6 +99,7 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
         strategy.check_training(cfg)
         check_training_length(cfg.trainer)
     check_engine(strategy, cfg.hardware.lightning_strategy)
+    check_optimizer_engine(cfg.module.get("optimizer"), configured_engine(cfg.hardware.lightning_strategy))
     check_family_supports(cfg.model.family, strategy)
     model_dtype(cfg.model.get("dtype", "float32"))  # a bad name now, not after minutes of pre-training
     check_bool("model.gradient_checkpointing", cfg.model.get("gradient_checkpointing", False))
@@ -108,6 +109,21 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
     check_attention(cfg.model.family, cfg.model.get("attn_implementation"), on_gpu, trains)
     path = cfg.get("ckpt_path")
     return read_checkpoint(path) if path and str(path) not in LIGHTNING_ALIASES else None
+
+
+def check_optimizer_engine(optimizer: DictConfig | None, engine) -> None:
+    """An optimizer that works on whole tensors (MoFO's per-tensor filter) refused where the engine hands
+    it parts of tensors."""
+    target = optimizer.get("_target_") if optimizer is not None else None
+    if not target or not engine.sharded:
+        return
+    from hydra.utils import get_class
+
+    if getattr(get_class(str(target)), "needs_whole_tensors", False):
+        raise ConfigError(
+            f"module.optimizer={target} filters each whole tensor, and {engine.name} gives the optimizer parts "
+            "of tensors: use one device or DDP (hardware=ddp_cpu, or gpu with lightning_strategy=ddp)"
+        )
 
 
 def _parameters(fn) -> set[str]:

@@ -71,6 +71,8 @@ def check_hyperparameters(
             check_number(f"module.scheduler.{knob}", value, 0, 1)
     if (eps := _keywords(optimizer).get("eps")) is not None:
         check_number("module.optimizer.eps", eps, 0)
+    if (fraction := _keywords(optimizer).get("fraction")) is not None:  # MoFO's
+        check_number("module.optimizer.fraction", fraction, 0, 1, low_open=True)
     for group, factory in (("optimizer", optimizer), ("scheduler", scheduler)):  # any other: finite at least
         for knob, value in _keywords(factory).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
