@@ -160,3 +160,35 @@ def test_image_only_loader_reads_older_hub_layouts(compose, tmp_path):
     loaded = FAMILIES["llava_onevision"].load_processor(str(tmp_path))
     assert loaded.chat_template == template and loaded.num_image_tokens == processor.num_image_tokens
     assert loaded.image_processor.image_grid_pinpoints == processor.image_processor.image_grid_pinpoints
+
+
+PRESET_MODULES = {  # written out per convention: Llama's names and OPT's (BLIP-2)
+    "llm_attention": {"q_proj", "k_proj", "v_proj", "o_proj", "out_proj"},
+    "llm_mlp_gate_up": {"gate_proj", "up_proj", "fc1"},
+}
+
+
+@pytest.mark.parametrize("model", TINY_MODELS)
+def test_component_presets_train_exactly_their_modules_of_every_llm_block(compose, model):
+    for scope, wanted in PRESET_MODULES.items():
+        backbone = api.build(compose(f"model={model}", f"scope={scope}")).backbone
+        cmap = backbone.components
+        for name, param in backbone.model.named_parameters():
+            expected = (
+                cmap.component_of(name) == "llm"
+                and cmap.layer_of(name, "llm") is not None
+                and name.split(".")[-2] in wanted
+            )
+            assert param.requires_grad == expected, (scope, name)
+        assert any(p.requires_grad for p in backbone.model.parameters()), scope
+
+
+def test_a_preset_the_layers_cannot_express_is_refused(compose):
+    from mllmft.errors import ConfigError
+
+    with pytest.raises(
+        ConfigError, match=r"^scope.llm.modules='heads'; expected one of \['attention', 'mlp_gate_up'\]"
+    ):
+        api.build(compose("scope=llm_attention", "scope.llm.modules=heads"))
+    with pytest.raises(ConfigError, match="^scope.vision.modules=attention: the llava family's vision layers name"):
+        api.build(compose("scope=llm_attention", "~scope.vision", "+scope.vision={train: true, modules: attention}"))
