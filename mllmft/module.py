@@ -205,7 +205,9 @@ class MLLMFineTuner(L.LightningModule):
         does work, and its own (peft's schedules); the module is the strategy's one holder. Then the stop on
         a pre-emption signal, after them: a step is whole (the strategy's after_step done) when it saves."""
         runner = [StrategyRunner(self.strategy, self.backbone.components)] if self.strategy.acts_on_training else []
-        return [*runner, *self.strategy.callbacks(), PreemptionCheckpoint()]
+        # Lightning asks again at every fit and test: those attached before stay (no "override" notice)
+        attached = {type(c) for c in self.trainer.callbacks} if self._trainer is not None else set()
+        return [c for c in (*runner, *self.strategy.callbacks(), PreemptionCheckpoint()) if type(c) not in attached]
 
     # --- testing by generation -----------------------------------------------------------------
     @torch.no_grad()
