@@ -228,6 +228,7 @@ def test_the_engine_of_a_trainer_is_built_once_and_freed_with_it():
     """engine_for caches per Lightning strategy: the runner, generation and export share one engine, and
     a sweep's or a notebook's finished trainers (and their models) are not kept alive by the cache."""
     import gc
+    import weakref
 
     import lightning as L
 
@@ -237,7 +238,8 @@ def test_the_engine_of_a_trainer_is_built_once_and_freed_with_it():
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     engine = engine_for(trainer)
     assert engine_for(trainer) is engine and engine.trainer is trainer and engine.name == "local"
-    before = len(_BUILT)
+    strategy, held = weakref.ref(trainer.strategy), weakref.ref(trainer)
+    assert strategy() in _BUILT
     del trainer, engine
     gc.collect()
-    assert len(_BUILT) == before - 1
+    assert held() is None and strategy() is None  # freed, so gone from the cache
