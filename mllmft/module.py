@@ -206,7 +206,7 @@ class MLLMFineTuner(L.LightningModule):
         a pre-emption signal, after them: a step is whole (the strategy's after_step done) when it saves."""
         runner = [StrategyRunner(self.strategy, self.backbone.components)] if self.strategy.acts_on_training else []
         # Lightning asks again at every fit and test: those attached before stay (no "override" notice)
-        attached = {type(c) for c in self.trainer.callbacks} if self._trainer is not None else set()
+        attached = {type(c) for c in getattr(self._trainer, "callbacks", ())}
         return [c for c in (*runner, *self.strategy.callbacks(), PreemptionCheckpoint()) if type(c) not in attached]
 
     # --- testing by generation -----------------------------------------------------------------
