@@ -14,7 +14,8 @@ so are the failed runs of an mllmft-benchmark directory (its benchmark.json).
 
 Rows are compared by the paired test of mllmft/paired.py (per-seed differences, a t interval, Holm's
 correction over the table): each row against ``--reference`` (default ``full``): better, worse or cannot
-tell; and its *beats* / *beaten by* counts over every pair of rows.
+tell; and its *beats* / *beaten by* counts over every pair of rows. Rows whose every seed scored the same on
+every score and set (``full``, ``constant``, ``task_arithmetic`` with λ = 1) are shown once, with aliases.
 
 ``--out DIR`` writes table.md / table.csv (the rows), per_set.md / per_set.csv (the target and every
 upstream set), and the plots (PNG and SVG, see mllmft/report_plots.py): S_u against S_t with the
@@ -286,6 +287,29 @@ def _mean_std(row: dict, col: str, by_seed: dict, value) -> None:
         row[f"{col}_by_seed"] = per_seed
 
 
+def fold_identical(rows: list[dict], reference: str = "full") -> list[dict]:
+    """The rows of one model, target and upstream whose every seed scored the same on every score and set,
+    kept once: ``full``, ``constant`` (CoMMIT measuring κ without acting on it) and ``task_arithmetic`` with
+    λ = 1 (θ_ft itself) are one computation three times. The reference row, if among them, is the one kept
+    (else the first); the others' names go in its ``aliases``. Rows without per-seed scores stay as they are."""
+    kept: list[dict] = []
+    first: dict[tuple, dict] = {}
+    for row in rows:
+        scores = tuple(sorted((k, tuple(sorted(v.items(), key=str))) for k, v in row.items() if k.endswith("_by_seed")))
+        key = (row["model"], row["target"], row["upstream"], scores)
+        if not scores or key not in first:
+            kept.append(row)
+            first[key] = row
+            continue
+        keeper = first[key]
+        if row["strategy"] == reference and keeper["strategy"] != reference:  # the reference keeps its place
+            row["aliases"] = [keeper["name"], *keeper.pop("aliases", [])]
+            kept[kept.index(keeper)] = first[key] = row
+        else:
+            keeper.setdefault("aliases", []).append(row["name"])
+    return kept
+
+
 def separations(rows: list[dict], reference: str = "full", col: str = "H", alpha: float = ALPHA) -> dict[str, int]:
     """Set each row's ``vs_reference`` (better / worse / cannot tell than ``reference``, with the paired
     difference and its interval), ``beats`` and ``beaten_by`` (the rows the paired test puts it above and
@@ -343,7 +367,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"mllmft-report: warning: {line}", file=sys.stderr)
     if not rows:
         sys.exit(f"mllmft-report: no readable results.json under {', '.join(map(str, args.paths))}")
+    rows = fold_identical(rows, args.reference)
     counts = separations(rows, args.reference, alpha=args.alpha)
+    for row in rows:  # shown once, with its aliases (after the comparisons, which find rows by strategy)
+        if row.get("aliases"):
+            row["strategy"] += f" (= {', '.join(row['aliases'])})"
     table = Table(title="target gain vs upstream retention (mean ± std over seeds)")
     names = ("model", "strategy", *varying, "target", "upstream", "seeds")
     for col in (*names, *COLUMNS, f"H vs {args.reference}"):

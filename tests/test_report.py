@@ -219,3 +219,21 @@ def test_the_readme_benchmark_table_is_the_generated_one():
     assert block.strip() == (root / "docs" / "benchmark" / "table.md").read_text().strip()
     for picture in ("tradeoff.png", "h.png"):
         assert f"docs/benchmark/{picture}" in readme and (root / "docs" / "benchmark" / picture).is_file()
+
+
+def test_identical_rows_are_shown_once_with_their_aliases(tmp_path, capsys):
+    from mllmft.report import fold_identical
+
+    runs = [_results(s, seed, 70 + seed, 10 + seed) for s in ("constant", "full") for seed in (1, 2)]
+    runs += [_results("spider", seed, 60 + seed, 20 + seed) for seed in (1, 2)]
+    runs += [_results("ewc", seed, 70 + seed, 10 + 2 * seed) for seed in (1, 2)]  # seed 1 the same, seed 2 not
+    rows, _, _ = summarise(runs)
+    folded = fold_identical(rows)
+    # constant's rows come first, yet the reference (full) is the one kept; ewc differs on one seed: its own row
+    assert {r["strategy"]: r.get("aliases") for r in folded} == {"full": ["constant"], "spider": None, "ewc": None}
+    for i, r in enumerate(runs):
+        (tmp_path / str(i)).mkdir()
+        (tmp_path / str(i) / "results.json").write_text(json.dumps(r))
+    main([str(tmp_path)])
+    out = capsys.readouterr().out
+    assert "full (= constant)" in out and "│ constant" not in out
