@@ -22,6 +22,7 @@ from mllmft.backbones import (
     build_tiny,
     check_attention,
     check_family_supports,
+    find_family,
     load_pretrained,
     model_dtype,
 )
@@ -36,6 +37,7 @@ from mllmft.export import check_export
 from mllmft.hardware import on_compute_device
 from mllmft.module import check_hyperparameters
 from mllmft.objectives import SFT
+from mllmft.packing import check_packing
 from mllmft.parts import RunParts
 from mllmft.pretrain import pretrained_tiny
 from mllmft.scope import apply_scope
@@ -101,6 +103,8 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
     check_engine(strategy, cfg.hardware.lightning_strategy)
     check_optimizer_engine(cfg.module.get("optimizer"), configured_engine(cfg.hardware.lightning_strategy))
     check_family_supports(cfg.model.family, strategy)
+    packing = cfg.module.get("packing", False)
+    check_packing(packing, cfg.module.get("pack_tokens"), find_family(cfg.model.family), strategy)
     model_dtype(cfg.model.get("dtype", "float32"))  # a bad name now, not after minutes of pre-training
     check_bool("model.gradient_checkpointing", cfg.model.get("gradient_checkpointing", False))
     on_gpu = cfg.hardware.accelerator in ("gpu", "cuda") or (

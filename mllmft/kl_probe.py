@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 import lightning as L
 import torch
 
+from mllmft.answer_logits import AnswerTokens, answer_tokens
 from mllmft.checks import check_number
-from mllmft.objectives.base import AnswerTokens, base_model, on_device
+from mllmft.objectives.base import base_model, on_device
 
 
 @dataclass
@@ -73,7 +74,7 @@ class KLProbe(L.Callback):
 
     @staticmethod
     def _answer_tokens(model, batch: dict, device: torch.device) -> AnswerTokens:
-        return AnswerTokens.of(model(**on_device(batch["model_inputs"], device)).logits, batch["labels"].to(device))
+        return answer_tokens(model, on_device(batch["model_inputs"], device), batch["labels"].to(device))
 
     @torch.no_grad()
     def measure(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:

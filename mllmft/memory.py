@@ -1,4 +1,5 @@
-"""What a forward keeps for the backward: the activation memory that gradient checkpointing trades away.
+"""Memory a step uses, measured: what a forward keeps for the backward (the activation memory that gradient
+checkpointing trades away), and the allocator's high-water mark over a whole step.
 
 Measured by autograd's own saved-tensor hooks, so it is exact and the same on any device (a CPU has no
 allocator statistics to read): every tensor autograd saves while ``fn`` runs, each storage counted once,
@@ -13,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
 
 def saved_activation_bytes(fn: Callable[[], torch.Tensor], model: nn.Module) -> tuple[torch.Tensor, int]:
@@ -35,3 +37,23 @@ def saved_activation_bytes(fn: Callable[[], torch.Tensor], model: nn.Module) -> 
 def _key(tensor: torch.Tensor) -> tuple:
     storage = tensor.untyped_storage()
     return storage.device, storage.data_ptr()
+
+
+def peak_allocated_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
+    """The most bytes held on ``device`` at once while ``fn`` runs, above what was held when it began:
+    the allocator's own allocation and free events as the profiler records them (a CPU keeps no
+    allocator statistics; on CUDA the same events, and ``torch.cuda.max_memory_allocated`` agrees)."""
+    kind = torch.device(device).type
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
+    with profile(activities=activities, profile_memory=True) as prof:
+        fn()
+    events = [
+        e
+        for e in prof.profiler.kineto_results.events()
+        if e.name() == "[memory]" and e.device_type().name.lower() == kind
+    ]
+    held = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        held += event.nbytes()
+        peak = max(peak, held)
+    return peak

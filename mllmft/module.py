@@ -15,7 +15,8 @@ import torch
 from lightning import Callback
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
-from mllmft.backbones import Backbone
+from mllmft.answer_logits import LOGITS, AnswerOutputs
+from mllmft.backbones import FAMILIES, Backbone
 from mllmft.checkpoint_match import check_checkpoint
 from mllmft.checks import check_number
 from mllmft.data.test_set import TestSet
@@ -24,6 +25,7 @@ from mllmft.engines.fsdp2 import root_gathered, shard_model
 from mllmft.errors import ConfigError
 from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.objectives import SFT, Objective
+from mllmft.packing import pack
 from mllmft.preemption import PreemptionCheckpoint
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
@@ -129,9 +131,14 @@ class MLLMFineTuner(L.LightningModule):
         max_new_tokens: int = 16,
         run_identity: dict | None = None,
         objective: Objective | None = None,
+        logits: str = "answers",
+        packing: bool = False,
+        pack_tokens: int | None = None,
     ):
         super().__init__()
         check_hyperparameters(lr, weight_decay, max_new_tokens, optimizer, scheduler)
+        if logits not in LOGITS:
+            raise ConfigError(f"module.logits={logits!r}; expected one of {', '.join(LOGITS)}")
         self.backbone = backbone
         self.model = backbone.model
         self.strategy = strategy
@@ -146,6 +153,9 @@ class MLLMFineTuner(L.LightningModule):
         self.make_optimizer = optimizer or torch.optim.AdamW
         self.make_scheduler = scheduler or cosine_with_warmup
         self.max_new_tokens = max_new_tokens
+        self.logits = logits  # the LM head on the answer positions only, or on every one (mllmft.answer_logits)
+        # training and validation batches packed into rows of at most pack_tokens tokens (mllmft.packing)
+        self.packing, self.pack_tokens = packing, pack_tokens
         self.test_lengths = [t.max_new_tokens or max_new_tokens for t in self.test_sets]
         self.test_metrics = torch.nn.ModuleList(build_metric(**t.metric) for t in self.test_sets)
         self._test_started = 0.0
@@ -156,8 +166,22 @@ class MLLMFineTuner(L.LightningModule):
         self.strict_loading = False
 
     # --- training -----------------------------------------------------------------------------
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``packing``: a training or validation batch (test batches are prompts to generate from) as
+        rows of samples laid end to end, before any hook or step sees it."""
+        if self.packing and isinstance(batch, dict) and batch.get("labels") is not None:
+            positions = FAMILIES[self.backbone.family].packing_positions
+            assert positions is not None and self.pack_tokens, "check_packing refused these at start-up"
+            inputs, labels = pack(batch["model_inputs"], batch["labels"], self.pack_tokens, positions, self.model)
+            batch = {**batch, "model_inputs": inputs, "labels": labels}
+        return batch
+
+    def forward_answers(self, batch: dict) -> AnswerOutputs:
+        """The model on a batch: its answer tokens' logits and their mean cross-entropy."""
+        return AnswerOutputs(self.model, batch["model_inputs"], batch["labels"], self.logits)
+
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        outputs = self.model(**batch["model_inputs"], labels=batch["labels"])
+        outputs = self.forward_answers(batch)
         loss, logged = self.objective.loss(self, batch, outputs)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["ids"]))
         for key, value in logged.items():
@@ -175,8 +199,8 @@ class MLLMFineTuner(L.LightningModule):
         self.trainer.callback_metrics["trainer/steps"] = torch.tensor(float(self.global_step))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
-        outputs = self.model(**batch["model_inputs"], labels=batch["labels"])
-        self.log("val/loss", outputs.loss, prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
+        loss = self.forward_answers(batch).loss
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["ids"]))
 
     def configure_optimizers(self):
         groups = param_groups(self.backbone, self.scope, self.lr, self.weight_decay)

@@ -8,8 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from mllmft import api
+from mllmft.answer_logits import AnswerTokens
 from mllmft.errors import ConfigError
-from mllmft.strategies.commit.balance import BalanceMonitor, answer_kl, answer_log_probs, balance_coefficient
+from mllmft.strategies.commit.balance import BalanceMonitor, answer_kl, balance_coefficient
 from mllmft.strategies.commit.learning_rates import CoordinateDescentRule, KappaRule, SideLearningRates
 from mllmft.strategies.core.contract import TuningStrategy
 from mllmft.strategies.core.runner import StrategyRunner
@@ -27,10 +28,14 @@ class _Toy(torch.nn.Module):
         self.llm = torch.nn.Parameter(torch.ones(()))
         self.register_buffer("base", torch.randn(batch, length, vocab, generator=torch.Generator().manual_seed(0)))
         self.calls = {"train": 0, "eval": 0}
+        self.head = torch.nn.Identity()  # the "LM head" the answer positions are picked before
+
+    def get_output_embeddings(self):
+        return self.head
 
     def forward(self, input_ids, labels=None):
         self.calls["train" if self.training else "eval"] += 1
-        logits = (self.enc + self.llm) * self.base
+        logits = self.head((self.enc + self.llm) * self.base)
         loss = None if labels is None else F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
         return SimpleNamespace(logits=logits, loss=loss)
 
@@ -161,9 +166,9 @@ def test_coordinate_descent_alternates_sides():
 
 def test_auxiliary_term_pushes_away_from_the_previous_distribution():
     labels = torch.tensor([[-100, 3, 1, 2]])
-    reference = answer_log_probs(torch.randn(1, 4, 5, generator=torch.Generator().manual_seed(2)), labels)
+    reference = AnswerTokens.of(torch.randn(1, 4, 5, generator=torch.Generator().manual_seed(2)), labels).log_probs()
     logits = (reference.new_zeros(1, 4, 5) + 0.01).requires_grad_()
-    kl = lambda z: answer_kl(answer_log_probs(z, labels), reference)  # noqa: E731
+    kl = lambda z: answer_kl(AnswerTokens.of(z, labels).log_probs(), reference)  # noqa: E731
     (-0.1 * kl(logits)).backward()
     with torch.no_grad():
         assert kl(logits - 1.0 * logits.grad) > kl(logits)  # a descent step on the loss raises the KL

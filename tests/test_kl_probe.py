@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mllmft import api
+from mllmft.answer_logits import AnswerTokens
 from mllmft.kl_probe import KLProbe
-from mllmft.objectives.base import AnswerTokens
 
 
 def _probe(parts) -> KLProbe:

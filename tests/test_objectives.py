@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from mllmft import api
+from mllmft.answer_logits import AnswerTokens, answer_tokens
 from mllmft.errors import ConfigError
 from mllmft.objectives import SFT
-from mllmft.objectives.base import AnswerTokens
 from mllmft.objectives.token_weighted import dft_loss, eaft_loss, kl_to_base
 from mllmft.report import label
 
@@ -110,8 +110,8 @@ def test_asft_kl_is_zero_for_the_base_and_follows_the_images(compose, strategy):
 
     def kl(images):
         inputs = {**batch["model_inputs"], "pixel_values": images}
-        tuned = AnswerTokens.of(module.model(**inputs).logits, batch["labels"])
-        base = AnswerTokens.of(module.objective.base_logits(module, {**batch, "model_inputs": inputs}), batch["labels"])
+        tuned = answer_tokens(module.model, inputs, batch["labels"])
+        base = module.objective.base_tokens(module, {**batch, "model_inputs": inputs})
         return float(kl_to_base(tuned, base.logits))
 
     images = batch["model_inputs"]["pixel_values"]

@@ -10,6 +10,7 @@ from torch import nn
 
 from mllmft.data.collate import ConversationCollator
 from mllmft.errors import ConfigError
+from mllmft.packing import PositionIds
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -86,7 +87,9 @@ class Family:
     ``load_processor(path, trust_remote_code)`` replaces ``AutoProcessor`` where that cannot work
     offline without torchvision (families whose processors also carry a video processor).
     ``collator`` turns records into the family's inputs (a chat template unless the family says
-    otherwise); ``unsupported`` names the strategies the family refuses at start-up, with why."""
+    otherwise); ``unsupported`` names the strategies the family refuses at start-up, with why.
+    ``packing_positions``: each sample's position ids in a packed batch (``mllmft.packing``), or None where
+    the family's attention cannot take packed samples, ``no_packing_why`` saying why."""
 
     name: str
     model_types: tuple[str, ...]
@@ -97,6 +100,8 @@ class Family:
     load_processor: Callable[[str, bool], object] | None = None
     collator: type[ConversationCollator] = ConversationCollator
     unsupported: Mapping[str, str] = field(default_factory=dict)  # strategy name -> why it cannot work
+    packing_positions: PositionIds | None = None
+    no_packing_why: str = "packed batches were not checked against padded ones for this family"
 
 
 FAMILIES: dict[str, Family] = {}  # name -> family: the built-in ones (backbones/__init__.py) and a user's own

@@ -146,6 +146,10 @@ _NO_PROMPT_TUNING = {
     "prompt_tuning": "peft prepends virtual tokens through inputs_embeds, which BLIP-2's "
     "generate() does not accept without input_ids; use strategy=lora"
 }
+_NO_PACKING = (
+    "its OPT language model takes learned positions from the attention mask and its query tokens come before "
+    "each sample's text, so samples laid end to end would see each other"
+)
 BLIP2 = Family(
     "blip2",
     ("blip-2",),
@@ -155,6 +159,7 @@ BLIP2 = Family(
     Blip2ForConditionalGeneration,
     collator=Blip2Collator,
     unsupported=_NO_PROMPT_TUNING,
+    no_packing_why=_NO_PACKING,
 )
 INSTRUCTBLIP = Family(
     "instructblip",
@@ -165,4 +170,5 @@ INSTRUCTBLIP = Family(
     InstructBlipForConditionalGeneration,
     collator=InstructBlipCollator,
     unsupported=_NO_PROMPT_TUNING,
+    no_packing_why=_NO_PACKING,
 )

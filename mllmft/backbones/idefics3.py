@@ -23,6 +23,7 @@ from mllmft.backbones.backbone import Backbone, ComponentMap, Family, tiny_backb
 from mllmft.backbones.image_only import image_only, image_only_loader
 from mllmft.backbones.llava import text_config
 from mllmft.backbones.tokenizer import train_tokenizer
+from mllmft.packing import text_positions
 
 # Idefics3's conversation format: "User:<image>question<end_of_utterance>\nAssistant: answer<end_of_utterance>\n"
 CHAT_TEMPLATE = (
@@ -106,6 +107,7 @@ IDEFICS3 = Family(
     component_map,
     lambda spec, corpus: _build_tiny(spec, corpus, "idefics3"),
     Idefics3ForConditionalGeneration,
+    packing_positions=text_positions,
 )
 SMOLVLM = Family(
     "smolvlm",
@@ -115,4 +117,5 @@ SMOLVLM = Family(
     lambda spec, corpus: _build_tiny(spec, corpus, "smolvlm"),
     SmolVLMForConditionalGeneration,
     image_only_loader(ImageOnlySmolVLMProcessor, SmolVLMImageProcessorPil),
+    packing_positions=text_positions,
 )

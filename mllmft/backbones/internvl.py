@@ -16,6 +16,7 @@ from mllmft.backbones.image_only import image_only, image_only_loader
 from mllmft.backbones.llava import text_config
 from mllmft.backbones.qwen_vl import CHAT_TEMPLATE as CHATML_TEMPLATE
 from mllmft.backbones.tokenizer import train_tokenizer
+from mllmft.packing import text_positions
 
 CHAT_TEMPLATE = CHATML_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<IMG_CONTEXT>\n")
 SPECIAL = {
@@ -77,4 +78,5 @@ INTERNVL = Family(
     build_tiny,
     InternVLForConditionalGeneration,
     image_only_loader(ImageOnlyInternVLProcessor, GotOcr2ImageProcessorPil),
+    packing_positions=text_positions,
 )

@@ -16,6 +16,7 @@ from transformers import (
 
 from mllmft.backbones.backbone import Backbone, ComponentMap, Family, find_module, tiny_backbone
 from mllmft.backbones.tokenizer import train_tokenizer
+from mllmft.packing import text_positions
 
 # LLaVA-1.5's conversation format ("USER: <image>\n... ASSISTANT: ...</s>"), as a chat template.
 CHAT_TEMPLATE = (
@@ -111,4 +112,12 @@ def build_tiny(spec: dict, corpus: list[str]) -> Backbone:
     )
 
 
-LLAVA = Family("llava", ("llava",), CHAT_TEMPLATE, component_map, build_tiny, LlavaForConditionalGeneration)
+LLAVA = Family(
+    "llava",
+    ("llava",),
+    CHAT_TEMPLATE,
+    component_map,
+    build_tiny,
+    LlavaForConditionalGeneration,
+    packing_positions=text_positions,
+)

@@ -26,6 +26,7 @@ from mllmft.backbones.image_only import image_only, image_only_loader
 from mllmft.backbones.llava import CHAT_TEMPLATE, component_map, text_config, vision_config
 from mllmft.backbones.qwen_vl import CHAT_TEMPLATE as CHATML_TEMPLATE
 from mllmft.backbones.tokenizer import train_tokenizer
+from mllmft.packing import text_positions
 
 # OneVision's format: ChatML with a bare <image> placeholder
 ONEVISION_TEMPLATE = CHATML_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n")
@@ -93,7 +94,13 @@ def build_tiny_onevision(spec: dict, corpus: list[str]) -> Backbone:
 
 
 LLAVA_NEXT = Family(
-    "llava_next", ("llava_next",), CHAT_TEMPLATE, component_map, build_tiny_next, LlavaNextForConditionalGeneration
+    "llava_next",
+    ("llava_next",),
+    CHAT_TEMPLATE,
+    component_map,
+    build_tiny_next,
+    LlavaNextForConditionalGeneration,
+    packing_positions=text_positions,
 )
 LLAVA_ONEVISION = Family(
     "llava_onevision",
@@ -103,4 +110,5 @@ LLAVA_ONEVISION = Family(
     build_tiny_onevision,
     LlavaOnevisionForConditionalGeneration,
     image_only_loader(ImageOnlyLlavaOnevisionProcessor, LlavaOnevisionImageProcessorPil),
+    packing_positions=text_positions,
 )

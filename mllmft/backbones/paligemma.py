@@ -120,4 +120,7 @@ PALIGEMMA = Family(
     build_tiny,
     PaliGemmaForConditionalGeneration,
     collator=PrefixSuffixCollator,
+    no_packing_why=(
+        "its prefix (image and prompt) attends both ways, a mask transformers does not build for packed samples"
+    ),
 )

@@ -23,6 +23,7 @@ from transformers import (
 from mllmft.backbones.backbone import Backbone, ComponentMap, Family, tiny_backbone
 from mllmft.backbones.image_only import image_only, image_only_loader
 from mllmft.backbones.tokenizer import train_tokenizer
+from mllmft.packing import mrope_positions
 
 # Qwen's ChatML format (without the default system prompt of the released template).
 CHAT_TEMPLATE = (
@@ -142,6 +143,7 @@ QWEN2_VL = Family(
     Qwen2VLForConditionalGeneration,
     load_processor,
     unsupported=_NO_VIRTUAL_TOKENS,
+    packing_positions=mrope_positions,
 )
 QWEN2_5_VL = Family(
     "qwen2_5_vl",
@@ -152,6 +154,7 @@ QWEN2_5_VL = Family(
     Qwen2_5_VLForConditionalGeneration,
     load_processor,
     unsupported=_NO_VIRTUAL_TOKENS,
+    packing_positions=mrope_positions,
 )
 QWEN3_VL = Family(
     "qwen3_vl",
@@ -162,4 +165,5 @@ QWEN3_VL = Family(
     Qwen3VLForConditionalGeneration,
     image_only_loader(ImageOnlyQwen3VLProcessor, Qwen2VLImageProcessorPil),
     unsupported=_NO_VIRTUAL_TOKENS,
+    packing_positions=mrope_positions,
 )

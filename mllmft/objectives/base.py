@@ -1,18 +1,18 @@
 """The objective contract, and the per-token quantities every token-level objective is made of.
 
 The module calls ``objective.loss(module, batch, outputs)`` in each training step, with the model's
-outputs on the batch (its logits and, labels given, its mean cross-entropy on the answer tokens); the
-strategy's ``extra_loss`` is added to what it returns.
+outputs on the batch (``mllmft.answer_logits.AnswerOutputs``: ``tokens``, the answer tokens' logits, and
+``loss``, their mean cross-entropy); the strategy's ``extra_loss`` is added to what it returns.
 """
 
 from __future__ import annotations
 
 import copy
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 
 import torch
 
+from mllmft.answer_logits import AnswerTokens, answer_tokens
 from mllmft.data.collate import IGNORE_INDEX
 from mllmft.engines import Engine
 from mllmft.errors import ConfigError
@@ -23,34 +23,6 @@ def base_model(model: torch.nn.Module) -> AbstractContextManager:
     (a strategy that changes the weights themselves has no base inside the model)."""
     disable = getattr(model, "disable_adapter", None)
     return disable() if callable(disable) else nullcontext()
-
-
-@dataclass
-class AnswerTokens:
-    """The answer tokens of a batch, where the model predicts them: ``logits`` [N, V] (fp32) of the
-    positions whose next token is supervised, ``targets`` [N] those tokens."""
-
-    logits: torch.Tensor
-    targets: torch.Tensor
-    rows: torch.Tensor  # [N] the sample of the batch each token belongs to
-
-    @classmethod
-    def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> AnswerTokens:
-        """From a causal LM's logits [B, T, V] and labels [B, T] (IGNORE_INDEX off the answers): the
-        prediction at t is of the token at t + 1, as the model's own loss shifts them."""
-        logits = logits[:, logits.shape[1] - labels.shape[1] :]  # prompt tuning prepends its virtual tokens
-        shifted = labels[:, 1:]
-        supervised = shifted != IGNORE_INDEX
-        return cls(logits[:, :-1][supervised].float(), shifted[supervised], supervised.nonzero()[:, 0])
-
-    def log_probs(self) -> torch.Tensor:
-        """log π(v) for every vocabulary entry, [N, V]."""
-        return torch.log_softmax(self.logits, dim=-1)
-
-    def target_log_probs(self, log_probs: torch.Tensor | None = None) -> torch.Tensor:
-        """log π(y_t), [N]."""
-        log_probs = self.log_probs() if log_probs is None else log_probs
-        return log_probs.gather(1, self.targets[:, None])[:, 0]
 
 
 class Objective:
@@ -80,7 +52,7 @@ class Objective:
 
 
 class BaseLogits:
-    """The base model's logits for an objective's KL term: the model with its adapters disabled under a
+    """The base model's answer-token logits for an objective's KL term: the model with its adapters disabled under a
     peft strategy (no second copy, any engine), else a frozen copy taken when the run is built (one
     more model in memory; one device or DDP, since FSDP2 and DeepSpeed would need it sharded too)."""
 
@@ -100,13 +72,14 @@ class BaseLogits:
         self._frozen = copy.deepcopy(backbone.model).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def __call__(self, module, inputs: dict) -> torch.Tensor:
-        """The base model's logits on ``inputs`` (on the module's device), images included."""
+    def __call__(self, module, inputs: dict, labels: torch.Tensor) -> AnswerTokens:
+        """The base model's logits at the answer positions of ``inputs`` (on the module's device), images
+        included."""
         if self._frozen is None:
             with base_model(module.model):
-                return module.model(**inputs).logits
+                return answer_tokens(module.model, inputs, labels)
         self._frozen.to(module.device)
-        return self._frozen(**inputs).logits
+        return answer_tokens(self._frozen, inputs, labels)
 
 
 def on_device(inputs: dict, device: torch.device) -> dict:

@@ -31,12 +31,13 @@ import math
 
 import torch
 
+from mllmft.answer_logits import answer_tokens
 from mllmft.checks import check_number, check_seed
 from mllmft.config import import_object
 from mllmft.engines import Engine
 from mllmft.errors import ConfigError
 from mllmft.metrics.generated import Answer
-from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective, encode_answered, on_device
+from mllmft.objectives.base import BaseLogits, Objective, encode_answered, on_device
 
 
 def group_advantages(rewards: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
@@ -110,12 +111,12 @@ class GRPO(Objective):
         rewards = torch.tensor(self.rewards(module, items, answers), dtype=torch.float32)
         advantages = group_advantages(rewards.view(-1, self.group_size))
         inputs, labels = encode_answered(module, items.answered(answers), self.max_new_tokens + 8)
-        tokens = AnswerTokens.of(module.model(**inputs).logits, labels)
+        tokens = answer_tokens(module.model, inputs, labels)
         log_probs = tokens.target_log_probs()
         per_token_advantage = advantages.reshape(-1).to(module.device)[tokens.rows]
         base = None
         if self.beta:
-            base = AnswerTokens.of(self.base(module, inputs), labels).target_log_probs()
+            base = self.base(module, inputs, labels).target_log_probs()
         loss = clipped_policy_loss(log_probs, log_probs.detach(), per_token_advantage, self.epsilon, self.beta, base)
         return loss, {"reward": rewards.mean(), "reward_std": rewards.view(-1, self.group_size).std(1).mean()}
 

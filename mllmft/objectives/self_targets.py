@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from mllmft.answer_logits import answer_tokens
 from mllmft.checks import check_number, check_seed
 from mllmft.engines import Engine
 from mllmft.errors import ConfigError
@@ -68,7 +69,7 @@ class SelfTargets(Objective):
             return outputs.loss, {"self_target_share": torch.tensor(0.0)}
         chosen = items.answered([a if a is not None else r.turns[-1].text for r, a in zip(items.records, own)])
         inputs, labels = encode_answered(module, chosen, self.max_new_tokens + 8)
-        loss = module.model(**inputs, labels=labels).loss
+        loss = answer_tokens(module.model, inputs, labels).cross_entropy()
         return loss, {"self_target_share": torch.tensor(sum(a is not None for a in own) / len(own))}
 
     def _draw(self, module, items, stale: list[int], step: int) -> dict:

@@ -18,9 +18,10 @@ import math
 
 import torch
 
+from mllmft.answer_logits import AnswerTokens
 from mllmft.checks import check_number
 from mllmft.engines import Engine
-from mllmft.objectives.base import AnswerTokens, BaseLogits, Objective
+from mllmft.objectives.base import BaseLogits, Objective
 
 
 class SFT(Objective):
@@ -61,7 +62,7 @@ class DFT(Objective):
     name = "dft"
 
     def loss(self, module, batch, outputs):
-        return dft_loss(AnswerTokens.of(outputs.logits, batch["labels"])), {}
+        return dft_loss(outputs.tokens), {}
 
 
 class EAFT(Objective):
@@ -76,7 +77,7 @@ class EAFT(Objective):
         self.k, self.alpha = k, alpha
 
     def loss(self, module, batch, outputs):
-        tokens = AnswerTokens.of(outputs.logits, batch["labels"])
+        tokens = outputs.tokens
         return eaft_loss(tokens, min(self.k, tokens.logits.shape[-1]), self.alpha), {}
 
     def summary(self) -> dict:
@@ -97,14 +98,13 @@ class ASFT(Objective):
     def attach(self, backbone, engine: type[Engine]) -> None:
         self.base.attach(backbone, engine, "objective=asft")
 
-    def base_logits(self, module, batch: dict) -> torch.Tensor:
-        """The base model's logits on the whole batch, images included."""
-        return self.base(module, batch["model_inputs"])
+    def base_tokens(self, module, batch: dict) -> AnswerTokens:
+        """The base model's logits at the batch's answer tokens, images included."""
+        return self.base(module, batch["model_inputs"], batch["labels"])
 
     def loss(self, module, batch, outputs):
-        tokens = AnswerTokens.of(outputs.logits, batch["labels"])
-        base = AnswerTokens.of(self.base_logits(module, batch), batch["labels"]).logits
-        kl = kl_to_base(tokens, base)
+        tokens = outputs.tokens
+        kl = kl_to_base(tokens, self.base_tokens(module, batch).logits)
         return dft_loss(tokens) + self.lam * kl, {"kl_to_base": kl.detach()}
 
     def summary(self) -> dict:

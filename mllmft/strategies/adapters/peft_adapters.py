@@ -281,6 +281,10 @@ class _PromptLearning(PeftStrategy):
     trainable components train fully as ``modules_to_save``."""
 
     targets_linears = False
+    unpacked_only = (
+        "peft puts the virtual tokens in front of each row, not of each sample, and drops the position ids that "
+        "mark where the samples start"
+    )
 
     def __init__(self, num_virtual_tokens: int = 20):
         super().__init__(adapt=("llm",))

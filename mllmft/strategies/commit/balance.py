@@ -23,23 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from mllmft.answer_logits import answer_tokens
 from mllmft.checks import check_number
-from mllmft.data import IGNORE_INDEX
 from mllmft.errors import ConfigError
 
 SIDES = ("encoder", "llm")
-
-
-def answer_mask(labels: torch.Tensor) -> torch.Tensor:
-    """Positions whose logits predict an answer token (logits at i predict token i + 1)."""
-    return labels[:, 1:] != IGNORE_INDEX
-
-
-def answer_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """(answer tokens, vocab) log-probabilities, in fp32."""
-    return F.log_softmax(logits[:, :-1][answer_mask(labels)].float(), dim=-1)
 
 
 def answer_kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -129,11 +118,11 @@ class BalanceMonitor:
         model, was_training = pl_module.model, pl_module.model.training
         model.eval()  # deterministic (no dropout): the distributions differ by the parameters only
         try:
-            logits = model(**batch["model_inputs"]).logits
+            tokens = answer_tokens(model, batch["model_inputs"], batch["labels"])
         finally:
             model.train(was_training)
         self.extra_forwards += 1
-        return answer_log_probs(logits, batch["labels"])
+        return tokens.log_probs()
 
     @staticmethod
     @contextmanager

@@ -21,7 +21,7 @@ from mllmft.backbones import COMPONENTS, Backbone
 from mllmft.checks import check_number
 from mllmft.errors import ConfigError
 from mllmft.strategies.baselines.full import FullFineTuning
-from mllmft.strategies.commit.balance import BalanceMonitor, answer_kl, answer_log_probs
+from mllmft.strategies.commit.balance import BalanceMonitor, answer_kl
 from mllmft.strategies.commit.learning_rates import (
     CoordinateDescentRule,
     KappaRule,
@@ -134,7 +134,7 @@ class CoMMIT(TuningStrategy):
         reference = self.monitor.reference_log_probs
         if self.aux_lambda == 0 or reference is None:
             return base
-        kl = answer_kl(answer_log_probs(outputs.logits, batch["labels"]), reference)
+        kl = answer_kl(outputs.tokens.log_probs(), reference)
         module.log("commit/aux_kl", kl.detach(), batch_size=len(batch["ids"]))
         aux = -self.aux_lambda * kl
         return aux if base is None else base + aux

@@ -49,6 +49,7 @@ class TuningStrategy:
     writes_weights: bool = False  # after_step changes weights (the engine must publish them)
     captures_weights: bool = False  # capture() wants the loaded trainable weights
     unsharded_only: str = ""  # why the strategy cannot run on parameter shards (empty: it can)
+    unpacked_only: str = ""  # why it cannot train on packed batches (mllmft.packing; empty: it can)
 
     def check_training(self, cfg) -> None:
         """Refuse the run's other settings (``cfg``: the whole config, e.g. the data, the trainer) this

@@ -1,0 +1,168 @@
+"""The memory switches of a training step, each off and on side by side in one run: peak memory, what the
+forward keeps for the backward, step time and tokens per second.
+
+    python bench/memory_switches.py                                # every switch, the small bench LLaVA
+    python bench/memory_switches.py --switches logits --vocab 32000 151936
+    python bench/memory_switches.py --switches checkpointing --model 48M --batch-size 16
+
+Switches (off → on):
+  checkpointing  model.gradient_checkpointing false → true
+  logits         module.logits all → answers (the LM head on the answer positions only)
+  fused          module.optimizer: AdamW's for-loop → its fused kernel (+fused=true)
+
+Each row runs the module's own training forward (``forward_answers``), its backward and the configured
+optimizer's step on the same collated batches. Peak: the allocator's high-water mark over one whole step
+above what was held before it (``mllmft.memory.peak_allocated_bytes``: the profiler's allocation events;
+a CPU has no allocator statistics). Kept: the bytes autograd saves for the backward, weights left out
+(``saved_activation_bytes``). Step: the median over the timed steps after warm-up, two rounds in
+alternating order, the lower median kept. Tokens/s: the batch's non-padding tokens ÷ step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(var, "1")
+
+import torch  # noqa: E402
+from strategy_overhead import MODELS  # noqa: E402
+
+from mllmft import api  # noqa: E402
+from mllmft.memory import peak_allocated_bytes, saved_activation_bytes  # noqa: E402
+from mllmft.scope import param_groups  # noqa: E402
+
+SWITCHES = {  # name: (off, on)
+    "checkpointing": (["model.gradient_checkpointing=false"], ["model.gradient_checkpointing=true"]),
+    "logits": (["module.logits=all"], ["module.logits=answers"]),
+    "fused": (["+module.optimizer.fused=false"], ["+module.optimizer.fused=true"]),
+}
+
+
+class Step:
+    """One configuration's module, optimizer and batches."""
+
+    def __init__(self, overrides: list[str], out: str, batches: int, vocab: int | None = None):
+        cfg = api.compose([*overrides, "print_config=false"], output_dir=out)
+        parts = api.build(cfg)
+        if vocab:  # a real checkpoint's vocabulary: the tiny tokenizer uses the first ids, the head scores all
+            _resize_vocabulary(parts.backbone.model, vocab)
+        parts.datamodule.setup("fit")
+        loader = iter(parts.datamodule.train_dataloader())
+        self.batches = [next(loader) for _ in range(batches)]
+        self.module = parts.module
+        self.module.model.train()
+        groups = param_groups(parts.backbone, self.module.scope, self.module.lr, self.module.weight_decay)
+        self.optimizer = self.module.make_optimizer(groups, lr=self.module.lr)
+
+    def __call__(self, batch: dict) -> None:
+        self.module.forward_answers(batch).loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def kept_bytes(self) -> int:
+        batch = self.batches[0]
+        loss, kept = saved_activation_bytes(lambda: self.module.forward_answers(batch).loss, self.module.model)
+        loss.backward()  # frees what was kept
+        self.optimizer.zero_grad(set_to_none=True)
+        return kept
+
+    def timed(self, steps: int, warmup: int) -> float:
+        times = []
+        for i in range(warmup + steps):
+            started = time.perf_counter()
+            self(self.batches[i % len(self.batches)])
+            times.append(time.perf_counter() - started)
+        return statistics.median(times[warmup:])
+
+    def tokens(self) -> float:
+        """Non-padding tokens per batch, on average."""
+        return statistics.mean(int(b["model_inputs"]["attention_mask"].sum()) for b in self.batches)
+
+
+def _resize_vocabulary(model, vocab: int) -> None:
+    """The input and output embeddings grown to ``vocab`` rows, trainable as they were."""
+    trainable = {n: p.requires_grad for n, p in model.named_parameters()}
+    model.resize_token_embeddings(vocab, mean_resizing=False)
+    for name, p in model.named_parameters():
+        p.requires_grad_(trainable.get(name, False))
+
+
+def measure(base: list[str], switch: str, args, out: str, vocab: int | None) -> dict[str, dict[str, float]]:
+    steps = {
+        state: Step([*base, *SWITCHES[switch][i]], out, args.batches, vocab) for i, state in enumerate(("off", "on"))
+    }
+    result: dict[str, dict[str, float]] = {}
+    for state, step in steps.items():
+        step(step.batches[0])  # the optimizer's state exists before the peak is taken: a step in steady state
+        result[state] = {
+            "peak": peak_allocated_bytes(lambda s=step: s(s.batches[0])),
+            "kept": step.kept_bytes(),
+            "tokens": step.tokens(),
+            "step": float("inf"),
+        }
+    for order in (("off", "on"), ("on", "off")):
+        for state in order:
+            result[state]["step"] = min(result[state]["step"], steps[state].timed(args.steps, args.warmup))
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--switches", nargs="+", default=list(SWITCHES), choices=list(SWITCHES))
+    parser.add_argument("--model", default="small", choices=sorted(MODELS))
+    parser.add_argument(
+        "--vocab", nargs="+", type=int, default=[None], help="the vocabulary grown to this (default: the model's)"
+    )
+    parser.add_argument(
+        "--image-size", type=int, default=None, help="model.tiny.image_size (patch 4: 96 = 576 image tokens)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, batch {args.batch_size}")
+    header = (
+        "switch",
+        "vocab",
+        "peak MB off",
+        "on",
+        "on/off",
+        "kept MB off",
+        "on",
+        "step s off",
+        "on",
+        "on/off",
+        "tok/s on",
+    )
+    print(" ".join(f"{h:>12}" for h in header))
+    with tempfile.TemporaryDirectory() as out:
+        for vocab in args.vocab:
+            base = [*MODELS[args.model], f"data.batch_size={args.batch_size}"]
+            base += [f"model.tiny.image_size={args.image_size}"] * (args.image_size is not None)
+            for switch in args.switches:
+                r = measure(base, switch, args, out, vocab)
+                off, on = r["off"], r["on"]
+                row = (
+                    switch,
+                    vocab or "model's",
+                    f"{off['peak'] / 1e6:.1f}",
+                    f"{on['peak'] / 1e6:.1f}",
+                    f"{on['peak'] / off['peak']:.2f}",
+                    f"{off['kept'] / 1e6:.1f}",
+                    f"{on['kept'] / 1e6:.1f}",
+                    f"{off['step']:.3f}",
+                    f"{on['step']:.3f}",
+                    f"{on['step'] / off['step']:.2f}",
+                    f"{on['tokens'] / on['step']:.0f}",
+                )
+                print(" ".join(f"{v:>12}" for v in row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
