@@ -1,7 +1,7 @@
 """A LLaVA-1.5-7B-shaped model on one GPU: tokens/s, MFU, step ÷ full and peak memory per strategy.
 
     make bench-gpu                                   # = python bench/gpu.py (one GPU, ~5 minutes on an H100)
-    python bench/gpu.py --strategies full spider --scopes llm --steps 20
+    python bench/gpu.py --strategies full spider --scopes llm --steps 20 --switches packing
     python bench/gpu.py --shape small --device cpu   # the same code path on a CPU in seconds (tested)
 
 The model is LLaVA-1.5-7B's architecture (``conf/model/llava15_7b.yaml``: CLIP ViT-L/14-336, the
@@ -9,7 +9,9 @@ The model is LLaVA-1.5-7B's architecture (``conf/model/llava15_7b.yaml``: CLIP V
 so nothing is downloaded; its processor is the tiny LLaVA's tokenizer with a 336-px image processor
 (576 image tokens per image, as the real one). Every strategy trains it through ``mllmft-train``'s
 module and trainer (``hardware=gpu``, ``bf16-true``) on the same digits batches, for two scopes:
-the projector + the last 2 LLM layers (SPIDER's recipe) and the whole LLM.
+the projector + the last 2 LLM layers (SPIDER's recipe) and the whole LLM. Then ``full`` again with each
+memory switch (``SWITCHES``): the logits of every position (what answer-only logits, the default, save),
+activation checkpointing, packed batches.
 
 Per strategy and scope it prints the median step time (``torch.cuda.synchronize`` at each step's
 end; data loading, hooks and the optimizer included) after warm-up, tokens/s (LLM tokens, image
@@ -41,7 +43,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E402
 
-from mllmft import api, run  # noqa: E402
+from mllmft import api, build  # noqa: E402
 from mllmft.backbones import Backbone, build_tiny  # noqa: E402
 from mllmft.backbones.llava import component_map  # noqa: E402
 
@@ -50,6 +52,12 @@ SCOPES = ["connector_llm_last2", "llm"]
 # a strategy's set-up that happens once, before the timed steps, kept short (its step cost is the same)
 SET_UP = {
     "model_dowser": ["strategy.sequences=8", "strategy.length=16", "strategy.passes=2", "strategy.cache_dir=null"]
+}
+# full's rows with one setting changed: what each costs or saves against the default full
+SWITCHES = {
+    "logits=all": ["module.logits=all"],
+    "checkpointing": ["model.gradient_checkpointing=true"],
+    "packing": ["module.packing=true"],
 }
 # bf16 dense tensor-core peak, FLOP/s, by a substring of torch.cuda.get_device_name()
 BF16_PEAK = {"H200": 989.4e12, "H100": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L40S": 362.1e12}
@@ -121,7 +129,7 @@ class CudaStepTimer(L.Callback):
         now = time.perf_counter()
         if batch_idx >= self.warmup:
             self.times.append(now - self._last)
-            self.llm_tokens.append(int(batch["model_inputs"]["attention_mask"].sum()))
+            self.llm_tokens.append(batch["tokens"])  # padding left out (a packed batch has no attention mask)
             self.images.append(int(batch["model_inputs"]["pixel_values"].shape[0]))
         self._last = now
 
@@ -140,7 +148,7 @@ def step_flops(backbone: Backbone, llm_tokens: float, images: float) -> float:
     return flops
 
 
-def measure(arch: dict, strategy: str, scope: str, args) -> dict:
+def measure(arch: dict, strategy: str, scope: str, args, switch: str | None = None) -> dict:
     hardware = ["hardware=gpu" if args.device == "cuda" else "hardware=cpu", "hardware.precision=bf16-true"]
     cfg = api.compose(
         [
@@ -159,15 +167,16 @@ def measure(arch: dict, strategy: str, scope: str, args) -> dict:
             "trainer.log_every_n_steps=1000000",
             f"data.batch_size={args.batch_size}",
             "data.max_length=1024",
+            *SWITCHES.get(switch or "", []),
         ],
-        output_dir=f"logs/bench/gpu/{scope}/{strategy}",
+        output_dir=f"logs/bench/gpu/{scope}/{strategy}" + (f"+{switch}" if switch else ""),
     )
     backbone = random_backbone(arch, args.device)
     if args.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     # the run's own loader knows checkpoints and tiny models; this random real-size one is the bench's
-    with mock.patch.object(run, "build_backbone", return_value=backbone):
+    with mock.patch.object(build, "build_backbone", return_value=backbone):
         parts = api.build(cfg)
     timer = CudaStepTimer(args.warmup)
     parts.trainer.callbacks.append(timer)
@@ -198,6 +207,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--shape", choices=["llava15_7b", "small"], default="llava15_7b")
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--switches", nargs="*", default=list(SWITCHES), choices=list(SWITCHES))
     parser.add_argument("--peak-tflops", type=float, help="the GPU's bf16 dense peak, if not in BF16_PEAK")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -209,7 +219,8 @@ def main() -> None:
     rows = []
     for scope in args.scopes:
         results = {s: measure(arch, s, scope, args) for s in names}
-        for s in names:
+        results |= {f"full+{w}": measure(arch, "full", scope, args, w) for w in args.switches}
+        for s in results:
             rows.append((scope, s, results[s], results[s]["step_s"] / results["full"]["step_s"]))
     total = rows[0][2]["total"]
     print(f"\n{name}, torch {torch.__version__}, LLaVA-1.5-7B shape={args.shape} ({total / 1e9:.2f} B parameters)")

@@ -8,6 +8,7 @@ forward keeps for the backward, step time and tokens per second.
 Switches (off → on):
   checkpointing  model.gradient_checkpointing false → true
   logits         module.logits all → answers (the LM head on the answer positions only)
+  packing        module.packing false → true (padded batches → samples laid end to end)
   fused          module.optimizer: AdamW's for-loop → its fused kernel (+fused=true)
 
 Each row runs the module's own training forward (``forward_answers``), its backward and the configured
@@ -16,12 +17,19 @@ above what was held before it (``mllmft.memory.peak_allocated_bytes``: the profi
 a CPU has no allocator statistics). Kept: the bytes autograd saves for the backward, weights left out
 (``saved_activation_bytes``). Step: the median over the timed steps after warm-up, two rounds in
 alternating order, the lower median kept. Tokens/s: the batch's non-padding tokens ÷ step.
+``--image-size 96`` gives the bench LLaVA 576 image tokens per sample, as LLaVA-1.5's: a VQA-like
+length distribution (a long image prefix, short questions and answers). ``--long-answers`` lengthens each
+answer by a long-tailed number of words (log-normal, median 12, 1 in 10 over 70: the shape of an
+instruction-tuning mix's answers), where padding is most of a padded batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import math
 import os
+import random
 import statistics
 import tempfile
 import time
@@ -33,14 +41,32 @@ import torch  # noqa: E402
 from strategy_overhead import MODELS  # noqa: E402
 
 from mllmft import api  # noqa: E402
+from mllmft.data import DigitsSource  # noqa: E402
+from mllmft.data.record import Turn  # noqa: E402
 from mllmft.memory import peak_allocated_bytes, saved_activation_bytes  # noqa: E402
 from mllmft.scope import param_groups  # noqa: E402
 
 SWITCHES = {  # name: (off, on)
     "checkpointing": (["model.gradient_checkpointing=false"], ["model.gradient_checkpointing=true"]),
     "logits": (["module.logits=all"], ["module.logits=answers"]),
+    "packing": (["module.packing=false"], ["module.packing=true"]),
     "fused": (["+module.optimizer.fused=false"], ["+module.optimizer.fused=true"]),
 }
+
+
+class LongTailAnswers(DigitsSource):
+    """The built-in digits, each answer followed by a log-normal number of the corpus's words (seeded by
+    the record's id): answers of a few words to a few hundred tokens."""
+
+    def records(self, split: str):
+        words = " ".join(self.corpus()).split()
+        out = []
+        for record in super().records(split):
+            draw = random.Random(record.id)
+            extra = " ".join(draw.choice(words) for _ in range(int(math.exp(draw.gauss(math.log(12), 1.3)))))
+            answer = f"{record.turns[-1].text} {extra}"
+            out.append(dataclasses.replace(record, turns=(*record.turns[:-1], Turn("assistant", answer))))
+        return out
 
 
 class Step:
@@ -53,8 +79,10 @@ class Step:
             _resize_vocabulary(parts.backbone.model, vocab)
         parts.datamodule.setup("fit")
         loader = iter(parts.datamodule.train_dataloader())
-        self.batches = [next(loader) for _ in range(batches)]
         self.module = parts.module
+        # as the trainer hands them to the step: packed, if so configured
+        self.batches = [self.module.on_after_batch_transfer(next(loader), 0) for _ in range(batches)]
+        self.tokens = statistics.mean(b["tokens"] for b in self.batches)
         self.module.model.train()
         groups = param_groups(parts.backbone, self.module.scope, self.module.lr, self.module.weight_decay)
         self.optimizer = self.module.make_optimizer(groups, lr=self.module.lr)
@@ -79,10 +107,6 @@ class Step:
             times.append(time.perf_counter() - started)
         return statistics.median(times[warmup:])
 
-    def tokens(self) -> float:
-        """Non-padding tokens per batch, on average."""
-        return statistics.mean(int(b["model_inputs"]["attention_mask"].sum()) for b in self.batches)
-
 
 def _resize_vocabulary(model, vocab: int) -> None:
     """The input and output embeddings grown to ``vocab`` rows, trainable as they were."""
@@ -102,7 +126,7 @@ def measure(base: list[str], switch: str, args, out: str, vocab: int | None) -> 
         result[state] = {
             "peak": peak_allocated_bytes(lambda s=step: s(s.batches[0])),
             "kept": step.kept_bytes(),
-            "tokens": step.tokens(),
+            "tokens": step.tokens,
             "step": float("inf"),
         }
     for order in (("off", "on"), ("on", "off")):
@@ -121,30 +145,24 @@ def main() -> None:
     parser.add_argument(
         "--image-size", type=int, default=None, help="model.tiny.image_size (patch 4: 96 = 576 image tokens)"
     )
+    parser.add_argument("--long-answers", action="store_true", help="answers of a long-tailed length (LongTailAnswers)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, model {args.model}, batch {args.batch_size}")
-    header = (
-        "switch",
-        "vocab",
-        "peak MB off",
-        "on",
-        "on/off",
-        "kept MB off",
-        "on",
-        "step s off",
-        "on",
-        "on/off",
-        "tok/s on",
-    )
-    print(" ".join(f"{h:>12}" for h in header))
+    header = ("switch", "vocab", "peak MB off", "on", "on/off", "kept MB off", "on", "step s off", "on", "on/off")
+    print(" ".join(f"{h:>12}" for h in (*header, "tok/s off", "on")))
     with tempfile.TemporaryDirectory() as out:
         for vocab in args.vocab:
             base = [*MODELS[args.model], f"data.batch_size={args.batch_size}"]
-            base += [f"model.tiny.image_size={args.image_size}"] * (args.image_size is not None)
+            if args.image_size is not None:
+                base += [f"model.tiny.image_size={args.image_size}"]
+            if args.long_answers:
+                base += [f"data.target._target_={__name__}.LongTailAnswers"]
+            if args.image_size is not None or args.long_answers:  # room for the longer samples
+                base += ["data.max_length=4096", "model.tiny.max_position_embeddings=4096"]
             for switch in args.switches:
                 r = measure(base, switch, args, out, vocab)
                 off, on = r["off"], r["on"]
@@ -159,6 +177,7 @@ def main() -> None:
                     f"{off['step']:.3f}",
                     f"{on['step']:.3f}",
                     f"{on['step'] / off['step']:.2f}",
+                    f"{off['tokens'] / off['step']:.0f}",
                     f"{on['tokens'] / on['step']:.0f}",
                 )
                 print(" ".join(f"{v:>12}" for v in row), flush=True)

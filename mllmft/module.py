@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 from mllmft.answer_logits import LOGITS, AnswerOutputs
 from mllmft.backbones import FAMILIES, Backbone
 from mllmft.checkpoint_match import check_checkpoint
-from mllmft.checks import check_number
+from mllmft.checks import check_bool, check_number
 from mllmft.data.test_set import TestSet
 from mllmft.engines import Engine, engine_for
 from mllmft.engines.fsdp2 import root_gathered, shard_model
@@ -73,6 +73,9 @@ def check_hyperparameters(
             check_number(f"module.scheduler.{knob}", value, 0, 1)
     if (eps := _keywords(optimizer).get("eps")) is not None:
         check_number("module.optimizer.eps", eps, 0)
+    for kernel in ("fused", "foreach"):  # AdamW's kernels: a string such as "no" would switch one on
+        if (value := _keywords(optimizer).get(kernel)) is not None:
+            check_bool(f"module.optimizer.{kernel}", value)
     if (fraction := _keywords(optimizer).get("fraction")) is not None:  # MoFO's
         check_number("module.optimizer.fraction", fraction, 0, 1, low_open=True)
     for group, factory in (("optimizer", optimizer), ("scheduler", scheduler)):  # any other: finite at least
@@ -167,11 +170,15 @@ class MLLMFineTuner(L.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With ``packing``: a training or validation batch (test batches are prompts to generate from) as
-        rows of samples laid end to end, before any hook or step sees it."""
-        if self.packing and isinstance(batch, dict) and batch.get("labels") is not None:
+        """A training or validation batch (test batches are prompts to generate from) with ``tokens``, its
+        tokens but padding; with ``packing``, as rows of samples laid end to end, before any hook or step
+        sees it."""
+        if not isinstance(batch, dict) or batch.get("labels") is None:
+            return batch
+        batch = {**batch, "tokens": int(batch["model_inputs"]["attention_mask"].sum())}
+        if self.packing:
             positions = FAMILIES[self.backbone.family].packing_positions
-            assert positions is not None and self.pack_tokens, "check_packing refused these at start-up"
+            assert positions is not None, "check_packing refused the family at start-up"
             inputs, labels = pack(batch["model_inputs"], batch["labels"], self.pack_tokens, positions, self.model)
             batch = {**batch, "model_inputs": inputs, "labels": labels}
         return batch

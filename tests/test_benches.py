@@ -17,7 +17,7 @@ def test_the_gpu_bench_runs_its_code_path_on_a_cpu(tmp_path):
             sys.executable,
             str(BENCH / "gpu.py"),
             *("--shape", "small", "--device", "cpu", "--steps", "2", "--warmup", "1", "--peak-tflops", "1"),
-            *("--strategies", "full", "spider", "--scopes", "connector_llm_last2", "llm"),
+            *("--strategies", "full", "spider", "--scopes", "connector_llm_last2", "llm", "--switches", "packing"),
         ],
         capture_output=True,
         text=True,
@@ -29,8 +29,10 @@ def test_the_gpu_bench_runs_its_code_path_on_a_cpu(tmp_path):
     assert [(r[0], r[1]) for r in rows] == [
         ("connector_llm_last2", "full"),
         ("connector_llm_last2", "spider"),
+        ("connector_llm_last2", "full+packing"),
         ("llm", "full"),
         ("llm", "spider"),
+        ("llm", "full+packing"),
     ]
     assert all(0 < float(r[5]) < 1 and float(r[6]) > 0 for r in rows)  # MFU over a 1 TFLOP/s "peak", step ÷ full
-    assert rows[0][6] == rows[2][6] == "1.000"
+    assert rows[0][6] == rows[3][6] == "1.000"

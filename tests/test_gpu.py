@@ -74,3 +74,38 @@ def test_strategies_under_sharded_engines_in_bf16(tmp_path):
             assert max(r["state_bytes"] / r["numel"] for r in results["spider"][1]) <= 4 * 1.01
     print(f"\n{world} GPU(s), bf16-mixed, per rank: peak memory, step time ÷ full, strategy state")
     print("\n".join(lines))
+
+
+@pytest.mark.parametrize(
+    "switch", [["model.gradient_checkpointing=true"], ["module.logits=all"], ["module.packing=true"]]
+)
+def test_memory_switches_train_on_gpu(compose, switch):
+    results = run(compose("hardware=gpu", "hardware.precision=bf16-mixed", "trainer.max_steps=3", *switch))
+    assert results["global_steps"] == 3 and set(results["scores"]["final"]) == {"digits", "shapes"}
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "flash_attention_2"])
+def test_packed_samples_keep_their_logits_on_gpu(compose, attention):
+    """SDPA with transformers' block-diagonal mask, and flash attention's variable-length kernel (where the
+    flash-attn package is installed), give each packed sample the logits it has in the padded batch."""
+    from mllmft import api
+    from mllmft.answer_logits import answer_tokens
+    from mllmft.backbones import FAMILIES
+    from mllmft.packing import pack
+
+    if attention == "flash_attention_2":
+        pytest.importorskip("flash_attn")
+    parts = api.build(
+        compose("hardware=gpu", "model.dtype=bfloat16", f"model.attn_implementation={attention}", "data.batch_size=6")
+    )
+    parts.datamodule.setup("fit")
+    batch = next(iter(parts.datamodule.train_dataloader()))
+    net = parts.backbone.model.cuda().eval()
+    inputs = {k: v.cuda() if torch.is_tensor(v) else v for k, v in batch["model_inputs"].items()}
+    labels = batch["labels"].cuda()
+    with torch.no_grad():
+        padded = answer_tokens(net, inputs, labels)
+        packed_inputs, packed_labels = pack(inputs, labels, 10**6, FAMILIES["llava"].packing_positions, net)
+        packed = answer_tokens(net, packed_inputs, packed_labels)
+    assert torch.equal(packed.targets, padded.targets)
+    torch.testing.assert_close(packed.logits, padded.logits, rtol=0, atol=0.1)  # bf16 round-off

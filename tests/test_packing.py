@@ -9,11 +9,19 @@ from mllmft import api
 from mllmft.answer_logits import answer_tokens
 from mllmft.backbones import FAMILIES
 from mllmft.errors import ConfigError
-from mllmft.packing import pack, rows_of
+from mllmft.packing import pack, rows_of, text_positions
 from tests.helpers.models import MODEL_CONFIGS, TINY_MODELS
 
 PACKS = [m for m in TINY_MODELS if FAMILIES[MODEL_CONFIGS[m].family].packing_positions is not None]
 REFUSED = [m for m in TINY_MODELS if m not in PACKS]
+
+
+def test_by_default_a_row_is_no_longer_than_the_padded_batch(compose):
+    parts, batch = _batch(compose, "tiny_llava")
+    inputs = batch["model_inputs"]
+    packed, _ = pack(inputs, batch["labels"], None, text_positions, parts.backbone.model)
+    assert packed["input_ids"].shape[1] <= inputs["input_ids"].shape[1]
+    assert packed["input_ids"].shape[0] <= inputs["input_ids"].shape[0]
 
 
 def test_rows_are_filled_in_order_and_a_long_sample_has_its_own():
@@ -91,7 +99,8 @@ def test_a_sample_does_not_see_another(compose):
 )
 def test_training_on_packed_batches_ends_where_padded_batches_end(compose, setting):
     def fit(packing: bool) -> dict:
-        parts = api.build(compose(*setting, "trainer.max_steps=3", f"module.packing={packing}"))
+        packed = [f"module.packing={packing}", "module.pack_tokens=512"]  # rows of several samples
+        parts = api.build(compose(*setting, "trainer.max_steps=3", *packed))
         parts.trainer.fit(parts.module, datamodule=parts.datamodule)
         return {n: p.detach() for n, p in parts.backbone.model.named_parameters() if p.requires_grad}
 

@@ -23,6 +23,7 @@ from collections.abc import Iterable
 import torch
 
 from mllmft.checks import check_number
+from mllmft.errors import ConfigError
 
 
 class MoFO(torch.optim.Optimizer):
@@ -38,8 +39,16 @@ class MoFO(torch.optim.Optimizer):
         eps: float = 1e-8,
         weight_decay: float = 0.0,
         fraction: float = 0.03,
+        fused: bool | None = None,
+        foreach: bool | None = None,
     ):
         check_number("module.optimizer.fraction", fraction, 0, 1, low_open=True)
+        for kernel, wanted in (("fused", fused), ("foreach", foreach)):  # AdamW's knobs, from the default module
+            if wanted:
+                raise ConfigError(
+                    f"module.optimizer.{kernel}=true: MoFO filters and steps each tensor on its own; it has no "
+                    "fused or multi-tensor kernel (leave it null)"
+                )
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
         self.fraction = fraction
 

@@ -34,8 +34,9 @@ FAST = {
     "spider_replay_dft": ["strategy=spider", "data.replay={ratio: 0.5}", "objective=dft"],
     # activation checkpointing: recomputation inside FSDP2's units and under ZeRO-3's gathered parameters
     "spider_checkpointing": ["strategy=spider", "model.gradient_checkpointing=true"],
-    # padding-free batches: each rank packs its own (every row above computes answer-only logits, the default)
-    "spider_packing": ["strategy=spider", "module.packing=true"],
+    # padding-free batches, rows of several samples: each rank packs its own (every row above computes
+    # answer-only logits, the default)
+    "spider_packing": ["strategy=spider", "module.packing=true", "module.pack_tokens=512"],
 }
 BF16 = {"spider_bf16": ["strategy=spider", "hardware.precision=bf16-mixed"]}  # against fp32: a tolerance
 # `pytest -m slow tests/test_engines.py`: every other training strategy (about 3 minutes)
