@@ -9,7 +9,7 @@ Switches (off → on):
   checkpointing  model.gradient_checkpointing false → true
   logits         module.logits all → answers (the LM head on the answer positions only)
   packing        module.packing false → true (padded batches → samples laid end to end)
-  fused          module.optimizer: AdamW's for-loop → its fused kernel (+fused=true)
+  fused          module.optimizer.fused false → true (AdamW's per-tensor loop → its fused kernel, the default)
 
 Each row runs the module's own training forward (``forward_answers``), its backward and the configured
 optimizer's step on the same collated batches. Peak: the allocator's high-water mark over one whole step
@@ -50,7 +50,7 @@ SWITCHES = {  # name: (off, on)
     "checkpointing": (["model.gradient_checkpointing=false"], ["model.gradient_checkpointing=true"]),
     "logits": (["module.logits=all"], ["module.logits=answers"]),
     "packing": (["module.packing=false"], ["module.packing=true"]),
-    "fused": (["+module.optimizer.fused=false"], ["+module.optimizer.fused=true"]),
+    "fused": (["module.optimizer.fused=false"], ["module.optimizer.fused=true"]),
 }
 
 

@@ -11,6 +11,7 @@ what is counted is what the step really holds between its forward and its backwa
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,21 +40,40 @@ def _key(tensor: torch.Tensor) -> tuple:
     return storage.device, storage.data_ptr()
 
 
+class PeakAllocated:
+    """The most bytes held on ``device`` at once between ``start()`` and ``stop()`` (or within ``with``),
+    above what was held at the start: the allocator's own allocation and free events as the profiler
+    records them (a CPU keeps no allocator statistics; on CUDA the same events, and
+    ``torch.cuda.max_memory_allocated`` agrees). ``bytes`` after the stop."""
+
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.kind = torch.device(device).type
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.kind == "cuda" else [])
+        self._profile = profile(activities=activities, profile_memory=True)
+        self.bytes = 0
+
+    def start(self) -> None:
+        self._profile.start()
+
+    def stop(self) -> None:
+        self._profile.stop()
+        recorded: Any = self._profile.profiler.kineto_results.events()  # type: ignore[union-attr]
+        events = [e for e in recorded if e.name() == "[memory]" and e.device_type().name.lower() == self.kind]
+        held = 0
+        for event in sorted(events, key=lambda e: e.start_ns()):
+            held += event.nbytes()
+            self.bytes = max(self.bytes, held)
+
+    def __enter__(self) -> PeakAllocated:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
 def peak_allocated_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
-    """The most bytes held on ``device`` at once while ``fn`` runs, above what was held when it began:
-    the allocator's own allocation and free events as the profiler records them (a CPU keeps no
-    allocator statistics; on CUDA the same events, and ``torch.cuda.max_memory_allocated`` agrees)."""
-    kind = torch.device(device).type
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if kind == "cuda" else [])
-    with profile(activities=activities, profile_memory=True) as prof:
+    """``PeakAllocated`` over one call of ``fn``."""
+    with PeakAllocated(device) as peak:
         fn()
-    events = [
-        e
-        for e in prof.profiler.kineto_results.events()
-        if e.name() == "[memory]" and e.device_type().name.lower() == kind
-    ]
-    held = peak = 0
-    for event in sorted(events, key=lambda e: e.start_ns()):
-        held += event.nbytes()
-        peak = max(peak, held)
-    return peak
+    return peak.bytes

@@ -162,6 +162,7 @@ class MLLMFineTuner(L.LightningModule):
         self.test_lengths = [t.max_new_tokens or max_new_tokens for t in self.test_sets]
         self.test_metrics = torch.nn.ModuleList(build_metric(**t.metric) for t in self.test_sets)
         self._test_started = 0.0
+        self._stepped = 0  # the optimizer steps taken when the gradients were last freed
         # what its checkpoints record so that only the same run's model loads them (checkpoint_match)
         self.run_identity = run_identity
         # Checkpoints hold trainable parameters only (the frozen rest comes from model.checkpoint):
@@ -198,6 +199,19 @@ class MLLMFineTuner(L.LightningModule):
             self.log("train/extra_loss", extra, batch_size=len(batch["ids"]))
             loss = loss + extra
         return loss
+
+    def on_train_start(self) -> None:
+        self._stepped = self.global_step  # a resumed run continues from its checkpoint's step
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # Lightning frees the gradients when the next step's backward begins, so that step's forward — the
+        # step's peak — would run with a whole set of gradients still held: one more copy of the trainable
+        # weights. Freed here instead, once a step has used them (not while accumulating) and every callback
+        # has read them (callbacks' on_train_batch_end run first: AdaLoRA's budget reads them).
+        if self.global_step != self._stepped:
+            self._stepped = self.global_step
+            for optimizer in self.trainer.optimizers:
+                optimizer.zero_grad(set_to_none=True)
 
     def on_fit_end(self) -> None:
         # the steps the weights have had, a resumed checkpoint's included (one already finished trains

@@ -1,5 +1,5 @@
-"""module.optimizer.fused / foreach: AdamW's fused kernel and its multi-tensor form end where its per-tensor
-loop ends (fp32, within float round-off), on one device and under the sharded engines' tensors."""
+"""module.optimizer.fused (the default) / foreach: AdamW's fused kernel and its multi-tensor form end where
+its per-tensor loop ends (fp32, within float round-off)."""
 
 import pytest
 
@@ -14,8 +14,8 @@ def _fit(compose, *overrides) -> dict:
 
 @pytest.mark.parametrize("kernel", ["fused", "foreach"])
 def test_adamws_kernels_end_where_its_loop_ends(compose, kernel):
-    loop = _fit(compose, "module.optimizer.fused=false", "module.optimizer.foreach=false")
-    other = _fit(compose, f"module.optimizer.{kernel}=true")
+    loop = _fit(compose, "module.optimizer.fused=false", "+module.optimizer.foreach=false")
+    other = _fit(compose, *(["module.optimizer.fused=false", "+module.optimizer.foreach=true"] * (kernel == "foreach")))
     assert max((loop[k] - other[k]).abs().max().item() for k in loop) <= 1e-6
 
 

@@ -144,8 +144,17 @@ def test_a_bad_param_filter_regex_names_the_key_and_the_regex_error(compose, mon
 
 def test_an_unknown_lora_init_lists_the_accepted_values(compose, monkeypatch):
     message = _refusal(compose, monkeypatch, "strategy=lora", "strategy.init=foo")
-    assert message.startswith("strategy.init='foo'; expected true, false or one of ['gaussian', 'eva', 'olora',")
+    assert message.startswith("strategy.init='foo'; expected true, false or one of ['gaussian', 'olora',")
     assert "pissa_niter_<n>" in message
+
+
+@pytest.mark.parametrize("init", ["corda", "eva", "loftq"])
+def test_a_lora_init_that_needs_a_run_of_its_own_is_refused_with_why(compose, monkeypatch, init):
+    """peft fails deep inside the wrapping (corda, loftq) or needs a step of its own after it (eva)."""
+    message = _refusal(compose, monkeypatch, "strategy=lora", f"strategy.init={init}")
+    assert message.startswith(f"strategy.init={init} needs ") and message.endswith(
+        "which mllmft does not run: not supported"
+    )
 
 
 def test_pissa_with_its_iterations_is_a_known_lora_init(compose):

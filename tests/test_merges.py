@@ -333,3 +333,36 @@ def test_a_finetuned_result_of_another_model_is_one_clear_error(finetuned):
     with pytest.raises(ConfigError, match="holds a 'qwen2_vl' model, not a 'llava' one"):
         run(cfg)
     assert not (out / "wrong" / "results.json").exists()
+
+
+# --- Model-Dowser's synthetic sequences as the authors' code writes them ----------------------------
+class _EndsAfter(nn.Module):
+    """A causal toy that writes ``step`` tokens per row (id 7) and then its end of sequence (id 2)."""
+
+    def __init__(self, step: int):
+        super().__init__()
+        self.step, self.embed = step, nn.Embedding(16, 4)
+        self.generation_config = SimpleNamespace(pad_token_id=0)
+        self.calls: list[tuple[torch.Tensor, torch.Tensor, dict]] = []
+
+    def generate(self, input_ids, attention_mask, **kwargs):
+        self.calls.append((input_ids, attention_mask, kwargs))
+        written = torch.full((input_ids.shape[0], self.step + 1), 7)
+        written[:, -1] = 2  # every row ends: HF stops there
+        return torch.cat([input_ids, written], dim=1)
+
+
+def test_the_synthetic_sequences_are_what_the_model_wrote_after_per_row_random_starts():
+    from mllmft.strategies.selective.dowser_probe import synthetic_sequences
+
+    tokenizer = SimpleNamespace(bos_token_id=1, eos_token_id=2, vocab_size=16, all_special_ids=[0, 1, 2])
+    toy = _EndsAfter(step=3)
+    batches = synthetic_sequences(toy, tokenizer, count=8, length=64, batch_size=8, generator=torch.Generator())
+    ids, attention, kwargs = toy.calls[0]
+    starts = attention.sum(1)
+    assert starts.min() >= 2 and starts.max() <= 6 and len(set(starts.tolist())) > 1  # BOS + 1-5, per row
+    assert (ids[:, 0] == 1).all() and (ids[attention == 0] == 1).all()  # BOS first; BOS pads, masked
+    assert not torch.isin(ids[:, 1:][attention[:, 1:] == 1], torch.tensor([0, 2])).any()  # no special id but BOS
+    assert "min_new_tokens" not in kwargs and kwargs["max_new_tokens"] == 64 - ids.shape[1]
+    assert kwargs["pad_token_id"] == 0  # the model's own padding after a row's end
+    assert torch.equal(batches[0], torch.tensor([[7, 7, 7, 2]] * 8))  # the written tokens alone, start dropped

@@ -3,6 +3,8 @@ adapters/, commit/, baselines/) chosen by ``conf/strategy/<name>.yaml``, whose `
 full and whose file name is its name; core/ is what they are built on. The built-in ones are exported
 here for the Python API."""
 
+from mllmft.strategies.adapters.kore import KORE
+from mllmft.strategies.adapters.lorasculpt import LoRASculpt
 from mllmft.strategies.adapters.peft_adapters import (
     IA3,
     AdaLoRA,
@@ -28,6 +30,7 @@ __all__ = [
     "GMT",
     "HFT",
     "IA3",
+    "KORE",
     "SPIDER",
     "SPU",
     "AdaLoRA",
@@ -35,6 +38,7 @@ __all__ = [
     "CoMMIT",
     "FullFineTuning",
     "LoRA",
+    "LoRASculpt",
     "MagnitudeMask",
     "ModelDowser",
     "PeftStrategy",

@@ -97,7 +97,22 @@ SLOW |= {
     ],
 }
 # peft's AdaLoRA reads whole parameters and their .grad: refused on shards (tests/test_run.py)
-DDP_ONLY = {"adalora": ["strategy=adalora", "strategy.dropout=0", "scope=connector_llm"]}
+DDP_ONLY = {
+    "adalora": ["strategy=adalora", "strategy.dropout=0", "scope=connector_llm"],
+    # its regulariser reads whole factors and base weights (refused on the sharded engines)
+    "lorasculpt": ["strategy=lorasculpt", "strategy.dropout=0", "strategy.init=gaussian", "strategy.sparsify_after=1"],
+}
+SLOW |= {
+    # the sparsity alone, chosen across the ranks' parts; KORE's null-space start (built before sharding)
+    "lorasculpt_sparse": [
+        "strategy=lorasculpt",
+        "strategy.car_lambda=0",
+        "strategy.dropout=0",
+        "strategy.init=gaussian",
+        "strategy.sparsify_after=1",
+    ],
+    "kore": ["strategy=kore", "strategy.samples=4"],
+}
 MEASURED_PER_RANK = ("commit", "ewc", "commit_clr", "constant", "feature_cd", "language_cd", "commit_lora")
 
 

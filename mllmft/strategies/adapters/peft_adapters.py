@@ -132,12 +132,21 @@ def _modules_covering(model: nn.Module, names: set[str]) -> tuple[list[str], lis
 
 # peft's LoraConfig.init_lora_weights: true, false or one of these (peft fails only inside the model's
 # wrapping otherwise); pissa_niter_<n> is PiSSA with n subspace iterations
-LORA_INITS = ("gaussian", "eva", "olora", "pissa", "pissa_niter_<n>", "corda", "loftq", "orthogonal", "mica")
+LORA_INITS = ("gaussian", "olora", "pissa", "pissa_niter_<n>", "orthogonal", "mica")
+# peft's initialisations that need a step of their own before or after the wrapping, which mllmft does not take
+NEEDS_A_RUN = {
+    "corda": "peft's preprocess_corda calibration run; strategy=kore starts LoRA in the null space of the "
+    "upstream sets' inputs (KORE's constraint, near CorDA's knowledge-preserving mode)",
+    "eva": "peft's initialize_lora_eva_weights run over a data loader after the wrapping",
+    "loftq": "a quantised base model and peft's loftq_config",
+}
 
 
 def check_lora_init(init) -> None:
     if isinstance(init, bool) or init in LORA_INITS or re.fullmatch(r"pissa_niter_[1-9][0-9]*", str(init)):
         return
+    if init in NEEDS_A_RUN:
+        raise ConfigError(f"strategy.init={init} needs {NEEDS_A_RUN[init]}, which mllmft does not run: not supported")
     raise ConfigError(f"strategy.init={init!r}; expected true, false or one of {list(LORA_INITS)}")
 
 

@@ -1,8 +1,13 @@
 """Model-Dowser's data-free probe: how much each weight of each LLM
 linear matters to what the model already does, measured on text the model writes itself.
 
-* Synthetic inputs: BOS + 1-5 random token ids (special ids become BOS), extended by the model's own
-  sampling (temperature 0.9, top-p 0.9, repetition penalty 1.05) to ``length`` tokens.
+* Synthetic inputs, as the authors' ``llava_importance_self_gen_prompt.py`` (nguyendinhson-kaist/Model-Dowser)
+  writes them: each row a start of BOS + 1-5 random ids of the base vocabulary (special ids become BOS),
+  the starts right-padded with BOS (masked out) to the batch's longest; the model samples (temperature 0.9,
+  top-p 0.9, repetition penalty 1.05) until every row has ended or the batch holds ``length`` tokens. Only
+  what it wrote is scored — the authors generate from the start's embeddings, so their output holds the new
+  tokens alone — with the padding it writes after a row's end, attended like the rest (their mask is all
+  ones). One deviation: generating from ids, the repetition penalty also sees the start's few tokens.
 * Output sensitivity (Hutchinson): on each batch, ``passes`` Rademacher vectors ξ over the vocabulary;
   s = Σ(ξ ⊙ logits at the last position) / B, one backward each; ψ_i = mean |∂s/∂y_i| over batch and
   tokens, y the linear's output (``psi="rms"``: sqrt of the mean square, the paper's E[g²] form).
@@ -27,31 +32,36 @@ PSI_MODES = ("abs", "rms")
 def synthetic_sequences(
     model: Any, tokenizer, count: int, length: int, batch_size: int, generator: torch.Generator
 ) -> list[torch.Tensor]:
-    """``count`` sequences of ``length`` tokens the model writes from short random starts, in batches."""
+    """``count`` sequences the model writes from short random starts, in batches: the generated tokens of
+    each (at most ``length`` minus the batch's longest start), padding after a row's end included."""
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
-    vocab = len(tokenizer)
+    config = model.generation_config  # the pad the model writes after a row's end, as HF's default
+    pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
     batches = []
     for start in range(0, count, batch_size):
         size = min(batch_size, count - start)
-        prefix = int(torch.randint(1, 6, (), generator=generator))
-        ids = torch.randint(0, vocab, (size, prefix), generator=generator)
+        prefixes = torch.randint(1, 6, (size,), generator=generator)  # each row its own length
+        longest = 1 + int(prefixes.max())
+        ids = torch.randint(0, tokenizer.vocab_size, (size, longest), generator=generator)
         ids[torch.isin(ids, special)] = bos
-        ids = torch.cat([torch.full((size, 1), bos), ids], dim=1).to(next(model.parameters()).device)
+        ids[:, 0] = bos
+        attention = torch.arange(longest)[None, :] <= prefixes[:, None]
+        ids[~attention] = bos  # right padding, masked out
         with torch.random.fork_rng(devices=[]):  # sampling draws from the global generator: seed a fork of it
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (), generator=generator)))
             out = model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
+                input_ids=ids.to(device),
+                attention_mask=attention.long().to(device),
                 do_sample=True,
                 temperature=0.9,
                 top_p=0.9,
                 repetition_penalty=1.05,
-                max_new_tokens=length - ids.shape[1],
-                min_new_tokens=length - ids.shape[1],
-                pad_token_id=tokenizer.pad_token_id,
+                max_new_tokens=length - longest,
+                pad_token_id=pad,
             )
-        batches.append(out[:, :length])
+        batches.append(out[:, longest:])
     return batches
 
 
@@ -95,10 +105,11 @@ def probe_scores(
                     g = torch.zeros_like(output) if g is None else g
                     flat = g.detach().float().reshape(-1, g.shape[-1])
                     sensitivities[name] = flat.abs().mean(0) if psi == "abs" else flat.square().mean(0).sqrt()
-                for name, linear in targets.items():
-                    weight = linear.weight.detach().abs().float()
-                    score = sensitivities[name][:, None] * weight * activations[name][None, :]
-                    sums[name].add_(score.cpu(), alpha=ids.shape[0])
+                for name, linear in targets.items():  # each pass's product in the model's dtype, as the authors
+                    weight = linear.weight.detach().abs()
+                    score = sensitivities[name].to(weight.dtype)[:, None] * weight
+                    score = score * activations[name].to(weight.dtype)[None, :]
+                    sums[name].add_(score.float().cpu(), alpha=ids.shape[0])
                 total += ids.shape[0]
     finally:
         for handle in handles:

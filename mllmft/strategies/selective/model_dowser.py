@@ -107,6 +107,7 @@ class ModelDowser(TuningStrategy):
         if self.cache_dir is None:
             return self._probe(backbone, scored)
         knobs = {
+            "probe": 2,  # the probe's own version: 2 scores what the model wrote only, as the authors' code
             "sequences": self.sequences,
             "length": self.length,
             "batch_size": self.batch_size,
