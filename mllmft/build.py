@@ -35,7 +35,7 @@ from mllmft.engines import check_engine, configured_engine
 from mllmft.errors import ConfigError
 from mllmft.export import check_export
 from mllmft.hardware import on_compute_device
-from mllmft.module import check_hyperparameters
+from mllmft.module import check_hyperparameters, fused_refused
 from mllmft.objectives import SFT
 from mllmft.packing import check_packing
 from mllmft.parts import RunParts
@@ -102,6 +102,7 @@ def check_settings(cfg: DictConfig, strategy, change: Change) -> dict | None:
         check_training_length(cfg.trainer)
     check_engine(strategy, cfg.hardware.lightning_strategy)
     check_optimizer_engine(cfg.module.get("optimizer"), configured_engine(cfg.hardware.lightning_strategy))
+    check_fused_clipping(cfg)
     check_family_supports(cfg.model.family, strategy)
     packing = cfg.module.get("packing", False)
     check_packing(packing, cfg.module.get("pack_tokens"), find_family(cfg.model.family), strategy)
@@ -127,6 +128,18 @@ def check_optimizer_engine(optimizer: DictConfig | None, engine) -> None:
         raise ConfigError(
             f"module.optimizer={target} filters each whole tensor, and {engine.name} gives the optimizer parts "
             "of tensors: use one device or DDP (hardware=ddp_cpu, or gpu with lightning_strategy=ddp)"
+        )
+
+
+def check_fused_clipping(cfg: DictConfig) -> None:
+    """``module.optimizer.fused=true`` refused where Lightning would refuse it at the first step."""
+    optimizer = cfg.module.get("optimizer") or {}
+    precision, clip = str(cfg.hardware.get("precision", "32")), cfg.trainer.get("gradient_clip_val")
+    if optimizer.get("fused") is True and fused_refused(precision, clip):
+        raise ConfigError(
+            f"module.optimizer.fused=true with hardware.precision={precision} and trainer.gradient_clip_val={clip}: "
+            "Lightning's mixed precision does not clip a fused optimizer's gradients; leave fused null (the loop "
+            "there), or set trainer.gradient_clip_val=null"
         )
 
 
