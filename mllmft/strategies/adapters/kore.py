@@ -111,7 +111,7 @@ class KORE(LoRA):
     def attach(self, backbone: Backbone) -> None:
         trainable = {n for n, p in backbone.model.named_parameters() if p.requires_grad}
         targets = self._target_linears(backbone, trainable)
-        r = self.options["r"]
+        r = int(self.options["r"])
         inputs = {t: backbone.model.get_submodule(t).in_features for t in targets}
         small = [t for t in targets if inputs[t] <= r]
         if small:
@@ -121,9 +121,8 @@ class KORE(LoRA):
             )
         covariances = input_covariances(backbone, targets, self.calibration_prompts(backbone))
         super().attach(backbone)
-        scale = self.options["lora_alpha"] / r
-        if self.options["use_rslora"]:
-            scale = self.options["lora_alpha"] / r**0.5
+        alpha = float(self.options["lora_alpha"])
+        scale = alpha / r**0.5 if self.options["use_rslora"] else alpha / r  # peft's scaling
         with torch.no_grad():
             for name in targets:
                 layer = backbone.model.get_submodule(PEFT_ROOT + name)

@@ -27,6 +27,7 @@ sparsity alone (``car_lambda=0``) runs on every engine (the masks are chosen acr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
@@ -77,7 +78,7 @@ class LoRASculpt(LoRA):
                 "step, which the sharded engines hold only in parts outside the forward (strategy.car_lambda=0 "
                 "keeps the sparsity alone, which shards)"
             )
-        self.regularised: list[LoraLayer] = []
+        self.regularised: list[Any] = []  # peft's LoraLayer modules of car_modules
         self.kept: dict[str, torch.Tensor] = {}  # this rank's part of each factor: True where an entry stays
 
     def attach(self, backbone: Backbone) -> None:
