@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mllmft.data.collate import IGNORE_INDEX
+from mllmft.errors import ConfigError
 
 LOGITS = ("answers", "all")  # module.logits
 
@@ -41,7 +42,7 @@ class AnswerTokens:
 
     logits: torch.Tensor
     targets: torch.Tensor
-    rows: torch.Tensor  # [N] the sample of the batch each token belongs to
+    rows: torch.Tensor  # [N] the row of the batch each token is in: its sample, but in a packed batch
 
     @classmethod
     def of(cls, logits: torch.Tensor, labels: torch.Tensor) -> AnswerTokens:
@@ -65,12 +66,26 @@ class AnswerTokens:
         return F.cross_entropy(self.logits, self.targets)
 
 
+def output_embedding(model: nn.Module) -> nn.Module | None:
+    """The LM head of a transformers model (through peft's wrappers), or None."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if callable(get) else None
+
+
+def check_head(model: nn.Module, logits: str) -> None:
+    """``module.logits=answers`` refused at start-up for a model whose LM head cannot be found."""
+    if logits == "answers" and output_embedding(model) is None:
+        raise ConfigError(
+            f"module.logits=answers runs the LM head on the answer positions only, and {type(model).__name__} "
+            "names no output embedding (get_output_embeddings): set module.logits=all"
+        )
+
+
 @contextmanager
 def head_on_answers(model: nn.Module, labels: torch.Tensor) -> Iterator[None]:
     """Within: ``model``'s LM head sees only the hidden states of the positions ``supervised(labels)``
     marks, [1, N, H], so its logits are [1, N, V] in that order."""
-    output_embeddings = getattr(model, "get_output_embeddings", None)  # a transformers model's, through peft
-    head = output_embeddings() if output_embeddings is not None else None
+    head = output_embedding(model)
     if head is None:
         raise TypeError(f"{type(model).__name__} has no output embedding to run on the answer positions only")
     mask = supervised(labels)

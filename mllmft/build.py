@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from mllmft.answer_logits import check_head
 from mllmft.backbones import (
     Backbone,
     build_tiny,
@@ -163,6 +164,7 @@ def prepare(cfg: DictConfig, change: Change | None = None) -> RunParts:
     apply_scope(backbone, cfg.scope)
     identity = run_identity(backbone, cfg.scope, strategy.name)  # before the strategy wraps or changes it
     strategy.attach(backbone)
+    check_head(backbone.model, cfg.module.get("logits", "answers"))
     check_export(cfg.get("export"), strategy, configured_engine(cfg.hardware.lightning_strategy))
     trains = change.trains and strategy.trains
     objective = instantiate(cfg.objective) if trains and cfg.get("objective") else SFT()

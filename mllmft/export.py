@@ -58,6 +58,16 @@ def check_export(kind: str | None, strategy: TuningStrategy, engine: type[Engine
             f"export=adapter cannot carry {strategy.bare_parameters}: the scope trains them but peft "
             "saves only adapters and whole modules. Use export=merged, or freeze them in the scope"
         )
+    if kind == "adapter" and strategy.moves_base:
+        raise ConfigError(
+            f"export=adapter saves the adapters for the original base, and {strategy.moves_base} (the base in this "
+            "run is less that part): use export=merged"
+        )
+    if kind == "merged" and engine.sharded and strategy.adapter_buffers:
+        raise ConfigError(
+            f"export=merged under {engine.name}: {strategy.name}'s frozen adapter factors are buffers, which the "
+            "sharded export does not gather; export on one device or under DDP"
+        )
     if kind == "merged" and not strategy.targets_linears:
         raise ConfigError(
             f"export=merged: {strategy.name}'s virtual tokens cannot be merged into the weights; use export=adapter"

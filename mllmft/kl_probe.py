@@ -64,7 +64,7 @@ class KLProbe(L.Callback):
                     (i, r, r.load_images()) for i, r in enumerate(records[start : start + datamodule.eval_batch_size])
                 ]
                 batch = collate(items)
-                with base_model(model):
+                with base_model(model, untrained=True):  # prepared before training
                     tokens = self._answer_tokens(model, batch, device)
                 top = torch.log_softmax(tokens.logits, dim=-1).topk(min(self.top_k, tokens.logits.shape[-1]), dim=-1)
                 probe.batches.append({"model_inputs": batch["model_inputs"], "labels": batch["labels"]})

@@ -85,8 +85,9 @@ def check_hyperparameters(
 
 
 def fused_refused(precision: str, gradient_clip_val) -> bool:
-    """Whether Lightning refuses to clip a fused optimizer's gradients (its mixed-precision plugins)."""
-    return "mixed" in precision and bool(gradient_clip_val)
+    """Whether Lightning refuses to clip a fused optimizer's gradients (its mixed-precision plugins; "16" and
+    "bf16" are its aliases of the mixed ones)."""
+    return ("mixed" in precision or precision in ("16", "bf16")) and bool(gradient_clip_val)
 
 
 def _keywords(factory: Callable | Mapping | None) -> Mapping:
@@ -244,9 +245,10 @@ class MLLMFineTuner(L.LightningModule):
         within float round-off, faster, no per-tensor temporaries), but where Lightning's mixed precision
         clips the gradients: it refuses to clip a fused optimizer's (which unscales them itself)."""
         factory = self.make_optimizer
-        chosen = factory.keywords.get("fused", False) if isinstance(factory, functools.partial) else False
-        if chosen is not None or getattr(factory, "func", None) is not torch.optim.AdamW:
-            return {}
+        keywords = factory.keywords if isinstance(factory, functools.partial) else {"fused": False}
+        adamw = getattr(factory, "func", None) is torch.optim.AdamW
+        if keywords.get("fused", False) is not None or keywords.get("foreach") or not adamw:
+            return {}  # chosen, or the multi-tensor form asked for (torch refuses both at once)
         return {"fused": not fused_refused(str(self.trainer.precision), self.trainer.gradient_clip_val)}
 
     def configure_model(self) -> None:

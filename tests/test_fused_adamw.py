@@ -35,3 +35,11 @@ def test_a_kernel_switch_is_true_or_false_and_mofo_has_none(compose):
         api.build(compose("module.optimizer.fused=yes"))
     with pytest.raises(Exception, match=r"module.optimizer.fused=true: MoFO filters and steps each tensor on its own"):
         api.build(compose("module=mofo", "module.optimizer.fused=true")).module.configure_optimizers()
+
+
+def test_the_multi_tensor_form_asked_for_leaves_fused_unset_and_aliases_of_mixed_precision_count(compose):
+    parts = api.build(compose("strategy=full", "trainer.max_steps=1", "+module.optimizer.foreach=true"))
+    parts.trainer.fit(parts.module, datamodule=parts.datamodule)  # torch refuses fused and foreach together
+    assert parts.trainer.optimizers[0].defaults["foreach"] and not parts.trainer.optimizers[0].defaults["fused"]
+    with pytest.raises(ConfigError, match=r"module.optimizer.fused=true with hardware.precision=bf16 and "):
+        api.build(compose("hardware.precision=bf16", "module.optimizer.fused=true"))

@@ -77,7 +77,13 @@ def test_strategies_under_sharded_engines_in_bf16(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "switch", [["model.gradient_checkpointing=true"], ["module.logits=all"], ["module.packing=true"]]
+    "switch",
+    [
+        ["model.gradient_checkpointing=true"],
+        ["module.logits=all"],
+        ["module.packing=true"],
+        ["hardware.precision=bf16-true"],  # no mixed-precision plugin: the default AdamW is the fused one
+    ],
 )
 def test_memory_switches_train_on_gpu(compose, switch):
     results = run(compose("hardware=gpu", "hardware.precision=bf16-mixed", "trainer.max_steps=3", *switch))

@@ -108,3 +108,24 @@ def test_kore_needs_upstream_data_and_room_for_its_null_space(compose):
         api.build(compose("strategy=kore", "data.upstream=null"))
     with pytest.raises(ConfigError, match="strategy.r=128 leaves no null space"):
         api.build(compose("strategy=kore", "strategy.r=128"))
+
+
+def test_kores_adapters_hold_part_of_the_base_so_what_needs_the_base_says_so(compose):
+    with pytest.raises(ConfigError, match="export=adapter saves the adapters for the original base"):
+        _kore(compose, "export=adapter")
+    with pytest.raises(
+        ConfigError, match="objective=asft compares with the base model, which this strategy's adapters"
+    ):
+        _kore(compose, "objective=asft")
+    with pytest.raises(ConfigError, match="export=merged under fsdp2: kore's frozen adapter factors are buffers"):
+        _kore(compose, "export=merged", "hardware=fsdp2_cpu")
+    with pytest.raises(Exception, match="strategy.init=pissa: KORE sets the adapters itself"):
+        _kore(compose, "strategy.init=pissa")
+    # the forgetting probe's base: the untrained model with its adapters on (equal to the pre-trained one)
+    parts = _kore(compose, "probe.samples=4")
+    plain = api.build(compose("probe.samples=4"))
+    for ours, theirs in zip(parts.trainer.callbacks, plain.trainer.callbacks):
+        if hasattr(ours, "sets"):
+            torch.testing.assert_close(
+                ours.sets[0].top_log_probs[0], theirs.sets[0].top_log_probs[0], atol=1e-4, rtol=0
+            )

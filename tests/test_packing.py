@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from mllmft import api
-from mllmft.answer_logits import answer_tokens
+from mllmft.answer_logits import answer_tokens, supervised
 from mllmft.backbones import FAMILIES
 from mllmft.errors import ConfigError
 from mllmft.packing import pack, rows_of, text_positions
@@ -75,9 +75,12 @@ def test_a_sample_does_not_see_another(compose):
 
     def second_sample_logits(ids: torch.Tensor) -> torch.Tensor:
         packed_inputs, packed_labels = pack({**inputs, "input_ids": ids}, labels, 10**6, positions, net)
+        assert packed_inputs["input_ids"].shape[0] == 1  # one row: the samples side by side
         with torch.no_grad():
             tokens = answer_tokens(net, packed_inputs, packed_labels)
-        return tokens.logits[tokens.rows == 1]
+        second = supervised(packed_labels).nonzero()[:, 1] >= first  # predictions inside the second sample
+        assert second.any() and not second.all()
+        return tokens.logits[second]
 
     changed = inputs["input_ids"].clone()
     text = changed[0, :first] != parts.backbone.processor.image_token_id

@@ -18,9 +18,14 @@ from mllmft.engines import Engine
 from mllmft.errors import ConfigError
 
 
-def base_model(model: torch.nn.Module) -> AbstractContextManager:
+def base_model(model: torch.nn.Module, untrained: bool = False) -> AbstractContextManager:
     """A context in which ``model`` computes as the base model: its adapters disabled (peft), else as it is
-    (a strategy that changes the weights themselves has no base inside the model)."""
+    (a strategy that changes the weights themselves has no base inside the model). Where the adapters hold
+    part of the base (KORE, PiSSA, OLoRA) only the ``untrained`` model is the base, with its adapters on."""
+    if getattr(model, "mllmft_moves_base", ""):
+        if untrained:
+            return nullcontext()
+        raise ConfigError(f"the base model is not the model with its adapters disabled: {model.mllmft_moves_base}")
     disable = getattr(model, "disable_adapter", None)
     return disable() if callable(disable) else nullcontext()
 
@@ -61,6 +66,10 @@ class BaseLogits:
 
     def attach(self, backbone, engine: type[Engine], who: str) -> None:
         """``who`` names the setting that needs the base, for the refusal on a sharded engine."""
+        if moved := getattr(backbone.model, "mllmft_moves_base", ""):
+            raise ConfigError(
+                f"{who} compares with the base model, which this strategy's adapters hold part of: {moved}"
+            )
         if hasattr(backbone.model, "disable_adapter"):
             return
         if engine.sharded:

@@ -86,8 +86,14 @@ def frozen_weight(linear: nn.Linear, value: torch.Tensor) -> None:
 class KORE(LoRA):
     """LoRA initialised in the null space of the upstream inputs' covariance, A frozen."""
 
+    moves_base = "KORE moves the base's part on the calibration inputs' null space into its adapters"
+    adapter_buffers = True
+
     def __init__(self, calibration: Mapping | None = None, samples: int = 256, max_length: int = 128, **lora_options):
         super().__init__(**lora_options)
+        init = self.options["init_lora_weights"]
+        if init not in (True, False, "gaussian"):  # peft's would rewrite the base before KORE reads it
+            raise ConfigError(f"strategy.init={init}: KORE sets the adapters itself; leave strategy.init true")
         check_number("strategy.samples", samples, 1, integer=True)
         check_number("strategy.max_length", max_length, 1, integer=True)
         if not calibration:

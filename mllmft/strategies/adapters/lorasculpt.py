@@ -18,7 +18,8 @@ and a conflict-aware regulariser that keeps the update off the pre-trained weigh
 Choices where the code differs from a clean reading or is silent: B A enters R unscaled (no α / r) and the
 norm is not squared, as the code; the mask is applied right after each optimizer step, where the code
 zeroes before each forward, which leaves its last update dense; the mask is part of the checkpoint (the
-code's is lost on resume); M is recomputed from W0 each step (as the code: no copy of W0's size is kept).
+code's is lost on resume); M is recomputed from W0 each step, as the code, and again in the backward (each term
+is checkpointed: no tensor of W0's size is kept between the forward and the backward).
 The regulariser reads each module's whole factors and base weight at every step, which FSDP2 and ZeRO
 hold only in parts outside the forward: with ``car_lambda > 0`` it runs on one device or under DDP; the
 sparsity alone (``car_lambda=0``) runs on every engine (the masks are chosen across the ranks' parts).
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 from peft.tuners.lora import LoraLayer
+from torch.utils.checkpoint import checkpoint
 
 from mllmft.backbones import Backbone
 from mllmft.checks import check_number
@@ -101,12 +103,16 @@ class LoRASculpt(LoRA):
         for layer in self.regularised:
             for adapter in layer.active_adapters:
                 a, b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-                with torch.no_grad():
-                    weights = conflict_weights(layer.get_base_layer().weight, self.omega)
-                terms.append(torch.linalg.norm(weights * (b.float() @ a.float())))
+                # recomputed in the backward: M and B A (each W0's size, fp32) are not kept until then
+                term = checkpoint(self._term, a, b, layer.get_base_layer().weight, use_reentrant=False)
+                terms.append(term)
         car = self.car_lambda * torch.stack(terms).mean()
         module.log("lorasculpt/car", car.detach(), batch_size=len(batch["ids"]))
         return car
+
+    def _term(self, a: torch.Tensor, b: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """‖M ⊙ (B A)‖_F."""
+        return torch.linalg.norm(conflict_weights(base, self.omega) * (b.float() @ a.float()))
 
     def start(self, ctx) -> None:
         self.kept = {f.name: self.kept[f.name].to(f.values().device) for f in ctx.fragments if f.name in self.kept}

@@ -40,6 +40,10 @@ class PeftStrategy(TuningStrategy):
     """Wrap the backbone with ``peft.get_peft_model`` using the config ``peft_config`` builds."""
 
     targets_linears = True  # False: prompt-learning methods, which add virtual tokens instead
+    # why the base less the adapters is not the pre-trained model (the initialisation moved part of the base
+    # into them: PiSSA, OLoRA, KORE); empty: disabling the adapters gives the base back
+    moves_base = ""
+    adapter_buffers = False  # frozen adapter factors held as buffers (KORE's A)
 
     def __init__(
         self,
@@ -71,6 +75,7 @@ class PeftStrategy(TuningStrategy):
         self.modules_to_save, self.bare_parameters = _modules_covering(model, trainable - adapted)
         config = self.peft_config(self.target_modules, self.modules_to_save)
         backbone.model = peft.get_peft_model(model, config)
+        backbone.model.mllmft_moves_base = self.moves_base  # read by objectives.base.base_model
         # adapter methods put a tuner (LoraModel, ...) between the PeftModel and the model
         root = PEFT_ROOT if isinstance(backbone.model.base_model, BaseTuner) else PROMPT_LEARNING_ROOT
         for name, param in backbone.model.named_parameters():  # peft froze them; the scope trains them
@@ -168,6 +173,8 @@ class LoRA(PeftStrategy):
         check_number("strategy.alpha", alpha, 0, low_open=True)
         check_number("strategy.dropout", dropout, 0, 1, high_open=True)
         check_lora_init(init)
+        if isinstance(init, str) and (init.startswith("pissa") or init == "olora"):
+            self.moves_base = f"strategy.init={init} starts the adapters from the base's principal part"
         self.options = dict(
             r=r,
             lora_alpha=alpha,
@@ -243,8 +250,8 @@ class AdaLoRA(PeftStrategy):
 class _AdaLoraBudget(Callback):
     """peft's rank reallocation, once per optimizer step: under gradient accumulation a batch that
     only accumulates must not score importance on half a gradient (peft's own loop calls it after
-    ``optimizer.step()``). The gradients are still on the parameters then: Lightning zeroes them at
-    the start of the next accumulation window."""
+    ``optimizer.step()``). The gradients are still on the parameters then: the module frees them after
+    every callback's ``on_train_batch_end`` (``MLLMFineTuner.on_train_batch_end``)."""
 
     def __init__(self):
         self._last_step = 0
