@@ -46,6 +46,7 @@ from transformers import LlavaConfig, LlavaForConditionalGeneration  # noqa: E40
 from mllmft import api, build  # noqa: E402
 from mllmft.backbones import Backbone, build_tiny  # noqa: E402
 from mllmft.backbones.llava import component_map  # noqa: E402
+from mllmft.packing import batch_tokens  # noqa: E402
 
 STRATEGIES = ["full", "spider", "magnitude_mask", "gmt", "model_dowser"]
 SCOPES = ["connector_llm_last2", "llm"]
@@ -129,7 +130,7 @@ class CudaStepTimer(L.Callback):
         now = time.perf_counter()
         if batch_idx >= self.warmup:
             self.times.append(now - self._last)
-            self.llm_tokens.append(batch["tokens"])  # padding left out (a packed batch has no attention mask)
+            self.llm_tokens.append(batch_tokens(batch))  # padding left out
             self.images.append(int(batch["model_inputs"]["pixel_values"].shape[0]))
         self._last = now
 

@@ -44,6 +44,7 @@ from mllmft import api  # noqa: E402
 from mllmft.data import DigitsSource  # noqa: E402
 from mllmft.data.record import Turn  # noqa: E402
 from mllmft.memory import peak_allocated_bytes, saved_activation_bytes  # noqa: E402
+from mllmft.packing import batch_tokens  # noqa: E402
 from mllmft.scope import param_groups  # noqa: E402
 
 SWITCHES = {  # name: (off, on)
@@ -82,7 +83,7 @@ class Step:
         self.module = parts.module
         # as the trainer hands them to the step: packed, if so configured
         self.batches = [self.module.on_after_batch_transfer(next(loader), 0) for _ in range(batches)]
-        self.tokens = statistics.mean(b["tokens"] for b in self.batches)
+        self.tokens = statistics.mean(batch_tokens(b) for b in self.batches)
         self.module.model.train()
         groups = param_groups(parts.backbone, self.module.scope, self.module.lr, self.module.weight_decay)
         self.optimizer = self.module.make_optimizer(groups, lr=self.module.lr)

@@ -102,11 +102,8 @@ def head_on_answers(model: nn.Module, labels: torch.Tensor) -> Iterator[None]:
         handle.remove()
 
 
-def answer_tokens(model: nn.Module, inputs: dict, labels: torch.Tensor, only_answers: bool = True) -> AnswerTokens:
-    """``model``'s logits at the answer positions of ``inputs``, computed there only (``only_answers``) or
-    picked out of the logits of every position."""
-    if not only_answers:
-        return AnswerTokens.of(model(**inputs).logits, labels)
+def answer_tokens(model: nn.Module, inputs: dict, labels: torch.Tensor) -> AnswerTokens:
+    """``model``'s logits at the answer positions of ``inputs``, computed there only."""
     mask = supervised(labels)
     with head_on_answers(model, labels):
         logits = model(**inputs).logits

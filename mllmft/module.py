@@ -25,7 +25,7 @@ from mllmft.engines.fsdp2 import root_gathered, shard_model
 from mllmft.errors import ConfigError
 from mllmft.metrics import GeneratedAnswers, build_metric
 from mllmft.objectives import SFT, Objective
-from mllmft.packing import pack
+from mllmft.packing import batch_tokens, pack
 from mllmft.preemption import PreemptionCheckpoint
 from mllmft.scope import param_groups
 from mllmft.strategies import TuningStrategy
@@ -177,18 +177,16 @@ class MLLMFineTuner(L.LightningModule):
 
     # --- training -----------------------------------------------------------------------------
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """A training or validation batch (test batches are prompts to generate from) with ``tokens``, its
-        tokens but padding; with ``packing``, as rows of samples laid end to end, before any hook or step
-        sees it."""
-        if not isinstance(batch, dict) or batch.get("labels") is None:
+        """With ``packing``: a training or validation batch (test batches are prompts to generate from) as rows
+        of samples laid end to end, before any hook or step sees it, with ``tokens``, its count but padding
+        (``packing.batch_tokens``)."""
+        if not self.packing or not isinstance(batch, dict) or batch.get("labels") is None:
             return batch
-        batch = {**batch, "tokens": int(batch["model_inputs"]["attention_mask"].sum())}
-        if self.packing:
-            positions = FAMILIES[self.backbone.family].packing_positions
-            assert positions is not None, "check_packing refused the family at start-up"
-            inputs, labels = pack(batch["model_inputs"], batch["labels"], self.pack_tokens, positions, self.model)
-            batch = {**batch, "model_inputs": inputs, "labels": labels}
-        return batch
+        positions = FAMILIES[self.backbone.family].packing_positions
+        assert positions is not None, "check_packing refused the family at start-up"
+        tokens = batch_tokens(batch)
+        inputs, labels = pack(batch["model_inputs"], batch["labels"], self.pack_tokens, positions, self.model)
+        return {**batch, "model_inputs": inputs, "labels": labels, "tokens": tokens}
 
     def forward_answers(self, batch: dict) -> AnswerOutputs:
         """The model on a batch: its answer tokens' logits and their mean cross-entropy."""

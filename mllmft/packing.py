@@ -104,9 +104,11 @@ def pack(inputs: dict, labels: torch.Tensor, capacity: int | None, positions: Po
             n = lengths[s]
             for key, value in per_token.items():
                 packed[key][r, at : at + n] = value[s, :n]
-            position_ids[0, r, at : at + n] = torch.arange(n)
-            if multi:
+            if multi:  # the text positions first, then the model's own
+                position_ids[0, r, at : at + n] = torch.arange(n)
                 position_ids[1:, r, at : at + n] = sample_positions[:, s, :n]
+            else:
+                position_ids[0, r, at : at + n] = sample_positions[s, :n]
             at += n
         position_ids[:, r, at:] = torch.arange(longest - at)  # the padding: one more "sample" of its own
     out_labels = packed.pop("labels")
@@ -114,6 +116,11 @@ def pack(inputs: dict, labels: torch.Tensor, capacity: int | None, positions: Po
     # no KV cache: with one, transformers would not read the boundaries from the position ids
     packed_inputs = {**others, **packed, "position_ids": position_ids if multi else position_ids[0], "use_cache": False}
     return packed_inputs, out_labels
+
+
+def batch_tokens(batch: dict) -> int:
+    """A training batch's tokens but padding: counted before packing (a packed batch has no attention mask)."""
+    return batch["tokens"] if "tokens" in batch else int(batch["model_inputs"]["attention_mask"].sum())
 
 
 def _pad_id(ids: torch.Tensor, mask: torch.Tensor) -> int:
