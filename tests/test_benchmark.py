@@ -116,6 +116,37 @@ def test_objectives_and_replay_pair_with_full_spider_and_lora(tmp_path):
         "lora+replay",
     ]
     grpo = benchmark.command(next(r for r in runs if r["name"] == "lora+grpo"), [])
-    assert grpo[3:7] == ["strategy=lora", "objective=grpo", "objective.sft_warmup_steps=100", "seed=7"]
+    assert grpo[3:7] == ["strategy=lora", "objective=grpo", "objective.sft_warmup_steps=67", "seed=7"]
     replay = benchmark.command(next(r for r in runs if r["name"] == "full+replay"), [])
     assert "data.replay={ratio: 0.25}" in replay and (tmp_path / "full+replay" / "seed7").as_posix() in " ".join(replay)
+
+
+TIMED_RUN = """
+import json, pathlib, sys, time
+name, run_dir = sys.argv[1], pathlib.Path(sys.argv[2])
+run_dir.mkdir(parents=True, exist_ok=True)
+started = time.time()
+time.sleep(0.5)
+(run_dir / "results.json").write_text(json.dumps({"status": "complete", "run": {"model": "m", "strategy": name,
+    "seed": 1}, "target": "digits", "upstream": ["shapes"], "tradeoff": {"final": {"S_t": 1.0, "S_u": 1.0, "H": 1.0}},
+    "span": [started, time.time()], "threads": __import__("os").environ.get("OMP_NUM_THREADS")}))
+"""
+
+
+def test_jobs_run_side_by_side_with_a_share_of_the_cores_and_a_merge_waits_for_its_full_run(tmp_path, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(benchmark.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(
+        benchmark, "command", lambda run, overrides: [sys.executable, "-c", TIMED_RUN, run["name"], run["dir"]]
+    )
+    out = tmp_path / "b"
+    args = ["--strategies", "full", "spider", "--merges", "wise_ft", "--objectives", "--no-replay", "--seeds", "1"]
+    benchmark.main([*args, "--jobs", "2", "--out", str(out)])
+
+    def result(name: str) -> dict:
+        return json.loads((out / name / "seed1" / "results.json").read_text())
+
+    full, spider, merge = result("full"), result("spider"), result("merge_wise_ft")
+    assert spider["span"][0] < full["span"][1] and full["span"][0] < spider["span"][1]  # side by side
+    assert merge["span"][0] >= full["span"][1]  # the merge waited for the run it merges
+    assert full["threads"] == spider["threads"] == "2"  # 4 cores, 2 jobs

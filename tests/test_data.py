@@ -140,5 +140,5 @@ def test_the_readmes_upstream_overrides_add_sets(compose, tmp_path):
         f"image_root: {own.image_root}, test: {own.files['train']}}}",
     )
     parts = api.build(cfg)
-    assert parts.datamodule.test_set_names == ["digits", "shapes2", "mine"]
-    assert parts.datamodule.test_sets[2].metric["name"] == "caption"  # by its records' task
+    assert parts.datamodule.test_set_names == ["digits", "positions", "counting", "shapes2", "mine"]
+    assert parts.datamodule.test_sets[4].metric["name"] == "caption"  # by its records' task

@@ -115,9 +115,9 @@ def model_dtype(name: str) -> torch.dtype:
 
 def build_tiny(family: str, spec: Mapping, dtype: str = "float32", attn_implementation: str | None = None) -> Backbone:
     """A random tiny model whose tokenizer covers the built-in data sets' text, its weights in ``dtype``."""
-    from mllmft.data.builtin import DigitsSource, ShapesSource
+    from mllmft.data import CountingSource, DigitsSource, PositionsSource, ShapesSource
 
-    corpus = ShapesSource().corpus() + DigitsSource().corpus()
+    corpus = [text for source in (ShapesSource, PositionsSource, CountingSource, DigitsSource) for text in source().corpus()]
     backbone = find_family(family).build_tiny(dict(spec), corpus)
     backbone.model.to(model_dtype(dtype))
     if attn_implementation:

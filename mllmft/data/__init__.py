@@ -1,4 +1,5 @@
-from mllmft.data.builtin import DigitsSource, ShapesSource
+from mllmft.data.digits import DigitsSource
+from mllmft.data.drawn import CountingSource, PositionsSource, ShapesSource, SkillMix
 from mllmft.data.captions import CocoCaptions, KarpathyCaptions
 from mllmft.data.choice_sets import IconQA, ScienceQA
 from mllmft.data.collate import IGNORE_INDEX, ConversationCollator
@@ -15,6 +16,7 @@ __all__ = [
     "AOKVQA",
     "CocoCaptions",
     "ConversationCollator",
+    "CountingSource",
     "DataError",
     "DigitsSource",
     "GQA",
@@ -28,10 +30,12 @@ __all__ = [
     "MME",
     "OCRVQA",
     "POPE",
+    "PositionsSource",
     "Record",
     "SEEDBench",
     "ScienceQA",
     "ShapesSource",
+    "SkillMix",
     "TestSet",
     "TextVQA",
     "Turn",
