@@ -7,11 +7,11 @@
     mllmft-benchmark --objectives --no-replay                 # the strategies and merges only
 
 Each run is one ``mllmft-train`` (or ``mllmft-merge``) process writing to ``<out>/<name>/seed<k>/``,
-``--jobs`` of them at a time; the overrides after ``--`` go to every run. A merge method merges the ``full`` run of the same seed
-into the base model. A run whose results.json is complete is never run again: an interrupted
-benchmark started again with the same arguments runs only what is missing (and what failed). A run
-that fails leaves its log (``run.log``) and is listed; the others go on. At the end ``mllmft-report``
-writes the tables and plots to ``<out>/report/``.
+``--jobs`` of them at a time; the overrides after ``--`` go to every run. A merge method merges the
+``full`` run of the same seed into the base model. A run whose results.json is complete is never run
+again: an interrupted benchmark started again with the same arguments runs only what is missing (and
+what failed). A run that fails leaves its log (``run.log``) and is listed; the others go on. At the end
+``mllmft-report`` writes the tables and plots to ``<out>/report/``.
 
 ``<out>/benchmark.json`` records the overrides: one directory holds one job, so starting it again with
 other overrides is refused rather than mixing runs of two jobs in one table.
@@ -177,7 +177,11 @@ def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict, j
                 print(f"{label}: done before, kept", flush=True)
                 manifest["runs"][str(run_dir.relative_to(out))] = {**run, "status": "complete"}
             elif run["kind"] == "merge" and not is_complete(Path(run["finetuned"])):
-                record(run, label, {"status": "failed", "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete"})
+                record(
+                    run,
+                    label,
+                    {"status": "failed", "error": f"its {MERGED_RUN} run ({run['finetuned']}) did not complete"},
+                )
             else:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 with (run_dir / "run.log").open("w") as log:

@@ -14,7 +14,7 @@ from mllmft.data import LlavaJsonSource, MLLMDataModule
 from mllmft.errors import ConfigError, DataError, UserInputError
 from tests.helpers.data_files import llava_dataset, llava_row
 from tests.helpers.models import TINY_MODELS
-from tests.helpers.runs import CKPT
+from tests.helpers.runs import CKPT, NO_UPSTREAM
 
 
 def _png_header(width: int, height: int) -> bytes:
@@ -357,7 +357,7 @@ def test_hydra_and_worker_wrapped_errors_become_their_cause(compose):
 def test_results_without_upstream_sets_are_valid_json_with_null_and_a_reason(compose, tmp_path):
     from mllmft.run import run
 
-    results = run(compose("~data.upstream.shapes", "zeroshot_test=true"))
+    results = run(compose(*NO_UPSTREAM, "zeroshot_test=true"))
     text = (tmp_path / "run" / "results.json").read_text()
 
     def refuse(constant):

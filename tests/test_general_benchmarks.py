@@ -9,6 +9,7 @@ from mllmft.data import MME, POPE, MMBench, SEEDBench
 from mllmft.metrics import build_metric
 from mllmft.run import run
 from tests.helpers.data_files import write_general_benchmarks
+from tests.helpers.runs import UPSTREAM
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def test_question_limits_keep_whole_groups(data_dir):
 
 def test_the_general_preset_scores_every_benchmark_in_a_run(compose, data_dir, tmp_path):
     results = run(compose(f"paths.data_dir={data_dir}", "+upstream=general", "zeroshot_test=true"))
-    assert results["upstream"] == ["shapes", "mmbench_en", "mmbench_cn", "mme", "pope", "seed_bench"]
+    assert results["upstream"] == [*UPSTREAM, "mmbench_en", "mmbench_cn", "mme", "pope", "seed_bench"]
     for phase in ("zeroshot", "final"):
         assert set(results["scores"][phase]) == {"digits", *results["upstream"]}
     details = results["details"]["final"]

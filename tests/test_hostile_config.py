@@ -23,7 +23,7 @@ from mllmft.cli import RunDirectoryCheck, user_error_message
 from mllmft.config import CONF_DIR
 from mllmft.errors import ConfigError
 from mllmft.pretrain import pretrained_tiny
-from tests.helpers.runs import TINY
+from tests.helpers.runs import NO_UPSTREAM, TINY
 
 BIN = Path(sys.executable).parent
 STRATEGIES = sorted(p.stem for p in (CONF_DIR / "strategy").glob("*.yaml"))
@@ -294,12 +294,12 @@ def test_the_entry_points_check_their_run_dir(tmp_path):
 
 
 def test_ewc_without_upstream_data_is_refused_at_start_up(compose, monkeypatch):
-    message = _refusal(compose, monkeypatch, "strategy=ewc", "~data.upstream.shapes")
+    message = _refusal(compose, monkeypatch, "strategy=ewc", *NO_UPSTREAM)
     assert message.startswith("strategy=ewc estimates its Fisher on the upstream data, and data.upstream is empty")
 
 
 def test_ewc_without_upstream_data_may_still_evaluate(compose):
-    cfg = compose("strategy=ewc", "~data.upstream.shapes", "change=evaluate")
+    cfg = compose("strategy=ewc", *NO_UPSTREAM, "change=evaluate")
     assert api.build(cfg).strategy.name == "ewc"
 
 

@@ -10,6 +10,7 @@ import torch
 from mllmft import api
 from mllmft.answer_logits import AnswerTokens
 from mllmft.kl_probe import KLProbe
+from tests.helpers.runs import UPSTREAM
 
 
 def _probe(parts) -> KLProbe:
@@ -28,10 +29,10 @@ def _perturb(model, scale=0.05):
 def test_an_unchanged_model_measures_zero_and_the_cache_is_bounded(compose):
     parts = api.build(compose("probe.samples=5", "probe.top_k=8"))
     probe, model = _probe(parts), parts.backbone.model.eval()
-    assert [p.name for p in probe.sets] == ["digits", "shapes"]
+    assert [p.name for p in probe.sets] == ["digits", *UPSTREAM]
     assert all(sum(len(b["labels"]) for b in p.batches) == 5 for p in probe.sets)
     assert all(t.shape[1] == 8 for p in probe.sets for t in p.top_indices)  # k numbers a token, whatever V
-    assert probe.measure(model, torch.device("cpu")) == {"digits": 0.0, "shapes": 0.0}
+    assert probe.measure(model, torch.device("cpu")) == dict.fromkeys(("digits", *UPSTREAM), 0.0)
 
 
 def test_the_kl_is_the_base_top_k_kl_computed_from_the_whole_vocabulary(compose):
@@ -61,7 +62,7 @@ def test_with_adapters_the_base_is_the_model_without_them(compose):
     _perturb(model)  # the adapters (the only trainable weights) move
     assert all(kl > 0 for kl in probe.measure(model, torch.device("cpu")).values())
     with model.disable_adapter():
-        assert probe.measure(model, torch.device("cpu")) == {"digits": 0.0, "shapes": 0.0}
+        assert probe.measure(model, torch.device("cpu")) == dict.fromkeys(("digits", *UPSTREAM), 0.0)
 
 
 def test_a_run_logs_the_probe_at_each_evaluation_and_records_the_final_one(compose, tmp_path):
@@ -70,7 +71,7 @@ def test_a_run_logs_the_probe_at_each_evaluation_and_records_the_final_one(compo
     results = run(
         compose("probe.samples=4", "zeroshot_test=false", "trainer.max_steps=4", "trainer.val_check_interval=2")
     )
-    assert set(results["probe_kl"]) == {"digits", "shapes"} and all(v > 0 for v in results["probe_kl"].values())
+    assert set(results["probe_kl"]) == {"digits", *UPSTREAM} and all(v > 0 for v in results["probe_kl"].values())
     assert json.loads((tmp_path / "run" / "results.json").read_text())["probe_kl"] == results["probe_kl"]
 
 

@@ -12,7 +12,7 @@ from mllmft.data.replay import MixedBatches, refuse_test_overlap
 from mllmft.errors import ConfigError, DataError
 from mllmft.report import label
 from tests.helpers.data_files import llava_dataset, llava_row
-from tests.helpers.runs import resume_equals_whole
+from tests.helpers.runs import UPSTREAM, resume_equals_whole
 
 
 def _epoch(sampler, epoch):
@@ -53,14 +53,14 @@ def test_a_resumed_epoch_continues_with_the_uninterrupted_batches():
 def test_replay_mixes_the_upstream_train_split_into_training_and_is_recorded(compose, tmp_path):
     from mllmft.run import run
 
-    parts = api.build(compose("data.replay={ratio: 0.25}"))  # batch 4: 1 shapes sample, 3 digits
+    parts = api.build(compose("data.replay={ratio: 0.25}"))  # batch 4: 1 sample of the drawn skills, 3 digits
     batches = list(parts.datamodule.train_dataloader())
-    assert all(sum(i.startswith("shapes-train-") for i in b["ids"]) == 1 for b in batches)
+    assert all(sum(i.startswith(tuple(f"{s}-train-" for s in UPSTREAM)) for i in b["ids"]) == 1 for b in batches)
     assert all(sum(i.startswith("digits-") for i in b["ids"]) == len(b["ids"]) - 1 for b in batches)
     results = run(compose("data.replay={ratio: 0.25}", "zeroshot_test=false"))
-    assert results["run"]["replay"] == {"ratio": 0.25, "sets": ["shapes"], "split": "train"}
+    assert results["run"]["replay"] == {"ratio": 0.25, "sets": list(UPSTREAM), "split": "train"}
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
-    assert saved["run"]["replay"]["sets"] == ["shapes"] and label(saved) == "full + replay"
+    assert saved["run"]["replay"]["sets"] == list(UPSTREAM) and label(saved) == "full + replay"
 
 
 def test_a_resumed_run_with_replay_ends_equal_to_an_uninterrupted_one(compose, tmp_path):

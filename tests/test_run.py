@@ -8,7 +8,7 @@ import torch
 
 from mllmft import api
 from mllmft.run import run
-from tests.helpers.runs import ALL_TRAINING_STRATEGIES, CKPT, StopAt
+from tests.helpers.runs import ALL_TRAINING_STRATEGIES, CKPT, UPSTREAM, StopAt
 
 SCOPES = ["all", "llm", "connector", "connector_llm_last2", "llm_last_n"]
 TRAINING_STRATEGIES = ["full", "spider", "magnitude_mask", "random_mask", "gmt", "spu", "hft", "l1_sp", "l2_sp", "ewc"]
@@ -80,7 +80,7 @@ def test_zeroshot_only_evaluates(compose):
     cfg = compose("strategy=zeroshot")
     results = run(cfg)
     assert results["global_steps"] == 0 and "zeroshot" not in results["scores"]
-    assert set(results["scores"]["final"]) == {"digits", "shapes"}
+    assert set(results["scores"]["final"]) == {"digits", *UPSTREAM}
     assert all(c["trainable"] == 0 for c in results["trainable_parameters"].values())
 
 
@@ -90,19 +90,19 @@ def test_results_json_and_tradeoff_scores(compose, tmp_path):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved == json.loads(json.dumps(results))
     assert saved["schema"] == "mllmft.results/3"
-    assert saved["metrics"] == {"digits": {"name": "exact_match"}, "shapes": {"name": "exact_match"}}
+    assert saved["metrics"] == {s: {"name": "exact_match"} for s in ("digits", *UPSTREAM)}
     assert saved["eval_samples_per_s"] > 0
     lines = (tmp_path / "run" / "predictions" / "final-digits.jsonl").read_text().splitlines()
     first = json.loads(lines[0])
     assert len(lines) == 8 and set(first) == {"id", "prompt", "prediction", "references", "score"}
     assert (tmp_path / "run" / "predictions" / "zeroshot-shapes.jsonl").is_file()
-    assert saved["target"] == "digits" and saved["upstream"] == ["shapes"]
+    assert saved["target"] == "digits" and saved["upstream"] == list(UPSTREAM)
     final, zs = saved["tradeoff"]["final"], saved["tradeoff"]["zeroshot"]
     assert final["S_t"] == saved["scores"]["final"]["digits"]
     assert final["E"] == pytest.approx(final["S_t"] - zs["S_t"])
     assert final["O"] == pytest.approx(final["E"] + final["F"])
     assert saved["global_steps"] == 2
-    assert saved["samples"] == {"digits": 8, "shapes": 8}  # limit_test_batches=1 x eval_batch_size=8
+    assert saved["samples"] == {s: 8 for s in ("digits", *UPSTREAM)}  # limit_test_batches=1 x eval_batch_size=8
     assert saved["trainable_parameters"]["vision"]["trainable"] > 0
 
 
@@ -202,17 +202,17 @@ def test_ddp_fork_two_processes_score_every_sample_once(compose):
         "trainer.limit_test_batches=1.0",
         "data.eval_batch_size=2",
         "data.target.sizes.test=9",
-        "+data.upstream.shapes.sizes.test=5",
+        *(f"+data.upstream.{s}.sizes.test=5" for s in UPSTREAM),
     )
     results = run(cfg)
     assert results["global_steps"] == 2
-    assert results["samples"] == {"digits": 9, "shapes": 5}  # odd sizes: padded shards, each counted once
+    assert results["samples"] == {"digits": 9, **dict.fromkeys(UPSTREAM, 5)}  # odd sizes: padded shards, counted once
 
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_bf16_precisions_train_and_test_on_cpu(compose, precision):
     results = run(compose(f"hardware.precision={precision}", "trainer.max_steps=1"))
-    assert results["global_steps"] == 1 and set(results["scores"]["final"]) == {"digits", "shapes"}
+    assert results["global_steps"] == 1 and set(results["scores"]["final"]) == {"digits", *UPSTREAM}
 
 
 @pytest.mark.parametrize("strategy", ALL_TRAINING_STRATEGIES)
@@ -240,7 +240,7 @@ def test_captions_generate_longer_than_short_answers(compose, tiny_backbone):
 
     cfg = compose()
     parts = api.build(cfg)
-    assert parts.module.test_lengths == [16, 16]  # built-in sets: module.max_new_tokens
+    assert parts.module.test_lengths == [8] * 4  # the built-in sets' own: their longest answer is 5 tokens
     assert KarpathyCaptions("c", "/x", {}).max_new_tokens == 64
 
 

@@ -117,7 +117,9 @@ def build_tiny(family: str, spec: Mapping, dtype: str = "float32", attn_implemen
     """A random tiny model whose tokenizer covers the built-in data sets' text, its weights in ``dtype``."""
     from mllmft.data import CountingSource, DigitsSource, PositionsSource, ShapesSource
 
-    corpus = [text for source in (ShapesSource, PositionsSource, CountingSource, DigitsSource) for text in source().corpus()]
+    corpus = [
+        text for source in (ShapesSource, PositionsSource, CountingSource, DigitsSource) for text in source().corpus()
+    ]
     backbone = find_family(family).build_tiny(dict(spec), corpus)
     backbone.model.to(model_dtype(dtype))
     if attn_implementation:

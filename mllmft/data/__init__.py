@@ -1,9 +1,9 @@
-from mllmft.data.digits import DigitsSource
-from mllmft.data.drawn import CountingSource, PositionsSource, ShapesSource, SkillMix
 from mllmft.data.captions import CocoCaptions, KarpathyCaptions
 from mllmft.data.choice_sets import IconQA, ScienceQA
 from mllmft.data.collate import IGNORE_INDEX, ConversationCollator
 from mllmft.data.datamodule import MLLMDataModule
+from mllmft.data.digits import DigitsSource
+from mllmft.data.drawn import CountingSource, PositionsSource, ShapesSource, SkillMix
 from mllmft.data.general_sets import MME, POPE, MMBench, SEEDBench
 from mllmft.data.hf_dataset import HFDataset
 from mllmft.data.llava_json import LlavaJsonSource, read_llava_json

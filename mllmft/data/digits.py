@@ -24,7 +24,7 @@ class DigitsSource:
     """
 
     QUESTION = "Which digit is this?"
-    max_new_tokens = 8  # the test's generation length: the longest answer is 4 tokens; a longer one is wrong anyway
+    max_new_tokens = 8  # the test's generation length: the longest answer is 5 tokens; a longer one is wrong anyway
     FRACTIONS = {"test": 0.2, "val": 0.08}
 
     def __init__(

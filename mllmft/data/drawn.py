@@ -42,7 +42,8 @@ class DrawnSource:
     splits), the light background and the jittered colours. A skill draws record ``i`` in ``record``."""
 
     STREAM = ""  # the seed stream's and the record ids' prefix (fixed: a renamed set keeps its scenes)
-    max_new_tokens = 8  # the test's generation length: the longest answer is 5 tokens (tiny BPE); a longer one is wrong anyway
+    # the test's generation length: the longest answer is 5 tokens (tiny BPE); a longer one is wrong anyway
+    max_new_tokens = 8
     QUESTIONS: tuple[str, ...] = ()
     ANSWERS: tuple[str, ...] = ()
 

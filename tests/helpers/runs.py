@@ -21,6 +21,10 @@ TINY = {
     "seed": 0,
 }
 
+# the default data's upstream sets (conf/data/digits.yaml): the drawn skills
+UPSTREAM = ("shapes", "positions", "counting")
+NO_UPSTREAM = tuple(f"~data.upstream.{s}" for s in UPSTREAM)  # data.upstream left empty
+
 # A run that takes seconds: random tiny model (no pre-training), small sets, no loggers.
 # Smaller than conf/model/tiny_llava.yaml, for speed; only when a test does not pick another model.
 SMALL_LLAVA = ["++model.tiny.patch_size=8", "++model.tiny.text_hidden=32", "++model.tiny.vision_hidden=32"]
