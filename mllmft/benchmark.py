@@ -190,18 +190,14 @@ def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict, j
         if not running:
             continue
         ended = _wait_for_one([process for process, *_ in running.values()])
-        for run_dir_key, (process, run, label, started) in list(running.items()):
-            if process is not ended:
-                continue
-            del running[run_dir_key]
-            seconds = round(time.perf_counter() - started, 1)
-            run_dir = Path(run["dir"])
-            status = (
-                {"status": "complete", "seconds": seconds}
-                if process.returncode == 0 and is_complete(run_dir)
-                else {"status": "failed", "seconds": seconds, "error": last_error(run_dir / "run.log")}
-            )
-            record(run, label, status)
+        process, run, label, started = running.pop(next(k for k, (p, *_) in running.items() if p is ended))
+        seconds, run_dir = round(time.perf_counter() - started, 1), Path(run["dir"])
+        status = (
+            {"status": "complete", "seconds": seconds}
+            if process.returncode == 0 and is_complete(run_dir)
+            else {"status": "failed", "seconds": seconds, "error": last_error(run_dir / "run.log")}
+        )
+        record(run, label, status)
     write_manifest(out, manifest)
     return failed
 
@@ -220,7 +216,8 @@ def threads_per_job(jobs: int) -> dict[str, str]:
     (unless OMP_NUM_THREADS is set), so parallel runs do not fight over the same cores."""
     env = dict(os.environ)
     if jobs > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // jobs))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS
+        env["OMP_NUM_THREADS"] = str(max(1, cores // jobs))
     return env
 
 

@@ -106,14 +106,15 @@ def quiet_library_notices() -> None:
 
 def print_results(results: dict) -> None:
     target, upstream = results["target"], results["upstream"]
-    metrics = results.get("metrics", {})
+    metric = {name: results.get("metrics", {}).get(name, {}).get("name", "") for name in (target, *upstream)}
+    shared = len(set(metric.values())) == 1  # one metric: said once in the title, so 80 columns hold four sets
     table = Table(
         title=f"{results['run']['strategy']} on {target} (target) | upstream: "
-        f"{', '.join(upstream) or 'none'} (scores in %)"
+        f"{', '.join(upstream) or 'none'} ({f'{metric[target]}, ' if shared and metric[target] else ''}scores in %)"
     )
     table.add_column("model")
     for name in (target, *upstream):
-        header = [f"{name} (target)" if name == target else name, metrics.get(name, {}).get("name", "")]
+        header = [name, "(target)" if name == target else "", "" if shared else metric[name]]
         table.add_column("\n".join(h for h in header if h), justify="right")
     for col in ("S_t", "S_u", "H"):
         table.add_column(col, justify="right")

@@ -18,6 +18,7 @@ from mllmft.config import CONF_DIR
 from mllmft.progress import PlainProgress
 from mllmft.report import load_runs
 from mllmft.run import run
+from tests.helpers.runs import UPSTREAM
 
 
 def _hparams(path):
@@ -56,7 +57,8 @@ def test_plain_progress_lines_every_tenth_of_the_steps(compose, caplog):
     lines = [r.getMessage() for r in caplog.records if r.name == "mllmft.progress"]
     steps = [m for m in lines if m.startswith("fine-tuning: step ")]
     assert len(steps) == 10 and steps[-1].startswith("fine-tuning: step 10/10 (100%), loss ")
-    assert [m.split(":")[0] for m in lines if m.startswith("testing")] == ["testing digits", "testing shapes"]
+    tested = [m.split(":")[0] for m in lines if m.startswith("testing")]
+    assert tested == [f"testing {s}" for s in ("digits", *UPSTREAM)]
 
 
 class Interrupt(L.Callback):

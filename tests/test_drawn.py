@@ -68,5 +68,6 @@ def test_a_skill_mix_interleaves_every_record_of_its_sources_once():
         "shapes-train-0", "counting-train-0", "shapes-train-1", "counting-train-1", "shapes-train-2",
         "counting-train-2", "counting-train-3", "counting-train-4",
     ]  # fmt: skip
+    assert [r.id for r in SkillMix(sources, sizes={"train": 3}).records("train")] == [r.id for r in mixed[:3]]
     with pytest.raises(ValueError, match="at least one source"):
         SkillMix({})

@@ -8,6 +8,7 @@ from mllmft import api
 from mllmft.backbones import COMPONENTS, load_pretrained
 from mllmft.data import IGNORE_INDEX, ShapesSource
 from tests.helpers.models import MODEL_CONFIGS, REAL_MODELS, TINY_MODELS, generate, items
+from tests.helpers.runs import UPSTREAM
 
 
 @pytest.mark.parametrize("model", TINY_MODELS)
@@ -133,11 +134,11 @@ def test_real_configs_match_published_sizes_on_the_meta_device(compose, model):
 
 @pytest.mark.parametrize("model", ["tiny_llava", "qwen2_5_vl_tiny", "paligemma_tiny", "smolvlm_tiny", "blip2_tiny"])
 def test_the_main_job_runs_with_the_family(compose, model):
-    # the built-in job (zero-shot test, fine-tune on digits, test on digits + shapes), small and random
+    # the built-in job (zero-shot test, fine-tune on digits, test on digits + the drawn skills), small and random
     results = api.run(compose(f"model={model}", "zeroshot_test=true"))
     assert results["run"]["family"] == MODEL_CONFIGS[model].family and results["global_steps"] == 2
     for phase in ("zeroshot", "final"):
-        assert set(results["scores"][phase]) == {"digits", "shapes"}
+        assert set(results["scores"][phase]) == {"digits", *UPSTREAM}
     assert {"H", "E", "F", "O"} <= set(results["tradeoff"]["final"])
 
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from PIL import Image, ImageDraw
 
 from mllmft.data.record import Record, single_turn
-from mllmft.data.sizes import SPLITS, check_sizes
+from mllmft.data.sizes import SPLITS, check_sizes, keep_first
 
 CAPTION_PROMPT = "Describe the image."
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -174,17 +174,25 @@ class CountingSource(DrawnSource):
 
 class SkillMix:
     """Several sources as one set, for pre-training on all of them at once: each split interleaves the
-    sources' records (one of each in turn, then what the longer ones have left), so every batch mixes them."""
+    sources' records (one of each in turn, then what the longer ones have left), so every batch mixes them;
+    ``sizes`` keeps the first records of the mix."""
 
-    def __init__(self, sources: Mapping[str, object], name: str = "skills", metric: str = "exact_match"):
+    def __init__(
+        self,
+        sources: Mapping[str, object],
+        name: str = "skills",
+        metric: str = "exact_match",
+        sizes: dict | None = None,
+    ):
         if not sources:
             raise ValueError("SkillMix needs at least one source")
         self.sources = dict(sources)
         self.name = name
         self.metric = metric
         self.metric_args: dict = {}
+        self.sizes = check_sizes(sizes, f"data set {name!r}: sizes")
 
     def records(self, split: str) -> list[Record]:
         streams = [source.records(split) for source in self.sources.values()]  # type: ignore[attr-defined]
         longest = max(len(s) for s in streams)
-        return [s[k] for k in range(longest) for s in streams if k < len(s)]
+        return keep_first([s[k] for k in range(longest) for s in streams if k < len(s)], self.sizes, split)
