@@ -68,6 +68,9 @@ def test_rewards_are_the_target_sets_metric_per_answer_or_a_function_of_your_own
         GRPO(reward="nope.reward")
     with pytest.raises(ConfigError, match=r"^objective.reward='math.pi' is a float, not a function"):
         GRPO(reward="math.pi")
+    # a sampled answer is as long as the target set decodes at test time, unless max_new_tokens says otherwise
+    assert parts.module.objective.answer_length(parts.module) == parts.module.test_lengths[0] == 8
+    assert GRPO(max_new_tokens=3).answer_length(parts.module) == 3
     answered = items.repeated(2).answered(["x"] * (2 * len(items)))
     assert [r.id for r in answered.records][:2] == [items.records[0].id] * 2
     assert (

@@ -73,7 +73,7 @@ class GRPO(Objective):
         group_size: int = 4,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        max_new_tokens: int = 16,
+        max_new_tokens: int | None = None,
         epsilon: float = 0.2,
         beta: float = 0.0,
         sft_warmup_steps: int = 0,
@@ -83,7 +83,8 @@ class GRPO(Objective):
         check_number("objective.group_size", group_size, 2, integer=True)
         check_number("objective.temperature", temperature, 0, low_open=True)
         check_number("objective.top_p", top_p, 0, 1, low_open=True)
-        check_number("objective.max_new_tokens", max_new_tokens, 1, integer=True)
+        if max_new_tokens is not None:
+            check_number("objective.max_new_tokens", max_new_tokens, 1, integer=True)
         check_number("objective.epsilon", epsilon, 0)
         check_number("objective.beta", beta, 0)
         check_number("objective.sft_warmup_steps", sft_warmup_steps, 0, integer=True)
@@ -110,7 +111,7 @@ class GRPO(Objective):
         answers = self.sample(module, items)
         rewards = torch.tensor(self.rewards(module, items, answers), dtype=torch.float32)
         advantages = group_advantages(rewards.view(-1, self.group_size))
-        inputs, labels = encode_answered(module, items.answered(answers), self.max_new_tokens + 8)
+        inputs, labels = encode_answered(module, items.answered(answers), self.answer_length(module) + 8)
         tokens = answer_tokens(module.model, inputs, labels)
         log_probs = tokens.target_log_probs()
         per_token_advantage = advantages.reshape(-1).to(module.device)[tokens.rows]
@@ -119,6 +120,11 @@ class GRPO(Objective):
             base = self.base(module, inputs, labels).target_log_probs()
         loss = clipped_policy_loss(log_probs, log_probs.detach(), per_token_advantage, self.epsilon, self.beta, base)
         return loss, {"reward": rewards.mean(), "reward_std": rewards.view(-1, self.group_size).std(1).mean()}
+
+    def answer_length(self, module) -> int:
+        """The longest sampled answer: ``max_new_tokens``, else the target set's own test length (a short-answer
+        set's 8 tokens, a caption set's 64): an answer longer than the test decodes cannot score there."""
+        return self.max_new_tokens or module.test_lengths[0]
 
     def sample(self, module, items) -> list[str]:
         """One sampled answer per item, seeded without touching the global RNG."""
@@ -139,7 +145,7 @@ class GRPO(Objective):
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(int.from_bytes(key[:7], "big"))
                 return module.generate(
-                    inputs, self.max_new_tokens, do_sample=True, temperature=self.temperature, top_p=self.top_p
+                    inputs, self.answer_length(module), do_sample=True, temperature=self.temperature, top_p=self.top_p
                 )
         finally:
             module.model.train(training)

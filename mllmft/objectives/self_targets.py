@@ -36,7 +36,7 @@ class SelfTargets(Objective):
         threshold: float = 1.0,
         temperature: float = 1.0,
         top_p: float = 1.0,
-        max_new_tokens: int = 16,
+        max_new_tokens: int | None = None,
         seed: int = 0,
     ):
         check_number("objective.samples", samples, 1, integer=True)
@@ -68,7 +68,7 @@ class SelfTargets(Objective):
         if not any(own):  # every prompt on its reference: the batch as it is
             return outputs.loss, {"self_target_share": torch.tensor(0.0)}
         chosen = items.answered([a if a is not None else r.turns[-1].text for r, a in zip(items.records, own)])
-        inputs, labels = encode_answered(module, chosen, self.max_new_tokens + 8)
+        inputs, labels = encode_answered(module, chosen, self.sampler.answer_length(module) + 8)
         loss = answer_tokens(module.model, inputs, labels).cross_entropy()
         return loss, {"self_target_share": torch.tensor(sum(a is not None for a in own) / len(own))}
 
