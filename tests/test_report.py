@@ -208,17 +208,20 @@ def test_failed_benchmark_runs_are_listed(tmp_path, capsys):
     assert "- spu seed 1: mllmft: error: boom" in (tmp_path / "report" / "table.md").read_text()
 
 
-def test_the_readme_benchmark_table_is_the_generated_one():
-    # README's table is docs/benchmark/table.md as mllmft-benchmark wrote it (README "The built-in benchmark")
+def test_the_readme_benchmark_tables_are_the_generated_ones():
+    # each README block marked "generated: <file>" is that file as mllmft-report wrote it
+    import re
+
     from mllmft.config import CONF_DIR
 
     root = CONF_DIR.parent
     readme = (root / "README.md").read_text()
-    begin, end = "<!-- generated: docs/benchmark/table.md -->", "<!-- end of docs/benchmark/table.md -->"
-    block = readme.split(begin, 1)[1].split(end, 1)[0]
-    assert block.strip() == (root / "docs" / "benchmark" / "table.md").read_text().strip()
-    for picture in ("tradeoff.png", "h.png"):
-        assert f"docs/benchmark/{picture}" in readme and (root / "docs" / "benchmark" / picture).is_file()
+    blocks = re.findall(r"<!-- generated: (\S+) -->\n(.*?)<!-- end of \1 -->", readme, re.S)
+    assert {f for f, _ in blocks} >= {"docs/benchmark/table.md", "docs/benchmark/methods/table.md"}
+    for file, block in blocks:
+        assert block.strip() == (root / file).read_text().strip(), file
+    for picture in re.findall(r"\]\((docs/benchmark/\S+\.png)\)", readme):
+        assert (root / picture).is_file(), picture
 
 
 def test_identical_rows_are_shown_once_with_their_aliases(tmp_path, capsys):
