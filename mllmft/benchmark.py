@@ -175,7 +175,10 @@ def run_all(runs: list[dict], overrides: list[str], out: Path, manifest: dict, j
             run_dir, label = Path(run["dir"]), f"[{i}/{len(runs)}] {run['name']} seed {run['seed']}"
             if is_complete(run_dir):
                 print(f"{label}: done before, kept", flush=True)
-                manifest["runs"][str(run_dir.relative_to(out))] = {**run, "status": "complete"}
+                key = str(run_dir.relative_to(out))
+                earlier = manifest["runs"].get(key, {})  # its seconds stay on record
+                timed = {"seconds": earlier["seconds"]} if earlier.get("status") == "complete" else {}
+                manifest["runs"][key] = {**run, "status": "complete", **timed}
             elif run["kind"] == "merge" and not is_complete(Path(run["finetuned"])):
                 record(
                     run,
@@ -276,9 +279,11 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out.resolve()
     manifest = check_manifest(out, overrides)
     runs = plan(args.strategies, args.merges, args.seeds, out, args.objectives, args.replay)
+    kept = sum(is_complete(Path(run["dir"])) for run in runs)
     started = time.perf_counter()
     failed = run_all(runs, overrides, out, manifest, args.jobs)
-    print(f"{len(runs)} runs in {(time.perf_counter() - started) / 60:.1f} min ({args.jobs} at a time)", flush=True)
+    minutes = (time.perf_counter() - started) / 60
+    print(f"{len(runs) - kept} runs in {minutes:.1f} min ({args.jobs} at a time; {kept} done before, kept)", flush=True)
 
     if len(failed) < len(runs):
         from mllmft.report import main as report

@@ -31,8 +31,13 @@ def test_benchmark_runs_strategies_and_merges_then_keeps_them(tmp_path, monkeypa
 
     log = out / "full" / "seed1" / "run.log"
     written = log.stat().st_mtime_ns
+    timed = json.loads((out / "benchmark.json").read_text())["runs"]
+    assert "2 runs in" in printed and "0 done before, kept" in printed and all(r["seconds"] > 0 for r in timed.values())
     benchmark.main([*args, "--", *OVERRIDES])  # started again: nothing is run again
-    assert printed.count("done before") == 0 and capsys.readouterr().out.count("done before, kept") == 2
+    again = capsys.readouterr().out
+    assert printed.count(": done before, kept") == 0 and again.count(": done before, kept") == 2
+    assert "0 runs in" in again and "2 done before, kept" in again
+    assert json.loads((out / "benchmark.json").read_text())["runs"] == timed  # their seconds stay on record
     assert log.stat().st_mtime_ns == written
 
     with pytest.raises(SystemExit, match="holds a benchmark with the overrides"):
