@@ -19,7 +19,8 @@ MERGE = " (merge of "  # mllmft.report.label of an mllmft-merge run
 
 
 def is_merge(row: dict) -> bool:
-    return MERGE in row["strategy"]
+    """A merge's row; not a strategy's row that a merge repeats ("full (= task_arithmetic (merge of full))")."""
+    return MERGE in row["strategy"].split(" (= ")[0]
 
 
 def plot_all(rows: list[dict], varying: list[str], out: Path) -> list[Path]:

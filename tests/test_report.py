@@ -178,6 +178,13 @@ def test_orderings_count_what_the_paired_test_separates():
     assert counts == {"pairs": 6, "paired": 3, "sigma": 0}  # the seed spread (σ ≈ 10) hides every ordering
 
 
+def test_a_strategy_row_a_merge_repeats_is_drawn_as_a_strategy():
+    from mllmft.report_plots import is_merge
+
+    assert is_merge({"strategy": "ties (merge of full)"})
+    assert not is_merge({"strategy": "full (= constant, task_arithmetic (merge of full))"})
+
+
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():
     from mllmft.report_plots import pareto_front
 
@@ -217,7 +224,7 @@ def test_the_readme_benchmark_tables_are_the_generated_ones():
     root = CONF_DIR.parent
     readme = (root / "README.md").read_text()
     blocks = re.findall(r"<!-- generated: (\S+) -->\n(.*?)<!-- end of \1 -->", readme, re.S)
-    assert {f for f, _ in blocks} >= {"docs/benchmark/table.md", "docs/benchmark/methods/table.md"}
+    assert {f for f, _ in blocks} >= {f"docs/benchmark/{d}table.md" for d in ("", "methods/", "merges/", "objectives/")}
     for file, block in blocks:
         assert block.strip() == (root / file).read_text().strip(), file
     for picture in re.findall(r"\]\((docs/benchmark/\S+\.png)\)", readme):
