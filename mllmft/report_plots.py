@@ -19,8 +19,9 @@ MERGE = " (merge of "  # mllmft.report.label of an mllmft-merge run
 
 
 def is_merge(row: dict) -> bool:
-    """A merge's row; not a strategy's row that a merge repeats ("full (= task_arithmetic (merge of full))")."""
-    return MERGE in row["strategy"].split(" (= ")[0]
+    """A merge's row, by its own name: the shown label may add the aliases of the runs it repeats
+    ("full (= task_arithmetic (merge of full))" is a strategy's row)."""
+    return MERGE in row.get("name", row["strategy"])
 
 
 def plot_all(rows: list[dict], varying: list[str], out: Path) -> list[Path]:

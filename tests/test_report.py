@@ -181,8 +181,8 @@ def test_orderings_count_what_the_paired_test_separates():
 def test_a_strategy_row_a_merge_repeats_is_drawn_as_a_strategy():
     from mllmft.report_plots import is_merge
 
-    assert is_merge({"strategy": "ties (merge of full)"})
-    assert not is_merge({"strategy": "full (= constant, task_arithmetic (merge of full))"})
+    assert is_merge({"name": "ties (merge of full)", "strategy": "ties (merge of full)"})
+    assert not is_merge({"name": "full", "strategy": "full (= constant, task_arithmetic (merge of full))"})
 
 
 def test_pareto_front_keeps_the_points_nothing_beats_on_both_axes():

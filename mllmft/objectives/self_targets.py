@@ -44,7 +44,6 @@ class SelfTargets(Objective):
         check_number("objective.threshold", threshold, 0, low_open=True)
         check_seed("objective.seed", seed)
         self.samples, self.refresh_every, self.threshold = samples, refresh_every, threshold
-        self.max_new_tokens = max_new_tokens
         # sampling and rewards as GRPO's (its knobs checked there)
         self.sampler = GRPO(2, temperature, top_p, max_new_tokens, seed=seed)
         # (the record's origin, its id) -> (step drawn, own answer or None); the same on every rank
